@@ -1,0 +1,153 @@
+"""Per-step latency of the three cache modes, and what bounds it.
+
+    python benchmarks/step_latency.py                 # random 4-layer d=256 model
+    python benchmarks/step_latency.py --random-8b     # LLaDA-8B shape (needs a GPU)
+    python benchmarks/step_latency.py --model PATH    # a local checkpoint
+
+For batch 1 and 8 over a 512-token sequence with 32-token blocks it times one step of
+`none` (a full forward), `prefix` (block + suffix over a cached prefix) and `dual` (the
+block alone), plus the loop's own work after the forward (confidence, policy, commit),
+and prints medians beside the weight bytes, the measured copy bandwidth and the roofline
+(weight bytes / bandwidth: the time to read every weight once).
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from stdec.decoding.config import DecodeConfig
+from stdec.decoding.loop import confidence, eos_stop
+from stdec.decoding.policies import StepState, select
+from stdec.models import load_model, resolve_device, resolve_dtype
+from stdec.models.llada import LLaDAConfig, LLaDAModelLM
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):  # discarded: allocator, kernel selection, caches
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def copy_bandwidth(device, nbytes: int) -> float:
+    """Bytes per second of a device-to-device copy (each byte read once and written once)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, warmup=3, iters=10)
+    return 2 * nbytes / (ms / 1e3)
+
+
+def hardware(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def build_model(args, device, dtype) -> LLaDAModelLM:
+    if args.model:
+        return load_model(args.model, dtype=dtype, device=device)
+    if args.random_8b:
+        cfg = LLaDAConfig()  # LLaDA-8B shape
+    else:
+        cfg = LLaDAConfig(d_model=256, n_layers=4, n_heads=4, mlp_hidden_size=768,
+                          vocab_size=args.vocab, mask_token_id=args.vocab - 1,
+                          eos_token_id=0, pad_token_id=0)
+    with torch.device(device):
+        model = LLaDAModelLM(cfg).to(dtype)
+    return model.eval()
+
+
+@torch.inference_mode()
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint folder (default: a random model)")
+    parser.add_argument("--random-8b", action="store_true", help="random LLaDA-8B-shaped model")
+    parser.add_argument("--vocab", type=int, default=2048, help="vocab of the small random model")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model = build_model(args, device, dtype)
+    cfg = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 28)
+    print(f"device: {hardware(device)}; torch {torch.__version__}; {dtype}")
+    print(f"model: d={cfg.d_model} layers={cfg.n_layers} vocab={cfg.embedding_size}; "
+          f"weights {weight_bytes / 1e9:.3f} GB")
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> roofline "
+          f"{1e3 * weight_bytes / bandwidth:.2f} ms per forward (weights read once)")
+    print(f"sequence {args.seq}, block {args.block}; medians of {args.iters} after "
+          f"{args.warmup} warm-up\n")
+    print(f"{'batch':>5} {'none':>10} {'prefix':>10} {'dual':>10} {'loop work':>10} "
+          f"{'work/dual':>10}")
+    for batch in args.batch:
+        none, prefix, dual, work = measure(model, batch, args)
+        print(f"{batch:>5} {none:>8.2f}ms {prefix:>8.2f}ms {dual:>8.2f}ms {work:>8.2f}ms "
+              f"{100 * work / dual:>9.1f}%")
+
+
+def measure(model, batch: int, args) -> tuple[float, float, float, float]:
+    """Median ms of a none, prefix and dual step, and of the loop's work after a forward."""
+    cfg, device = model.config, model.device
+    T, bl = args.seq, args.block
+    s = T // 2  # a block in the middle: prefix feeds half the sequence
+    e = s + bl
+    x = torch.randint(0, cfg.vocab_size - 1, (batch, T), device=device)
+    x[:, s:] = cfg.mask_token_id
+    cache = model.new_cache(batch, T)
+    model(x, cache=cache, logits_slice=slice(s, e))  # refresh
+
+    def timed(fn):
+        return median_ms(fn, device, args.warmup, args.iters)
+
+    none = timed(lambda: model(x, logits_slice=slice(s, e)))
+    prefix = timed(lambda: model(x[:, s:], cache=cache, cache_start=s, logits_slice=slice(0, bl)))
+    dual = timed(lambda: model(x[:, s:e], cache=cache, cache_start=s))
+    logits = model(x[:, s:e], cache=cache, cache_start=s)
+    eos = torch.tensor([cfg.eos_token_id], device=device)
+    stable = torch.ones(batch, bl, dtype=torch.long, device=device)
+    policy = DecodeConfig(policy="stdec", gen_length=bl, block_length=bl)
+
+    def loop_work():  # what decode() does after each forward
+        conf, pred = confidence(logits, cfg.mask_token_id, 0.0, None)
+        masked = x[:, s:e] == cfg.mask_token_id
+        commit = select(conf, pred, StepState(masked, x != cfg.mask_token_id, s, stable, 0),
+                        policy)
+        y = x.clone()
+        y[:, s:e] = torch.where(commit, pred, y[:, s:e])
+        eos_stop(y[:, s:], eos, cfg.mask_token_id)
+
+    return none, prefix, dual, timed(loop_work)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from stdec.cli import main
+
+sys.exit(main())

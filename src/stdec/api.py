@@ -1,0 +1,134 @@
+"""The Python API: load a model and its tokenizer, generate text with any policy."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from stdec.decoding.config import DecodeConfig
+from stdec.decoding.loop import RowStats, Trace, decode
+from stdec.errors import StdecError
+from stdec.models import load_model, read_config
+
+__all__ = ["Generation", "generate", "load", "resolve_model_path"]
+
+ASSETS = Path(__file__).parent / "assets"
+MASK_TOKEN = "<|mdm_mask|>"
+END_TOKENS = ("<|endoftext|>", "<|eot_id|>")
+
+
+@dataclass
+class Generation:
+    texts: list[str]  # each row's text up to its first EOS, special tokens removed
+    ids: Tensor  # (B, gen_length) generated token ids
+    stats: list[RowStats]
+    trace: Trace | None  # when config.trace
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A checkpoint folder, or the name of a bundled model ("testbed")."""
+    path = Path(model)
+    if not path.exists() and (ASSETS / str(model) / "config.json").is_file():
+        return ASSETS / str(model)
+    return path
+
+
+def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
+         device: str | torch.device | None = None):
+    """(model, tokenizer) from a checkpoint folder that also holds a tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = resolve_model_path(model)
+    read_config(path)  # fail on a bad folder before touching the tokenizer
+    if not (path / "tokenizer.json").is_file():
+        raise StdecError(f"{str(path)!r} has no tokenizer (tokenizer.json); use "
+                         "stdec.load_model for the weights alone.")
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise StdecError(f"the tokenizer in {str(path)!r} could not be read ({err}).") from None
+    return load_model(path, dtype=dtype, device=device), tokenizer
+
+
+def mask_token_id(tokenizer) -> int | None:
+    if getattr(tokenizer, "mask_token_id", None) is not None:
+        return tokenizer.mask_token_id
+    tid = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    return None if tid is None or tid == tokenizer.unk_token_id else tid
+
+
+def end_token_ids(tokenizer) -> list[int]:
+    """Every end-of-text id the tokenizer knows: its EOS and LLaDA's two end tokens."""
+    ids = {tokenizer.eos_token_id}
+    for token in END_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is not None and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def encode(tokenizer, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise StdecError("chat=True needs a tokenizer with a chat template; this one has "
+                             "none, so pass chat=False.")
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True)
+            for p in prompts
+        ]
+        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise StdecError("prompts must be a string or a non-empty list of strings.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise StdecError(f"prompt {i} is empty or not a string ({p!r}); give some text.")
+    return list(prompts)
+
+
+def with_options(config: DecodeConfig, options: dict) -> DecodeConfig:
+    known = DecodeConfig.option_help()
+    for name in options:
+        if name not in known:
+            raise StdecError(f"unknown decoding option {name!r}; the options are "
+                             f"{', '.join(known)}.")
+    return replace(config, **options) if options else config
+
+
+def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfig | None = None,
+             *, chat: bool = False, **options) -> Generation:
+    """Decode `prompts` (a string or a list) with `config`; keyword options override it.
+
+    Example: generate(model, tok, "2+3=", policy="stdec", cache="dual", gen_length=64)
+    """
+    config = with_options(config or DecodeConfig(), options)
+    prompts = check_prompts(prompts)
+    mc = model.config
+    tok_mask = mask_token_id(tokenizer)
+    if tok_mask is None:
+        raise StdecError(f"the tokenizer has no mask token ({MASK_TOKEN}); a dLLM tokenizer "
+                         "must define it.")
+    if tok_mask != mc.mask_token_id:
+        raise StdecError(f"the tokenizer's mask id ({tok_mask}) differs from the model's "
+                         f"mask_token_id ({mc.mask_token_id}); they must come from one checkpoint.")
+    ids = encode(tokenizer, prompts, chat)
+    for i, p in enumerate(ids):
+        if len(p) + config.gen_length > mc.max_sequence_length:
+            raise StdecError(
+                f"prompt {i} has {len(p)} tokens; with gen_length {config.gen_length} that "
+                f"exceeds the model's max length {mc.max_sequence_length}: shorten one of them."
+            )
+    out = decode(model, ids, config, eos_ids=end_token_ids(tokenizer))
+    texts = [
+        tokenizer.decode(row[: s.gen_tokens], skip_special_tokens=True)
+        for row, s in zip(out.ids.tolist(), out.stats, strict=True)
+    ]
+    return Generation(texts, out.ids, out.stats, out.trace)

@@ -1,0 +1,216 @@
+"""Native LLaDA: a bidirectional Llama-style transformer with LLaDA's tensor names.
+
+The whole forward pass is here. It follows the LLaDA checkpoint format (DESIGN.md,
+"Checkpoint formats"): RMSNorm in float32, rotate-half rotary embedding at absolute
+positions, full attention through torch SDPA, SwiGLU MLP, logits over embedding_size.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stdec.errors import StdecError
+from stdec.models.cache import KVCache
+
+__all__ = ["LLaDAConfig", "LLaDAModelLM"]
+
+
+@dataclass
+class LLaDAConfig:
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # None: same as n_heads
+    mlp_hidden_size: int = 12288
+    vocab_size: int = 126464
+    embedding_size: int | None = None  # None: same as vocab_size
+    max_sequence_length: int = 4096
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    mask_token_id: int = 126336
+    eos_token_id: int = 126081
+    pad_token_id: int = 126081
+    weight_tying: bool = False
+    include_bias: bool = False
+    include_qkv_bias: bool = False
+
+    def __post_init__(self):
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+        self.embedding_size = self.embedding_size or self.vocab_size
+        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise StdecError(
+                f"d_model ({self.d_model}) must divide into n_heads ({self.n_heads}) heads and "
+                f"n_heads into n_kv_heads ({self.n_kv_heads}) groups."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "LLaDAConfig":
+        """Read a LLaDA config.json; keys this implementation does not use are ignored."""
+        expected = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu"}
+        for key, value in expected.items():
+            if raw.get(key, value) != value:
+                raise StdecError(
+                    f"config.json has {key}={raw[key]!r}; stdec's LLaDA supports only {value!r}."
+                )
+        if raw.get("alibi") or raw.get("rope") is False:
+            raise StdecError("config.json asks for ALiBi or no rotary embedding; stdec's LLaDA "
+                             "supports rotary embeddings only.")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return {
+            "architectures": ["LLaDAModelLM"],
+            "model_type": "llada",
+            **asdict(self),
+            "block_type": "llama",
+            "layer_norm_type": "rms",
+            "activation_type": "silu",
+            "rope": True,
+            "alibi": False,
+        }
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in float32 as LLaDA does, scale in the model's dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, H, L, D); cos, sin (B, 1, L, D) float32. Rotation in float32, as LLaDA does."""
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+class LLaDABlock(nn.Module):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        d, hd, kv = cfg.d_model, cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        qkv_bias = cfg.include_bias or cfg.include_qkv_bias
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, hd
+        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(d, d, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, kv, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, kv, bias=qkv_bias)
+        self.attn_out = nn.Linear(d, d, bias=cfg.include_bias)
+        self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
+        self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
+        self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=cfg.include_bias)
+
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None, layer: int, start: int, causal: bool) -> Tensor:
+        B, L, _ = h.shape
+        x = self.attn_norm(h)
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v)  # (B, H_kv, T, D): every cached position
+        if self.n_kv_heads != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        h = h + self.attn_out(a.transpose(1, 2).reshape(B, L, -1))
+        x = self.ff_norm(h)
+        return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
+
+
+class LLaDAModelLM(nn.Module):
+    """LLaDA with the checkpoint's tensor names (model.transformer.*)."""
+
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        self.config = cfg
+        transformer = nn.ModuleDict({
+            "wte": nn.Embedding(cfg.embedding_size, cfg.d_model),
+            "blocks": nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers)),
+            "ln_f": RMSNorm(cfg.d_model, cfg.rms_norm_eps),
+        })
+        if not cfg.weight_tying:
+            transformer["ff_out"] = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
+        self.model = nn.Module()
+        self.model.transformer = transformer
+        # plain attributes, not buffers: module.to(dtype) must not round them
+        self.rope_cos = self.rope_sin = torch.empty(0)
+
+    def _rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin (B, 1, L, D) in float32 for the given positions."""
+        if self.rope_cos.device != position_ids.device or not self.rope_cos.numel():
+            self._build_rope(position_ids.device)
+        return self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
+
+    def _build_rope(self, device: torch.device):
+        cfg = self.config
+        inv_freq = 1.0 / cfg.rope_theta ** (
+            torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim
+        )
+        pos = torch.arange(cfg.max_sequence_length, dtype=torch.float32, device=device)
+        freqs = torch.outer(pos, inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (T_max, D): rotate-half layout
+        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.transformer.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.transformer.wte.weight.dtype
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        cfg = self.config
+        return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim,
+                       dtype=self.dtype, device=self.device)
+
+    def forward(self, input_ids: Tensor, *, position_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                cache_start: int = 0, logits_slice: slice | None = None,
+                causal: bool = False) -> Tensor:
+        """Logits (B, L', V) for input_ids (B, L) at sequence positions cache_start .. + L.
+
+        position_ids:   (B, L) rotary positions; default cache_start + arange(L)
+        attention_mask: (B, T_keys) bool, True for keys that may be attended (padding False);
+                        T_keys is L without a cache and cache.length with one
+        cache:          K/V of the fed positions is written into it, and attention runs over
+                        all its positions (the others keep what the last forward wrote)
+        logits_slice:   positions (within the L fed) whose logits are wanted
+        causal:         causal attention, for checking against autoregressive references
+        """
+        B, L = input_ids.shape
+        if causal and (cache is not None or attention_mask is not None):
+            raise ValueError("causal attention is for reference checks: no cache, no mask")
+        if position_ids is None:
+            position_ids = torch.arange(cache_start, cache_start + L, device=input_ids.device)
+            position_ids = position_ids.expand(B, L)
+        cos, sin = self._rope(position_ids)  # (B, 1, L, D)
+        mask = None if attention_mask is None else attention_mask[:, None, None, :]  # (B,1,1,T)
+        t = self.model.transformer
+        h = t.wte(input_ids)  # (B, L, d)
+        for i, block in enumerate(t.blocks):
+            h = block(h, cos, sin, mask, cache, i, cache_start, causal)
+        if logits_slice is not None:
+            h = h[:, logits_slice]
+        h = t.ln_f(h)
+        head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
+        return F.linear(h, head)

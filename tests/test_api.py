@@ -1,0 +1,124 @@
+"""The public API, the command line, and every bad input's one clear sentence."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import stdec
+from stdec import DecodeConfig, StdecError
+from stdec.cli import main
+
+
+def test_generate_returns_texts_ids_stats_and_trace(checkpoint):
+    model, tok = stdec.load(checkpoint)
+    out = stdec.generate(model, tok, ["Tom has 3 apples", "def add"], policy="stdec",
+                         cache="dual", gen_length=16, block_length=8, trace=True)
+    assert len(out.texts) == 2 and out.ids.shape == (2, 16)
+    for s in out.stats:
+        assert 1 <= s.nfe <= 16 and s.tpf == pytest.approx(s.gen_tokens / s.nfe)
+        assert s.wall_time > 0
+    assert out.trace.step.shape == (2, 16)
+
+
+def test_chat_applies_the_template(checkpoint):
+    model, tok = stdec.load(checkpoint)
+    plain = stdec.generate(model, tok, "hello", gen_length=8, block_length=8)
+    chat = stdec.generate(model, tok, "hello", gen_length=8, block_length=8, chat=True)
+    assert isinstance(chat.texts[0], str) and isinstance(plain.texts[0], str)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_cli_generate_prints_text_and_stats(checkpoint, capsys):
+    code = main(["generate", "Tom has", "--model", str(checkpoint), "--policy", "threshold",
+                 "--cache", "prefix", "--gen-length", "16", "--block-length", "8", "--tau", "0.5"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "[threshold, cache prefix]" in err and "tokens/forward" in err
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(policy="greedy"), "unknown policy 'greedy'"),
+    (dict(cache="full"), "unknown cache 'full'"),
+    (dict(tau=0.0), "tau must be in (0, 1], got 0.0"),
+    (dict(tau_high=1.3), "tau_high must be in (0, 1], got 1.3"),
+    (dict(tau_low=0.95), "tau_low (0.95) must not exceed tau_high"),
+    (dict(rho=1.5), "rho must be in (0, 1]"),
+    (dict(gen_length=30), "gen_length (30) must be a multiple of block_length (32)"),
+    (dict(gen_length=0), "gen_length must be a positive integer"),
+    (dict(steps=5), "steps (5) must be a multiple of the number of blocks (4)"),
+    (dict(steps=1024), "steps (1024) must be a multiple"),
+    (dict(sigma=0), "sigma must be > 0"),
+    (dict(window=0), "window must be a positive integer"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(leap_radius=-1), "leap_radius must be an integer >= 0"),
+])
+def test_bad_decode_options_fail_with_one_sentence(options, message):
+    with pytest.raises(StdecError) as err:
+        DecodeConfig(**options)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_generate_inputs(checkpoint):
+    model, tok = stdec.load(checkpoint)
+    with pytest.raises(StdecError, match="prompt 1 is empty"):
+        stdec.generate(model, tok, ["ok", ""])
+    with pytest.raises(StdecError, match="exceeds the model's max length 512"):
+        stdec.generate(model, tok, "hi", gen_length=512, block_length=32)
+    with pytest.raises(StdecError, match="unknown decoding option 'temp'"):
+        stdec.generate(model, tok, "hi", temp=1.0)
+
+
+def test_bad_checkpoints(tmp_path, checkpoint):
+    with pytest.raises(StdecError, match="is not a folder"):
+        stdec.load(tmp_path / "missing")
+    with pytest.raises(StdecError, match="has no config.json"):
+        stdec.load_model(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(StdecError, match="corrupt or truncated"):
+        stdec.load_model(bad)
+    weights.rename(bad / "pytorch_model.bin")
+    with pytest.raises(StdecError, match="no .safetensors weights.*never unpickles"):
+        stdec.load_model(bad)
+    (bad / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    with pytest.raises(StdecError, match="holds a 'qwen2' model"):
+        stdec.load_model(bad)
+
+
+def test_tokenizer_without_mask_token(tmp_path, checkpoint):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path / "nomask"
+    shutil.copytree(checkpoint, folder)
+    for f in folder.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(StdecError, match="has no tokenizer"):
+        stdec.load(folder)
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "<eos>": 1, "hi": 3}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]",
+                            eos_token="<eos>").save_pretrained(str(folder))
+    model, tok = stdec.load(folder)
+    with pytest.raises(StdecError, match="no mask token"):
+        stdec.generate(model, tok, "hi")
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert main(["generate", "hi", "--model", str(tmp_path), "--tau-high", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "stdec: error: tau_high must be in (0, 1], got 2.0."
+    assert main(["generate", "hi", "--model", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_load_on_cpu_in_bfloat16(checkpoint):
+    model = stdec.load_model(checkpoint, dtype="bfloat16", device="cpu")
+    assert model.dtype == torch.bfloat16
+    with pytest.raises(StdecError, match="unknown dtype 'fp8'"):
+        stdec.load_model(checkpoint, dtype="fp8")
