@@ -1,0 +1,77 @@
+"""Decode a task split with a model and score it: accuracy plus aggregated decoding stats."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stdec.tasks.base import Task, format_prompt
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    id: str
+    correct: bool
+    output: str
+    nfe: int
+    gen_tokens: int
+
+
+@dataclass
+class EvalResult:
+    task: str
+    split: str
+    n: int
+    accuracy: float
+    mean_nfe: float
+    mean_tpf: float  # mean over rows of tokens per forward
+    gen_tokens: int  # total over rows
+    wall_time: float  # seconds spent inside generate, summed over batches
+    tokens_per_s: float  # gen_tokens / wall_time
+    records: list[EvalRecord] = field(default_factory=list)
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    task: Task | str,
+    split: str,
+    config: Any,
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> EvalResult:
+    """Generate answers for `split` of `task` with `config` (a DecodeConfig) and score them."""
+    import stdec  # lazy: avoids an import cycle with the package root
+    from stdec.tasks import get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    problems = task.problems(split)[:limit]
+    records: list[EvalRecord] = []
+    tpfs: list[float] = []
+    wall = 0.0
+    for i in range(0, len(problems), batch_size):
+        batch = problems[i : i + batch_size]
+        t0 = time.perf_counter()
+        out = stdec.generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True)
+        wall += time.perf_counter() - t0
+        for p, text, st, ok in zip(batch, out.texts, out.stats, task.score_many(batch, out.texts),
+                                   strict=True):
+            records.append(EvalRecord(p.id, ok, text, st.nfe, st.gen_tokens))
+            tpfs.append(st.tpf)
+        if progress:
+            acc = sum(r.correct for r in records) / len(records)
+            print(f"{task.name}/{split}: {len(records)}/{len(problems)} acc {acc:.3f}",
+                  file=sys.stderr)
+    n = len(records)
+    tokens = sum(r.gen_tokens for r in records)
+    return EvalResult(
+        task=task.name, split=split, n=n,
+        accuracy=sum(r.correct for r in records) / max(n, 1),
+        mean_nfe=sum(r.nfe for r in records) / max(n, 1),
+        mean_tpf=sum(tpfs) / max(n, 1),
+        gen_tokens=tokens, wall_time=wall, tokens_per_s=tokens / wall if wall > 0 else 0.0,
+        records=records)
