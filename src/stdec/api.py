@@ -30,9 +30,12 @@ class Generation:
 def resolve_model_path(model: str | Path) -> Path:
     """A checkpoint folder, or the name of a bundled model ("testbed")."""
     path = Path(model)
-    if not path.exists() and (ASSETS / str(model) / "config.json").is_file():
-        return ASSETS / str(model)
-    return path
+    if path.exists() or str(model) != "testbed":
+        return path
+    if not (ASSETS / "testbed" / "config.json").is_file():
+        raise StdecError("this install has no bundled testbed model; pass --model PATH (or "
+                         "make a tiny random one with `stdec random-model DIR`).")
+    return ASSETS / "testbed"
 
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
