@@ -14,10 +14,11 @@ __all__ = ["main"]
 CHOICES = {"policy": POLICY_NAMES, "cache": CACHE_MODES}
 
 
-def add_decode_options(parser: argparse.ArgumentParser):
-    """One flag per DecodeConfig field, with its documentation; unset flags keep defaults."""
-    group = parser.add_argument_group("decoding (DecodeConfig)")
-    for f in fields(DecodeConfig):
+def add_options(parser: argparse.ArgumentParser, cls, title: str):
+    """One flag per field of the dataclass `cls`, with its documentation; unset flags keep
+    the defaults."""
+    group = parser.add_argument_group(title)
+    for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type
         if isinstance(kind, types.UnionType):  # int | None -> int
@@ -32,16 +33,16 @@ def add_decode_options(parser: argparse.ArgumentParser):
                                help=help_text)
 
 
-def decode_config(args: argparse.Namespace, **defaults) -> DecodeConfig:
-    given = {f.name: getattr(args, f.name) for f in fields(DecodeConfig)}
-    return DecodeConfig(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+def from_options(cls, args: argparse.Namespace, **defaults):
+    given = {f.name: getattr(args, f.name) for f in fields(cls)}
+    return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
 def cmd_generate(args: argparse.Namespace):
     import stdec
     from stdec.api import check_prompts
 
-    config = decode_config(args)  # validate before loading anything
+    config = from_options(DecodeConfig, args)  # validate before loading anything
     check_prompts(args.prompt)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=args.chat)
@@ -62,6 +63,14 @@ def cmd_random_model(args: argparse.Namespace):
     print(f"wrote a random tiny LLaDA checkpoint with a tokenizer to {path}")
 
 
+def cmd_train(args: argparse.Namespace):
+    from stdec.train import TrainConfig, train
+
+    config = from_options(TrainConfig, args)
+    out = train(config, resume=args.resume)
+    print(f"wrote the trained checkpoint to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stdec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,8 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                      help="default: float32 on the CPU, bfloat16 on CUDA")
-    add_decode_options(gen)
+    add_options(gen, DecodeConfig, "decoding (DecodeConfig)")
     gen.set_defaults(run=cmd_generate)
+
+    trn = sub.add_parser("train", help="train the testbed dLLM with the LLaDA objective")
+    trn.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="continue from OUT/checkpoint when it exists (default: yes)")
+    from stdec.train import TrainConfig
+
+    add_options(trn, TrainConfig, "training (TrainConfig)")
+    trn.set_defaults(run=cmd_train)
 
     rnd = sub.add_parser("random-model", help="write a tiny random checkpoint (for trying stdec)")
     rnd.add_argument("out", help="folder to write")

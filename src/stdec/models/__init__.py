@@ -10,12 +10,15 @@ from torch import nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
+from stdec.models.dream import DreamConfig, DreamModel
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 
-__all__ = ["KVCache", "LLaDAConfig", "LLaDAModelLM", "load_model", "resolve_dtype", "save_model"]
+__all__ = ["DreamConfig", "DreamModel", "KVCache", "LLaDAConfig", "LLaDAModelLM", "load_model",
+           "model_class", "resolve_dtype", "save_model"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX = "model.safetensors.index.json"
+CONFIGS = {LLaDAModelLM: LLaDAConfig, DreamModel: DreamConfig}  # model class -> its config
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -58,6 +61,8 @@ def weight_files(path: Path) -> list[Path]:
     if (path / INDEX).is_file():
         index = json.loads((path / INDEX).read_text())
         return sorted({path / name for name in index["weight_map"].values()})
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
     files = sorted(path.glob("*.safetensors"))
     if not files:
         other = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
@@ -67,6 +72,17 @@ def weight_files(path: Path) -> list[Path]:
     return files
 
 
+def model_class(raw: dict, path: str | Path = "the checkpoint") -> type[nn.Module]:
+    """The model class a config.json names (by model_type or architectures)."""
+    kind, archs = raw.get("model_type"), raw.get("architectures") or []
+    if kind == "llada" or "LLaDAModelLM" in archs:
+        return LLaDAModelLM
+    if kind in ("Dream", "dream") or "DreamModel" in archs:
+        return DreamModel
+    raise StdecError(f"{str(path)!r} holds a {kind or archs!r} model; stdec loads LLaDA and "
+                     "Dream checkpoints.")
+
+
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device | None = None) -> nn.Module:
     """Load a checkpoint folder onto `device` in `dtype`; never runs code from the folder."""
@@ -74,11 +90,9 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
     raw = read_config(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    if raw.get("model_type") != "llada" and "LLaDAModelLM" not in raw.get("architectures", []):
-        kind = raw.get("model_type") or raw.get("architectures")
-        raise StdecError(f"{str(path)!r} holds a {kind!r} model; stdec loads LLaDA checkpoints.")
+    cls = model_class(raw, path)
     with torch.device("meta"):  # no random init: the weights come from the files
-        model = LLaDAModelLM(LLaDAConfig.from_dict(raw))
+        model = cls(CONFIGS[cls].from_dict(raw))
     state = {}
     for file in weight_files(path):
         if not file.is_file():
@@ -104,7 +118,8 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
     return model.eval()
 
 
-def save_model(model: LLaDAModelLM, path: str | Path, *, max_shard_bytes: int | None = None):
+def save_model(model: LLaDAModelLM | DreamModel, path: str | Path, *,
+               max_shard_bytes: int | None = None):
     """Write config.json and safetensors weights, sharded with an index past max_shard_bytes."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,282 @@
+"""`stdec train`: the masked-diffusion (LLaDA) recipe for the bundled testbed model.
+
+Each example is a chat-templated prompt and its gold response, closed by <|eot_id|> and
+padded with EOS to a length drawn per batch up to the task's long generation length,
+so the model learns to end an answer at any gen_length. A mask ratio t ~ U(eps, 1) is
+drawn per sequence, each response token is masked with probability t, and the loss is
+the cross-entropy on masked tokens weighted by 1/t, averaged over response tokens
+(LLaDA's SFT objective). Prompts are left-padded exactly as the decoding loop pads them.
+"""
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from stdec.errors import StdecError
+from stdec.models import resolve_device, save_model
+from stdec.models.llada import LLaDAConfig, LLaDAModelLM
+from stdec.tasks import TASKS, get_task
+
+__all__ = ["TrainConfig", "gen_lengths", "train"]
+
+TASKS_FILE = "stdec_tasks.json"  # per-task generation lengths, beside the weights
+STATE = "optimizer/state"  # optimizer moments (safetensors) and progress (json), to resume
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = _opt("runs/testbed", "folder for checkpoints and the final model")
+    tasks: str = _opt(",".join(TASKS), "comma-separated tasks to train on")
+    train_limit: int = _opt(0, "use the first N training problems of each task (0: all)")
+    steps: int = _opt(20000, "optimizer steps")
+    batch_size: int = _opt(64, "sequences per step")
+    lr: float = _opt(2e-3, "peak learning rate (AdamW)")
+    min_lr: float = _opt(1e-4, "learning rate at the end of the cosine decay")
+    warmup: int = _opt(500, "linear warm-up steps")
+    weight_decay: float = _opt(0.1, "AdamW weight decay (matrices only)")
+    vocab_size: int = _opt(2048, "byte-level BPE vocabulary size")
+    d_model: int = _opt(256, "model width")
+    n_layers: int = _opt(6, "transformer blocks")
+    n_heads: int = _opt(4, "attention heads")
+    mlp_hidden_size: int = _opt(768, "SwiGLU hidden size")
+    block_length: int = _opt(32, "generation lengths are rounded up to multiples of this")
+    long_factor: int = _opt(4, "long generation length = this x the longest gold answer")
+    eval_every: int = _opt(1000, "steps between dev evaluations (0: never)")
+    eval_limit: int = _opt(64, "dev problems per task at each evaluation")
+    save_every: int = _opt(500, "steps between resumable checkpoints")
+    seed: int = _opt(0, "seed of data order, masks and initialisation")
+    device: str | None = _opt(None, "cpu or cuda (default: cuda if available)")
+
+    def __post_init__(self):
+        if self.train_limit < 0:
+            raise StdecError(f"train_limit must be >= 0, got {self.train_limit}.")
+        for name in ("steps", "batch_size", "vocab_size", "d_model", "n_layers", "n_heads",
+                     "mlp_hidden_size", "block_length", "long_factor", "save_every"):
+            if getattr(self, name) < 1:
+                raise StdecError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in self.task_names:
+            get_task(name)  # unknown names fail here with the list of tasks
+        if not 0 < self.min_lr <= self.lr:
+            raise StdecError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}.")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+
+def encode_problem(tokenizer, problem) -> tuple[list[int], list[int]]:
+    """(prompt ids through the chat template, response ids closed by <|eot_id|>)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": problem.prompt}],
+                                         tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    answer = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
+    return prompt, answer + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+
+
+def train_split(task, cfg: TrainConfig) -> list:
+    problems = task.problems("train")
+    return problems[: cfg.train_limit] if cfg.train_limit else problems
+
+
+def gen_lengths(tokenizer, task_names: list[str], block: int, long_factor: int) -> dict:
+    """Per task: the standard gen_length (fits every gold answer) and the long one."""
+    out = {}
+    for name in task_names:
+        task = get_task(name)
+        longest = max(len(encode_problem(tokenizer, p)[1])
+                      for split in ("train", "dev", "test") for p in task.problems(split))
+        out[name] = {"gen_length": block * math.ceil(longest / block),
+                     "long_gen_length": block * math.ceil(long_factor * longest / block),
+                     "longest_answer_tokens": longest}
+    return out
+
+
+class Batches:
+    """Random batches of left-padded prompts and EOS-padded responses, reproducible by step."""
+
+    def __init__(self, examples: list[tuple[list[int], list[int], int]], long_len: list[int],
+                 ids: dict[str, int], batch_size: int, seed: int, long_factor: int):
+        self.examples, self.long_len, self.ids = examples, long_len, ids
+        self.long_factor = long_factor
+        self.batch_size, self.seed = batch_size, seed
+
+    def __call__(self, step: int, device) -> tuple[torch.Tensor, ...]:
+        rng = np.random.default_rng([self.seed, step])
+        rows = [self.examples[i] for i in rng.integers(len(self.examples), size=self.batch_size)]
+        shortest = max(len(a) for _, a, _ in rows)
+        # response length, shared by the batch: half the batches near the answers' own
+        # length (the standard gen_length regime), half anywhere up to the long one
+        longest = max(self.long_len[t] for _, _, t in rows)
+        if rng.random() < 0.5:
+            longest = shortest + (longest - shortest) // self.long_factor
+        R = int(rng.integers(shortest, max(shortest, longest) + 1))
+        P = max(len(p) for p, _, _ in rows)
+        x = torch.full((len(rows), P + R), self.ids["eos"], dtype=torch.long)
+        keys = torch.ones_like(x, dtype=torch.bool)
+        for b, (p, a, _) in enumerate(rows):
+            x[b, : P - len(p)] = self.ids["pad"]
+            keys[b, : P - len(p)] = False
+            x[b, P - len(p) : P] = torch.tensor(p)
+            x[b, P : P + len(a)] = torch.tensor(a)
+        pos = (torch.arange(P + R)[None] - (~keys).sum(1, keepdim=True)).clamp(min=0)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        t = (1 - 1e-3) * torch.rand(len(rows), 1, generator=gen) + 1e-3  # mask ratio per row
+        masked = torch.rand(len(rows), R, generator=gen) < t
+        target = x[:, P:].clone()
+        x[:, P:] = target.masked_fill(masked, self.ids["mask"])
+        return tuple(v.to(device) for v in (x, pos, keys, target, masked, t, torch.tensor(P)))
+
+
+def diffusion_loss(model, batch) -> torch.Tensor:
+    x, pos, keys, target, masked, t, P = batch
+    P = int(P)
+    logits = model(x, position_ids=pos, attention_mask=keys, logits_slice=slice(P, None))
+    ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
+    return (ce.view_as(target) * masked / t).sum() / target.numel()
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    done = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def save_state(folder: Path, model, optimizer, step: int, cfg: TrainConfig, log: list):
+    """A resumable checkpoint: weights, optimizer moments, step, config and log (no pickles)."""
+    (folder / STATE).parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, folder)
+    moments = {f"{i}.{k}": v for i, s in optimizer.state_dict()["state"].items()
+               for k, v in s.items()}
+    moments = {k: v.contiguous().cpu() for k, v in moments.items()}
+    save_file(moments, folder / f"{STATE}.safetensors")
+    progress = {"step": step, "config": asdict(cfg), "log": log}
+    (folder / f"{STATE}.json").write_text(json.dumps(progress, indent=1))
+
+
+def load_state(folder: Path, model, optimizer) -> tuple[int, list]:
+    moments = load_file(folder / f"{STATE}.safetensors")
+    state = optimizer.state_dict()
+    for key, value in moments.items():
+        i, name = key.split(".", 1)
+        state["state"].setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict(state)
+    progress = json.loads((folder / f"{STATE}.json").read_text())
+    return progress["step"], progress["log"]
+
+
+def dev_eval(model, tokenizer, cfg: TrainConfig, lengths: dict) -> dict[str, float]:
+    from stdec.decoding.config import DecodeConfig
+    from stdec.tasks import evaluate
+
+    model.eval()
+    scores = {}
+    for name in cfg.task_names:
+        decode = DecodeConfig(policy="fixed", cache="dual", gen_length=lengths[name]["gen_length"],
+                              block_length=cfg.block_length)
+        res = evaluate(model, tokenizer, name, "dev", decode, limit=cfg.eval_limit, batch_size=64)
+        scores[name] = res.accuracy
+    model.train()
+    return scores
+
+
+def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Path:
+    """Train (or resume) and write a LLaDA-format checkpoint with its tokenizer to cfg.out."""
+    from tqdm import tqdm
+
+    from stdec.tokenizer import train_tokenizer
+
+    out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tasks = {name: get_task(name) for name in cfg.task_names}
+    if resume and (ckpt / f"{STATE}.json").is_file():
+        from stdec.api import load
+
+        model, tokenizer = load(ckpt, dtype="float32", device=device)
+        saved = TrainConfig(**json.loads((ckpt / f"{STATE}.json").read_text())["config"])
+        if replace(saved, steps=cfg.steps, eval_every=cfg.eval_every, device=cfg.device) != cfg:
+            raise StdecError(f"{str(ckpt)!r} was trained with other settings; pass the same "
+                             "options, or --no-resume to start over.")
+    else:
+        texts = [t for task in tasks.values() for p in train_split(task, cfg)
+                 for t in (p.prompt, p.answer)]
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
+        model_cfg = LLaDAConfig(
+            d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+            mlp_hidden_size=cfg.mlp_hidden_size, vocab_size=len(tokenizer),
+            max_sequence_length=1024, rope_theta=10000.0,
+            mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)
+        with torch.device(device):
+            model = LLaDAModelLM(model_cfg)
+            for p in model.parameters():  # small init, as in LLaDA
+                if p.dim() >= 2:
+                    torch.nn.init.normal_(p, std=0.02)
+    lengths = gen_lengths(tokenizer, cfg.task_names, cfg.block_length, cfg.long_factor)
+    examples = [(*encode_problem(tokenizer, p), i) for i, task in enumerate(tasks.values())
+                for p in train_split(task, cfg)]
+    ids = {"eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
+           "mask": tokenizer.mask_token_id}
+    batches = Batches(examples, [lengths[n]["long_gen_length"] for n in tasks], ids,
+                      cfg.batch_size, cfg.seed, cfg.long_factor)
+    optimizer = make_optimizer(model, cfg)
+    step, log = 0, []
+    if resume and (ckpt / f"{STATE}.json").is_file():
+        step, log = load_state(ckpt, model, optimizer)
+    model.train()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, file=sys.stderr)
+    # elapsed time carries over a resume
+    start, losses = time.perf_counter() - (log[-1]["elapsed_s"] if log else 0.0), []
+    while step < cfg.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast:
+            loss = diffusion_loss(model, batches(step, device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)
+        if evaluate_now:
+            scores = dev_eval(model, tokenizer, cfg, lengths)
+            log.append({"step": step, "loss": float(np.mean(losses[-200:])), "dev": scores,
+                        "elapsed_s": time.perf_counter() - start})
+            bar.write(f"step {step}: loss {log[-1]['loss']:.3f} dev {scores}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_state(ckpt, model, optimizer, step, cfg, log)
+            tokenizer.save_pretrained(str(ckpt))
+            (ckpt / TASKS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
+    bar.close()
+    # the deliverable: weights, tokenizer and generation lengths, without optimizer state
+    save_model(model, out)
+    tokenizer.save_pretrained(str(out))
+    (out / TASKS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
+    (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
+    return out
+

@@ -1,0 +1,75 @@
+"""The training recipe end to end at toy size: batches, loss, checkpoints, resume."""
+
+import json
+
+import pytest
+import torch
+
+import stdec
+from stdec.errors import StdecError
+from stdec.train import Batches, TrainConfig, diffusion_loss, lr_at, train
+
+TOY = dict(train_limit=100, steps=4, batch_size=4, d_model=32, n_layers=1, n_heads=2,
+           mlp_hidden_size=64, vocab_size=400, warmup=2, eval_every=4, eval_limit=2,
+           save_every=2, tasks="lists")
+
+
+def test_batches_pad_like_the_decoding_loop():
+    examples = [([7, 8, 9], [20, 21, 99], 0), ([7], [30, 99], 0)]
+    ids = {"eos": 1, "pad": 1, "mask": 2}
+    x, pos, keys, target, masked, t, P = Batches(examples, [12], ids, 8, 0, 4)(0, "cpu")
+    assert int(P) == 3 and x.shape[1] - 3 == target.shape[1] >= 3
+    for b in range(8):
+        n_pad = int((~keys[b]).sum())
+        assert pos[b, n_pad] == 0 and (pos[b, n_pad:] == torch.arange(x.shape[1] - n_pad)).all()
+        # the response is the answer then EOS to the end; masked tokens show the mask id
+        answer = target[b][target[b] != 1].tolist()
+        assert answer in ([20, 21, 99], [30, 99])
+        assert ((x[b, 3:] == 2) == masked[b]).all()
+    assert ((0 < t) & (t <= 1)).all()
+
+
+def test_loss_is_weighted_by_the_mask_ratio(tiny_model):
+    x = torch.randint(3, 300, (2, 10))
+    target = x[:, 4:].clone()
+    masked = torch.zeros(2, 6, dtype=torch.bool)
+    masked[:, 0] = True
+    x[:, 4] = 2
+    keys = torch.ones(2, 10, dtype=torch.bool)
+    pos = torch.arange(10).expand(2, 10)
+    half = diffusion_loss(tiny_model, (x, pos, keys, target, masked, torch.full((2, 1), .5),
+                                       torch.tensor(4)))
+    full = diffusion_loss(tiny_model, (x, pos, keys, target, masked, torch.ones(2, 1),
+                                       torch.tensor(4)))
+    torch.testing.assert_close(half, 2 * full)
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(99, cfg) < lr_at(50, cfg) < lr_at(10, cfg)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), **TOY), progress=False)
+    model, tok = stdec.load(out)
+    lengths = json.loads((out / "stdec_tasks.json").read_text())["lists"]
+    assert lengths["long_gen_length"] >= 4 * lengths["longest_answer_tokens"]
+    log = json.loads((out / "train_log.json").read_text())["log"]
+    assert [e["step"] for e in log] == [4] and set(log[0]["dev"]) == {"lists"}
+    resumed = train(TrainConfig(out=str(out), **{**TOY, "steps": 6}), progress=False)
+    state = json.loads((resumed / "checkpoint/optimizer/state.json").read_text())
+    assert state["step"] == 6
+    out_ = stdec.generate(model, tok, "Sort the list [3, 1, 2].", gen_length=8, block_length=8)
+    assert isinstance(out_.texts[0], str)
+    with pytest.raises(StdecError, match="trained with other settings"):
+        train(TrainConfig(out=str(out), **{**TOY, "d_model": 64}), progress=False)
+
+
+def test_bad_train_options():
+    with pytest.raises(StdecError, match="unknown task 'chess'"):
+        TrainConfig(tasks="gsm,chess")
+    with pytest.raises(StdecError, match="min_lr <= lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
