@@ -149,7 +149,7 @@ def test_evaluate_with_fake_generate(tasks, monkeypatch):
 
 
 def test_unknown_names_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"unknown task 'gsm8k'; the tasks are gsm, code, lists"):
-        get_task("gsm8k")
+    with pytest.raises(ValueError, match=r"unknown task 'gsm9k'; the tasks are gsm, code, lists"):
+        get_task("gsm9k")
     with pytest.raises(ValueError, match=r"unknown split 'val'"):
         get_task("lists").problems("val")

@@ -24,10 +24,10 @@ from stdec.errors import StdecError
 from stdec.models import resolve_device, save_model
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.tasks import TASKS, get_task
+from stdec.tasks.lengths import LENGTHS_FILE, encode_problem, gen_lengths
 
-__all__ = ["TrainConfig", "gen_lengths", "train"]
+__all__ = ["TrainConfig", "train"]
 
-TASKS_FILE = "stdec_tasks.json"  # per-task generation lengths, beside the weights
 STATE = "optimizer/state"  # optimizer moments (safetensors) and progress (json), to resume
 
 
@@ -76,31 +76,9 @@ class TrainConfig:
         return [t.strip() for t in self.tasks.split(",") if t.strip()]
 
 
-def encode_problem(tokenizer, problem) -> tuple[list[int], list[int]]:
-    """(prompt ids through the chat template, response ids closed by <|eot_id|>)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": problem.prompt}],
-                                         tokenize=False, add_generation_prompt=True)
-    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
-    answer = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
-    return prompt, answer + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
-
-
 def train_split(task, cfg: TrainConfig) -> list:
     problems = task.problems("train")
     return problems[: cfg.train_limit] if cfg.train_limit else problems
-
-
-def gen_lengths(tokenizer, task_names: list[str], block: int, long_factor: int) -> dict:
-    """Per task: the standard gen_length (fits every gold answer) and the long one."""
-    out = {}
-    for name in task_names:
-        task = get_task(name)
-        longest = max(len(encode_problem(tokenizer, p)[1])
-                      for split in ("train", "dev", "test") for p in task.problems(split))
-        out[name] = {"gen_length": block * math.ceil(longest / block),
-                     "long_gen_length": block * math.ceil(long_factor * longest / block),
-                     "longest_answer_tokens": longest}
-    return out
 
 
 class Batches:
@@ -233,7 +211,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
             for p in model.parameters():  # small init, as in LLaDA
                 if p.dim() >= 2:
                     torch.nn.init.normal_(p, std=0.02)
-    lengths = gen_lengths(tokenizer, cfg.task_names, cfg.block_length, cfg.long_factor)
+    lengths = gen_lengths(tokenizer, tasks, cfg.block_length, cfg.long_factor)
     examples = [(*encode_problem(tokenizer, p), i) for i, task in enumerate(tasks.values())
                 for p in train_split(task, cfg)]
     ids = {"eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
@@ -271,12 +249,12 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_state(ckpt, model, optimizer, step, cfg, log)
             tokenizer.save_pretrained(str(ckpt))
-            (ckpt / TASKS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
+            (ckpt / LENGTHS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
     bar.close()
     # the deliverable: weights, tokenizer and generation lengths, without optimizer state
     save_model(model, out)
     tokenizer.save_pretrained(str(out))
-    (out / TASKS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
+    (out / LENGTHS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
     (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
     return out
 

@@ -1,4 +1,5 @@
-"""The synthetic benchmark suite the bundled testbed model is trained and evaluated on."""
+"""The synthetic benchmark suite the bundled testbed model is trained and evaluated on, and the
+real benchmarks (GSM8K, MATH500, HumanEval, MBPP) read from local files."""
 
 from __future__ import annotations
 
@@ -8,20 +9,32 @@ from stdec.tasks.code import CodeTask
 from stdec.tasks.evaluate import EvalRecord, EvalResult, evaluate
 from stdec.tasks.gsm import GsmTask
 from stdec.tasks.lists import ListsTask
+from stdec.tasks.real import REAL_CLASSES, REAL_TASKS, RealTask
 from stdec.tasks.sandbox import SandboxResult, run_code
 
 TASKS = ("gsm", "code", "lists")
 _CLASSES: dict[str, type[Task]] = {"gsm": GsmTask, "code": CodeTask, "lists": ListsTask}
 
 
-def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0) -> Task:
-    """A task by name; `sizes` overrides split sizes, e.g. {"train": 5000}."""
+def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kwargs) -> Task:
+    """A task by name; `sizes` overrides split sizes, e.g. {"train": 5000}. The real benchmarks
+    take `path=` (a JSONL file, or a folder holding test.jsonl); `sizes` caps their splits."""
+    if name in REAL_CLASSES:
+        if set(kwargs) - {"path"}:
+            bad = ", ".join(sorted(set(kwargs) - {"path"}))
+            raise StdecError(f"task {name!r} got unknown option(s) {bad}; it takes only path=.")
+        return REAL_CLASSES[name](sizes, seed, **kwargs)
     if name not in _CLASSES:
-        raise StdecError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}.")
+        raise StdecError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)} and the real "
+                         f"benchmarks {', '.join(REAL_TASKS)}.")
+    if kwargs:
+        raise StdecError(f"task {name!r} is synthetic and takes no {', '.join(sorted(kwargs))}; "
+                         f"only the real benchmarks ({', '.join(REAL_TASKS)}) take path=.")
     return _CLASSES[name](sizes, seed)
 
 
 __all__ = [
-    "SPLITS", "TASKS", "CodeTask", "EvalRecord", "EvalResult", "GsmTask", "ListsTask", "Problem",
-    "SandboxResult", "Task", "evaluate", "format_prompt", "get_task", "run_code", "split_of",
+    "REAL_TASKS", "SPLITS", "TASKS", "CodeTask", "EvalRecord", "EvalResult", "GsmTask",
+    "ListsTask", "Problem", "RealTask", "SandboxResult", "Task", "evaluate", "format_prompt",
+    "get_task", "run_code", "split_of",
 ]

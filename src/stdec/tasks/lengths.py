@@ -1,0 +1,39 @@
+"""How a task's problems become token ids, and the generation lengths that fit them."""
+
+import json
+import math
+from pathlib import Path
+
+from stdec.tasks.base import SPLITS, Problem
+
+__all__ = ["LENGTHS_FILE", "encode_problem", "gen_lengths", "read_gen_lengths"]
+
+LENGTHS_FILE = "stdec_tasks.json"  # written beside a trained checkpoint's weights
+
+
+def encode_problem(tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
+    """(prompt ids through the chat template, response ids closed by <|eot_id|>)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": problem.prompt}],
+                                         tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    answer = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
+    return prompt, answer + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+
+
+def gen_lengths(tokenizer, tasks: dict, block: int = 32, long_factor: int = 4) -> dict:
+    """Per task: the standard gen_length (fits every gold answer) and the long one
+    (long_factor x the longest gold answer), both multiples of `block`."""
+    out = {}
+    for name, task in tasks.items():
+        longest = max(len(encode_problem(tokenizer, p)[1])
+                      for split in SPLITS for p in task.problems(split))
+        out[name] = {"gen_length": block * math.ceil(longest / block),
+                     "long_gen_length": block * math.ceil(long_factor * longest / block),
+                     "longest_answer_tokens": longest}
+    return out
+
+
+def read_gen_lengths(folder: str | Path) -> dict:
+    """The lengths a trained checkpoint was made for, or {} when it has none."""
+    path = Path(folder) / LENGTHS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
