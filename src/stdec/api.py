@@ -11,12 +11,13 @@ from stdec.decoding.config import DecodeConfig
 from stdec.decoding.loop import RowStats, Trace, decode
 from stdec.errors import StdecError
 from stdec.models import load_model, read_config
+from stdec.models.presets import is_hub_id, resolve_model
 
 __all__ = ["Generation", "generate", "load", "resolve_model_path"]
 
 ASSETS = Path(__file__).parent / "assets"
 MASK_TOKEN = "<|mdm_mask|>"
-END_TOKENS = ("<|endoftext|>", "<|eot_id|>")
+END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # LLaDA's two; Dream's chat turn end
 
 
 @dataclass
@@ -28,8 +29,10 @@ class Generation:
 
 
 def resolve_model_path(model: str | Path) -> Path:
-    """A checkpoint folder, or the name of a bundled model ("testbed")."""
+    """A checkpoint folder, a Hugging Face Hub id, or the name of a bundled model ("testbed")."""
     path = Path(model)
+    if not path.exists() and isinstance(model, str) and is_hub_id(model):
+        return resolve_model(model)
     if path.exists() or str(model) != "testbed":
         return path
     if not (ASSETS / "testbed" / "config.json").is_file():
@@ -63,7 +66,7 @@ def mask_token_id(tokenizer) -> int | None:
 
 
 def end_token_ids(tokenizer) -> list[int]:
-    """Every end-of-text id the tokenizer knows: its EOS and LLaDA's two end tokens."""
+    """Every end-of-text id the tokenizer knows: its EOS and the END_TOKENS it has."""
     ids = {tokenizer.eos_token_id}
     for token in END_TOKENS:
         tid = tokenizer.convert_tokens_to_ids(token)

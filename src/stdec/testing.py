@@ -1,14 +1,17 @@
-"""Small random LLaDA checkpoints with a real tokenizer: for tests, demos and benchmarks."""
+"""Small random LLaDA (and Dream) checkpoints with a real tokenizer: for tests, demos and
+benchmarks."""
 
 from pathlib import Path
 
 import torch
 
 from stdec.models import save_model
+from stdec.models.dream import DreamConfig, DreamModel
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.tokenizer import train_tokenizer
 
-__all__ = ["DEMO_TEXT", "random_checkpoint", "random_model", "tiny_config"]
+__all__ = ["DEMO_TEXT", "random_checkpoint", "random_dream_model", "random_model", "tiny_config",
+           "tiny_dream_config"]
 
 DEMO_TEXT = [
     "Tom has 3 apples and buys 4 more. How many apples does he have? 3 + 4 = 7. #### 7",
@@ -31,6 +34,26 @@ def random_model(cfg: LLaDAConfig, *, seed: int = 0, peak: float = 4.0) -> LLaDA
     torch.manual_seed(seed)
     model = LLaDAModelLM(cfg)
     head = model.model.transformer["wte" if cfg.weight_tying else "ff_out"]
+    with torch.no_grad():
+        head.weight.mul_(peak)
+    return model.eval()
+
+
+def tiny_dream_config(**overrides) -> DreamConfig:
+    """A 2-layer, d=64 Dream with grouped-query attention (4 query, 2 KV heads); overrides
+    may set any DreamConfig field."""
+    base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128, vocab_size=300, max_position_embeddings=512,
+                rope_theta=10000.0, mask_token_id=2, eos_token_id=1, pad_token_id=1,
+                bos_token_id=None)
+    return DreamConfig(**{**base, **overrides})
+
+
+def random_dream_model(cfg: DreamConfig, *, seed: int = 0, peak: float = 4.0) -> DreamModel:
+    """Random weights (q/k/v biases included); `peak` scales the output head as random_model."""
+    torch.manual_seed(seed)
+    model = DreamModel(cfg)
+    head = model.model.embed_tokens if cfg.tie_word_embeddings else model.lm_head
     with torch.no_grad():
         head.weight.mul_(peak)
     return model.eval()

@@ -97,6 +97,9 @@ def decode(model, prompt_ids: Sequence[Sequence[int]], cfg: DecodeConfig, *,
     eos = torch.tensor(sorted({mc.eos_token_id, *eos_ids}), device=device)
     cache = model.new_cache(B, T) if cfg.cache != "none" else None
     gen = torch.Generator(device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
+    # shifted models (Dream) predict position i from hidden state i - 1: cached steps feed
+    # `shift` extra positions on the left (s >= 1: prompts are non-empty)
+    shift = getattr(model, "logits_shift", 0)
 
     nfe = torch.zeros(B, dtype=torch.long, device=device)
     last_step = torch.zeros(B, dtype=torch.long, device=device)
@@ -123,11 +126,13 @@ def decode(model, prompt_ids: Sequence[Sequence[int]], cfg: DecodeConfig, *,
                 logits = model(x, position_ids=pos, attention_mask=keys, cache=cache,
                                logits_slice=slice(s, e))
             elif cfg.cache == "prefix":  # the block and everything after it
-                logits = model(x[:, s:], position_ids=pos[:, s:], attention_mask=keys,
-                               cache=cache, cache_start=s, logits_slice=slice(0, bl))
+                logits = model(x[:, s - shift :], position_ids=pos[:, s - shift :],
+                               attention_mask=keys, cache=cache, cache_start=s - shift,
+                               logits_slice=slice(shift, shift + bl))
             else:  # dual: the block alone, over cached prefix and suffix
-                logits = model(x[:, s:e], position_ids=pos[:, s:e], attention_mask=keys,
-                               cache=cache, cache_start=s)
+                logits = model(x[:, s - shift : e], position_ids=pos[:, s - shift : e],
+                               attention_mask=keys, cache=cache, cache_start=s - shift,
+                               logits_slice=slice(shift, shift + bl))
             conf, pred = confidence(logits, mask_id, cfg.temperature, gen)
             stable = torch.where(pred == prev, stable + 1, 1)
             prev = pred

@@ -139,6 +139,8 @@ class LLaDABlock(nn.Module):
 class LLaDAModelLM(nn.Module):
     """LLaDA with the checkpoint's tensor names (model.transformer.*)."""
 
+    logits_shift = 0  # logits at i come from hidden state i (Dream's come from i - 1)
+
     def __init__(self, cfg: LLaDAConfig):
         super().__init__()
         self.config = cfg
