@@ -71,20 +71,135 @@ def cmd_train(args: argparse.Namespace):
     print(f"wrote the trained checkpoint to {out}")
 
 
+def cmd_bench(args: argparse.Namespace):
+    from stdec.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        model=args.model, tasks=_csv(args.tasks), policies=tuple(args.policies),
+        caches=_csv(args.cache), lengths=_csv(args.lengths),
+        stop_at_eos=tuple({"on": True, "off": False}[v] for v in _csv(args.eos_stop)),
+        split=args.split, limit=args.limit, batch_size=args.batch_size,
+        block_length=args.block_length, gen_length=args.gen_length,
+        long_gen_length=args.long_gen_length, seed=args.seed, out=args.out,
+        device=args.device, dtype=args.dtype)
+    run_bench(config, progress=not args.quiet)
+
+
+def cmd_tune(args: argparse.Namespace):
+    import stdec
+    from stdec.api import resolve_model_path
+    from stdec.tasks import get_task
+    from stdec.tasks.lengths import read_gen_lengths
+    from stdec.tune import parse_grid, report, tune
+
+    grid = parse_grid(args.policy, args.grid)
+    tasks = _csv(args.tasks)
+    for name in tasks:
+        get_task(name)
+    path = resolve_model_path(args.model)
+    model, tokenizer = stdec.load(path, dtype=args.dtype, device=args.device)
+    result = tune(model, tokenizer, args.policy, grid, list(tasks), cache=args.cache,
+                  limit=args.limit, batch_size=args.batch_size, block_length=args.block_length,
+                  tolerance=args.tolerance / 100, lengths=read_gen_lengths(path) or None,
+                  progress=not args.quiet)
+    print(report(result, args.out))
+
+
+def cmd_viz(args: argparse.Namespace):
+    import stdec
+    from stdec.api import check_prompts
+    from stdec.viz import color_text, decode_order_plot
+
+    config = from_options(DecodeConfig, args, trace=True)
+    check_prompts(args.prompt)
+    model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=args.chat)
+    s = out.stats[0]
+    n = max(s.gen_tokens, 1)  # show at least one token, even an immediate EOS
+    ids = out.ids[0, :n].tolist()
+    steps = out.trace.step[0, :n].tolist()
+    tokens = [tokenizer.decode([i]) for i in ids]
+    print(color_text(tokens, steps))
+    print(f"\n{s.gen_tokens} tokens in {s.nfe} steps ({s.tpf:.2f} tokens/forward); colour = "
+          "commit step, blue early, red late", file=sys.stderr)
+    title = f"{config.policy}, cache {config.cache}: {s.gen_tokens} tokens in {s.nfe} steps"
+    decode_order_plot(tokens, steps, args.out, title)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _model_options(parser: argparse.ArgumentParser):
+    parser.add_argument("--model", default="testbed",
+                        help="checkpoint folder, or a bundled model name (default: testbed)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if any)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: float32 on the CPU, bfloat16 on CUDA")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stdec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="decode one prompt and print the text and its stats")
     gen.add_argument("prompt", help="the prompt text")
-    gen.add_argument("--model", default="testbed",
-                     help="checkpoint folder, or a bundled model name (default: testbed)")
     gen.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
-    gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
-    gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                     help="default: float32 on the CPU, bfloat16 on CUDA")
+    _model_options(gen)
     add_options(gen, DecodeConfig, "decoding (DecodeConfig)")
     gen.set_defaults(run=cmd_generate)
+
+    viz = sub.add_parser("viz", help="picture the order in which one decode commits tokens")
+    viz.add_argument("prompt", help="the prompt text")
+    viz.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
+    viz.add_argument("--out", default="decode_order.png", help="PNG to write")
+    _model_options(viz)
+    add_options(viz, DecodeConfig, "decoding (DecodeConfig)")
+    viz.set_defaults(run=cmd_viz)
+
+    from stdec.bench import BenchConfig
+
+    d = BenchConfig()
+    bench = sub.add_parser("bench", help="policies x caches x tasks: accuracy and speed")
+    _model_options(bench)
+    bench.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks")
+    bench.add_argument("--policies", nargs="+", default=list(d.policies), metavar="SPEC",
+                       help="policy settings such as threshold:tau=0.9 stdec:tau_high=0.9,rho=0.8"
+                       " fixed:k=2 (k: tokens per step); fixed:k=1 (vanilla) always runs")
+    bench.add_argument("--cache", default=",".join(d.caches), help="comma-separated cache modes")
+    bench.add_argument("--lengths", default=",".join(d.lengths),
+                       help="standard (fits the answers) and/or long (4x the longest answer)")
+    bench.add_argument("--eos-stop", default="on,off", help="EOS early stop: on, off or both")
+    bench.add_argument("--split", default=d.split)
+    bench.add_argument("--limit", type=int, default=d.limit, help="problems per task")
+    bench.add_argument("--batch-size", type=int, default=d.batch_size)
+    bench.add_argument("--block-length", type=int, default=d.block_length)
+    bench.add_argument("--gen-length", type=int, default=None,
+                       help="override every task's standard generation length")
+    bench.add_argument("--long-gen-length", type=int, default=None,
+                       help="override every task's long generation length")
+    bench.add_argument("--seed", type=int, default=d.seed)
+    bench.add_argument("--out", default=d.out, help="folder for results.json/.md, pareto.png")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(run=cmd_bench)
+
+    tune = sub.add_parser("tune", help="pick a policy's parameters on the dev split")
+    tune.add_argument("policy", choices=POLICY_NAMES)
+    _model_options(tune)
+    tune.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
+                      help="values to sweep (default: a built-in grid per policy)")
+    tune.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks")
+    tune.add_argument("--cache", default="none", choices=CACHE_MODES)
+    tune.add_argument("--limit", type=int, default=None, help="dev problems per task")
+    tune.add_argument("--batch-size", type=int, default=d.batch_size)
+    tune.add_argument("--block-length", type=int, default=d.block_length)
+    tune.add_argument("--tolerance", type=float, default=1.0,
+                      help="accuracy points below vanilla that a setting may lose (default 1)")
+    tune.add_argument("--out", default=None, help="JSON file for the sweep")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
+    tune.set_defaults(run=cmd_tune)
 
     trn = sub.add_parser("train", help="train the testbed dLLM with the LLaDA objective")
     trn.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,

@@ -4,7 +4,7 @@ import json
 import math
 from pathlib import Path
 
-from stdec.tasks.base import SPLITS, Problem
+from stdec.tasks.base import Problem
 
 __all__ = ["LENGTHS_FILE", "encode_problem", "gen_lengths", "read_gen_lengths"]
 
@@ -21,12 +21,13 @@ def encode_problem(tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
 
 
 def gen_lengths(tokenizer, tasks: dict, block: int = 32, long_factor: int = 4) -> dict:
-    """Per task: the standard gen_length (fits every gold answer) and the long one
-    (long_factor x the longest gold answer), both multiples of `block`."""
+    """Per task: the standard gen_length (fits every gold answer of the train and dev
+    splits) and the long one (long_factor x the longest), both multiples of `block`.
+    The test split is never read: its answers must not shape the settings."""
     out = {}
     for name, task in tasks.items():
         longest = max(len(encode_problem(tokenizer, p)[1])
-                      for split in SPLITS for p in task.problems(split))
+                      for split in ("train", "dev") for p in task.problems(split))
         out[name] = {"gen_length": block * math.ceil(longest / block),
                      "long_gen_length": block * math.ceil(long_factor * longest / block),
                      "longest_answer_tokens": longest}

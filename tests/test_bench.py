@@ -1,0 +1,105 @@
+"""The harness end to end on a tiny random model: records, files, plots, tune, viz."""
+
+import json
+
+import pytest
+
+from stdec import StdecError
+from stdec.bench import RECORD_FIELDS, BenchConfig, parse_policy, run_bench
+from stdec.cli import main
+from stdec.viz import pareto_front
+
+SMALL = dict(tasks=("lists",), limit=5, gen_length=32, long_gen_length=64, batch_size=4,
+             caches=("none", "dual"))
+
+
+def test_bench_writes_complete_results(checkpoint, tmp_path):
+    cfg = BenchConfig(model=str(checkpoint), out=str(tmp_path),
+                      policies=("threshold:tau=0.5", "stdec", "fixed:k=4"), **SMALL)
+    records = run_bench(cfg, progress=False)
+    # 2 lengths x 2 caches x 2 EOS settings x (vanilla + 3 settings)
+    assert len(records) == 2 * 2 * 2 * 4
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(records))
+    for r in saved:
+        assert set(r) == set(RECORD_FIELDS)
+        assert r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["nfe"] > 0 and r["tpf"] > 0
+        assert r["tokens_per_s"] > 0 and r["latency_s"] > 0 and r["hardware"]
+        assert r["versions"]["torch"] and r["git_commit"]
+    vanilla = [r for r in saved if r["label"] == "fixed:k=1"]
+    assert all(r["speedup_nfe"] == 1 and r["speedup_tokens_per_s"] == 1 for r in vanilla)
+    fast = [r for r in saved if r["label"] == "fixed:k=4" and not r["stop_at_eos"]]
+    assert all(r["speedup_nfe"] == 4 and r["tpf"] == 4 for r in fast)
+    assert {r["gen_length"] for r in saved} == {32, 64}
+    assert "| lists |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_accuracy_and_nfe(checkpoint, tmp_path):
+    cfg = BenchConfig(model=str(checkpoint), policies=("stdec",), lengths=("standard",),
+                      stop_at_eos=(True,), **{**SMALL, "caches": ("dual",)})
+    a = run_bench(BenchConfig(**{**cfg.__dict__, "out": str(tmp_path / "a")}), progress=False)
+    b = run_bench(BenchConfig(**{**cfg.__dict__, "out": str(tmp_path / "b")}), progress=False)
+    assert [(r["accuracy"], r["nfe"]) for r in a] == [(r["accuracy"], r["nfe"]) for r in b]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("greedy", "unknown policy 'greedy'"),
+    ("threshold:tau", "bad policy parameter 'tau'"),
+    ("threshold:sigma=2", "bad policy parameter 'sigma=2'.*key among tau"),
+    ("stdec:window=3,sigma=1.5", None),
+    ("stdec:tau_high=2", "tau_high must be in (0, 1]"),
+    ("stdec:rho=x", "rho in 'stdec:rho=x' must be a number"),
+    ("fixed:k=0", "fixed:k must be a positive number"),
+    ("fixed:tau=0.5", "bad policy parameter 'tau=0.5'"),
+])
+def test_policy_specs(spec, message):
+    if message is None:
+        assert parse_policy(spec).label == spec
+        return
+    with pytest.raises(StdecError, match=message.replace("(0, 1]", r"\(0, 1\]")):
+        parse_policy(spec)
+
+
+def test_bad_bench_options():
+    with pytest.raises(StdecError, match="unknown cache 'full'"):
+        BenchConfig(caches=("full",))
+    with pytest.raises(StdecError, match="fixed:k=3 must divide block_length"):
+        BenchConfig(policies=("fixed:k=3",))
+    with pytest.raises(StdecError, match="unknown task 'chess'"):
+        BenchConfig(tasks=("chess",))
+    with pytest.raises(StdecError, match="gen_length \\(40\\) must be a multiple"):
+        BenchConfig(gen_length=40)
+
+
+def test_tune_reads_only_the_dev_split(checkpoint, monkeypatch, capsys):
+    from stdec.tasks.base import Task
+
+    splits = []
+    real = Task.problems
+
+    def spy(self, split):
+        splits.append(split)
+        return real(self, split)
+
+    monkeypatch.setattr(Task, "problems", spy)
+    code = main(["tune", "threshold", "--model", str(checkpoint), "--tasks", "lists",
+                 "--grid", "tau=0.5,0.9", "--limit", "4", "--quiet"])
+    assert code == 0
+    assert "dev" in splits and "test" not in splits
+    out = capsys.readouterr().out
+    assert "threshold:tau=0.5" in out and "best threshold setting on dev" in out
+
+
+def test_viz_writes_picture_and_coloured_text(checkpoint, tmp_path, capsys):
+    png = tmp_path / "order.png"
+    code = main(["viz", "Sort the list [3, 1, 2].", "--model", str(checkpoint), "--out",
+                 str(png), "--gen-length", "16", "--block-length", "8", "--policy", "threshold",
+                 "--tau", "0.5"])
+    assert code == 0 and png.stat().st_size > 5_000
+    assert "\033[38;5;" in capsys.readouterr().out
+
+
+def test_pareto_front():
+    pts = [(1, 90), (2, 85), (3, 80), (2, 70), (0.5, 90)]
+    assert pareto_front(pts) == [0, 1, 2]
