@@ -91,6 +91,7 @@ def pareto_plot(records: list[dict], path: str | Path):
                     alpha=0.6)
             ax.set_xlabel(name)
             ax.set_ylabel("accuracy %")
+            ax.set_ylim(-3, 103)
             ax.set_title(f"{task}, {length} length")
             ax.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
