@@ -122,3 +122,21 @@ def test_load_on_cpu_in_bfloat16(checkpoint):
     assert model.dtype == torch.bfloat16
     with pytest.raises(StdecError, match="unknown dtype 'fp8'"):
         stdec.load_model(checkpoint, dtype="fp8")
+
+
+def test_qwen2_style_tokenizer_files_load(tmp_path, checkpoint):
+    """Dream ships vocab.json + merges.txt and a remote-code class; stdec reads the files."""
+    folder = tmp_path / "bpe"
+    shutil.copytree(checkpoint, folder)
+    _, fast = stdec.load(checkpoint)
+    fast.backend_tokenizer.model.save(str(folder))
+    (folder / "tokenizer.json").unlink()
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg["tokenizer_class"] = "DreamTokenizer"  # a class stdec must not try to import
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    model, tok = stdec.load(folder)
+    # Qwen2's pre-tokenizer splits text its own way; the vocabulary and merges are ours
+    assert tok.decode(tok("Tom has 3 apples.")["input_ids"]) == "Tom has 3 apples."
+    assert tok.mask_token_id == fast.mask_token_id
+    out = stdec.generate(model, tok, "Tom has", gen_length=8, block_length=8, chat=True)
+    assert isinstance(out.texts[0], str)

@@ -16,7 +16,7 @@ from stdec.models.presets import is_hub_id, resolve_model
 __all__ = ["Generation", "generate", "load", "resolve_model_path"]
 
 ASSETS = Path(__file__).parent / "assets"
-MASK_TOKEN = "<|mdm_mask|>"
+MASK_TOKENS = ("<|mdm_mask|>", "<|mask|>")  # LLaDA's, Dream's
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # LLaDA's two; Dream's chat turn end
 
 
@@ -44,15 +44,19 @@ def resolve_model_path(model: str | Path) -> Path:
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None):
     """(model, tokenizer) from a checkpoint folder that also holds a tokenizer."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     path = resolve_model_path(model)
     read_config(path)  # fail on a bad folder before touching the tokenizer
-    if not (path / "tokenizer.json").is_file():
-        raise StdecError(f"{str(path)!r} has no tokenizer (tokenizer.json); use "
-                         "stdec.load_model for the weights alone.")
+    if (path / "tokenizer.json").is_file():
+        cls = PreTrainedTokenizerFast
+    elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        cls = Qwen2TokenizerFast  # Dream ships Qwen2's BPE files and a remote-code class
+    else:
+        raise StdecError(f"{str(path)!r} has no tokenizer (tokenizer.json, or vocab.json with "
+                         "merges.txt); use stdec.load_model for the weights alone.")
     try:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+        tokenizer = cls.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
         raise StdecError(f"the tokenizer in {str(path)!r} could not be read ({err}).") from None
     return load_model(path, dtype=dtype, device=device), tokenizer
@@ -61,8 +65,11 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
 def mask_token_id(tokenizer) -> int | None:
     if getattr(tokenizer, "mask_token_id", None) is not None:
         return tokenizer.mask_token_id
-    tid = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
-    return None if tid is None or tid == tokenizer.unk_token_id else tid
+    for token in MASK_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is not None and tid != tokenizer.unk_token_id:
+            return tid
+    return None
 
 
 def end_token_ids(tokenizer) -> list[int]:
@@ -120,8 +127,8 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     mc = model.config
     tok_mask = mask_token_id(tokenizer)
     if tok_mask is None:
-        raise StdecError(f"the tokenizer has no mask token ({MASK_TOKEN}); a dLLM tokenizer "
-                         "must define it.")
+        raise StdecError(f"the tokenizer has no mask token ({' or '.join(MASK_TOKENS)}); a "
+                         "dLLM tokenizer must define it.")
     if tok_mask != mc.mask_token_id:
         raise StdecError(f"the tokenizer's mask id ({tok_mask}) differs from the model's "
                          f"mask_token_id ({mc.mask_token_id}); they must come from one checkpoint.")
