@@ -103,3 +103,18 @@ def test_viz_writes_picture_and_coloured_text(checkpoint, tmp_path, capsys):
 def test_pareto_front():
     pts = [(1, 90), (2, 85), (3, 80), (2, 70), (0.5, 90)]
     assert pareto_front(pts) == [0, 1, 2]
+
+
+def test_real_benchmarks_plug_into_bench(checkpoint, tmp_path):
+    from pathlib import Path
+
+    data = Path(__file__).parent / "fixtures" / "gsm8k.jsonl"
+    cfg = BenchConfig(model=str(checkpoint), out=str(tmp_path), policies=("stdec",),
+                      tasks=(f"gsm8k={data}",), caches=("dual",), stop_at_eos=(True,),
+                      lengths=("standard",), gen_length=32, batch_size=4)
+    records = run_bench(cfg, progress=False)
+    assert [(r["task"], r["label"]) for r in records] == [("gsm8k", "fixed:k=1"),
+                                                          ("gsm8k", "stdec")]
+    assert records[0]["n"] == 4
+    with pytest.raises(StdecError, match="gsm8k"):
+        BenchConfig(tasks=(f"gsm8k={tmp_path / 'none.jsonl'}",))

@@ -91,6 +91,7 @@ def parse_policy(spec: str) -> PolicySetting:
 @dataclass(frozen=True)
 class BenchConfig:
     model: str = "testbed"
+    # testbed task names, or real benchmarks with their data: gsm8k=path/to/test.jsonl
     tasks: tuple[str, ...] = ("gsm", "code", "lists")
     policies: tuple[str, ...] = (VANILLA, "fixed:k=4", "threshold", "stdec")
     caches: tuple[str, ...] = ("none", "dual")
@@ -116,8 +117,9 @@ class BenchConfig:
         for length in self.lengths:
             if length not in LENGTHS:
                 raise StdecError(f"unknown length {length!r}; choose among {', '.join(LENGTHS)}.")
-        for task in self.tasks:
-            get_task(task)
+        for spec in self.tasks:
+            name, _, where = spec.partition("=")
+            get_task(name, **({"path": where} if where else {}))
         if self.split not in SPLITS:
             raise StdecError(f"unknown split {self.split!r}; choose among {', '.join(SPLITS)}.")
         for name in ("batch_size", "block_length", "limit", "gen_length", "long_gen_length"):
@@ -235,10 +237,28 @@ def run_cell(model, tokenizer, task, problems, config: DecodeConfig, batch_size:
     return CellResult(*(sum(p[i] for p in parts) for i in range(4)), max(p[4] for p in parts))
 
 
+def load_tasks(specs: tuple[str, ...]) -> dict:
+    """{name: Task} from `name` or `name=path` specs."""
+    from stdec.tasks import get_task
+
+    out = {}
+    for spec in specs:
+        name, _, where = spec.partition("=")
+        out[name] = get_task(name, **({"path": where} if where else {}))
+    return out
+
+
 def task_lengths(cfg: BenchConfig, model_path: Path, tokenizer, tasks: dict) -> dict:
+    """Per task, the standard and long gen_length: overrides, then what the checkpoint was
+    trained for, then lengths fitted to the train and dev answers; real benchmarks use
+    their task's gen_length and twice it (256 and 512, the range people use)."""
+    from stdec.tasks import RealTask
     from stdec.tasks.lengths import gen_lengths, read_gen_lengths
 
     known = read_gen_lengths(model_path)
+    for name, task in tasks.items():
+        if isinstance(task, RealTask):
+            known[name] = {"gen_length": task.gen_length, "long_gen_length": 2 * task.gen_length}
     missing = {name: t for name, t in tasks.items() if name not in known}
     lengths = {**known, **gen_lengths(tokenizer, missing, cfg.block_length)} if missing else known
     out = {}
@@ -253,14 +273,13 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> list[dict]:
     """Run the grid; returns the records (rank 0 also writes them under cfg.out)."""
     import stdec
     from stdec.api import resolve_model_path
-    from stdec.tasks import get_task
 
     rank, world = dist_setup()
     device = cfg.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
                             if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(cfg.model)
     model, tokenizer = stdec.load(path, dtype=cfg.dtype, device=device)
-    tasks = {name: get_task(name) for name in cfg.tasks}
+    tasks = load_tasks(cfg.tasks)
     lengths = task_lengths(cfg, path, tokenizer, tasks)
     for name, per in lengths.items():
         for length, value in per.items():

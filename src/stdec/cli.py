@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = BenchConfig()
     bench = sub.add_parser("bench", help="policies x caches x tasks: accuracy and speed")
     _model_options(bench)
-    bench.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks")
+    bench.add_argument("--tasks", default=",".join(d.tasks),
+                       help="comma-separated testbed tasks, or real benchmarks with their data "
+                       "(gsm8k=FILE, math500=FILE, humaneval[=FILE], mbpp=FILE)")
     bench.add_argument("--policies", nargs="+", default=list(d.policies), metavar="SPEC",
                        help="policy settings such as threshold:tau=0.9 stdec:tau_high=0.9,rho=0.8"
                        " fixed:k=2 (k: tokens per step); fixed:k=1 (vanilla) always runs")
