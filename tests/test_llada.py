@@ -95,3 +95,12 @@ def test_tied_weights_and_biases_round_trip(tmp_path):
     assert "model.transformer.ff_out.weight" not in loaded.state_dict()
     ids = torch.randint(3, 300, (1, 11))
     assert torch.equal(loaded(ids), model(ids))
+
+
+def test_corrupt_shard_index_is_one_sentence(tmp_path, tiny_model):
+    from stdec.errors import StdecError
+
+    save_model(tiny_model, tmp_path, max_shard_bytes=20_000)
+    (tmp_path / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(StdecError, match="index.json' is corrupt"):
+        load_model(tmp_path)

@@ -59,8 +59,12 @@ def read_config(path: str | Path) -> dict:
 
 def weight_files(path: Path) -> list[Path]:
     if (path / INDEX).is_file():
-        index = json.loads((path / INDEX).read_text())
-        return sorted({path / name for name in index["weight_map"].values()})
+        try:
+            index = json.loads((path / INDEX).read_text())
+            return sorted({path / name for name in index["weight_map"].values()})
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+            raise StdecError(f"{str(path / INDEX)!r} is corrupt: it needs a weight_map of "
+                             "tensor names to shard files.") from None
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     files = sorted(path.glob("*.safetensors"))
