@@ -1,0 +1,106 @@
+"""Measure the testbed checks on the test split and write the model card.
+
+    python benchmarks/testbed_card.py --model runs/testbed [--limit N] [--write]
+
+Rows: `fixed` with one and with four tokens per step (the parallelism penalty) and
+`threshold` 0.9 (its tokens per forward), each task at its standard gen_length, no cache,
+EOS stop on; plus the wall time of vanilla decoding over each task's whole test split.
+With --write, the card (README.md) is written into the model folder from the training log.
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import stdec
+from stdec.bench import git_commit, hardware
+from stdec.decoding.config import DecodeConfig
+from stdec.tasks import TASKS, evaluate, get_task
+from stdec.tasks.lengths import read_gen_lengths
+
+ROWS = {"fixed, 1 token/step": dict(policy="fixed"),
+        "fixed, 4 tokens/step": dict(policy="fixed", k=4),
+        "threshold 0.9": dict(policy="threshold", tau=0.9)}
+
+
+def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int) -> dict:
+    table = {}
+    for name in TASKS:
+        gen = lengths[name]["gen_length"]
+        for row, spec in ROWS.items():
+            spec = dict(spec)
+            k = spec.pop("k", 1)
+            steps = {"steps": gen // k} if spec["policy"] == "fixed" else {}
+            cfg = DecodeConfig(gen_length=gen, block_length=32, cache="none", **spec, **steps)
+            start = time.perf_counter()
+            res = evaluate(model, tokenizer, get_task(name), "test", cfg, limit=limit,
+                           batch_size=batch)
+            table[(name, row)] = {"accuracy": res.accuracy, "tpf": res.gen_tokens / sum(
+                r.nfe for r in res.records), "n": res.n, "seconds": time.perf_counter() - start}
+            print(f"{name:6s} {row:22s} acc {100 * res.accuracy:5.1f}  TPF "
+                  f"{table[(name, row)]['tpf']:.2f}  {table[(name, row)]['seconds']:.0f} s")
+    return table
+
+
+def card(folder: Path, table: dict, limit: int | None) -> str:
+    log = json.loads((folder / "train_log.json").read_text())
+    cfg, entries = log["config"], log["log"]
+    args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
+                    if v is not None and k != "out")
+    n_params = sum(p.numel() for p in stdec.load_model(folder).parameters())
+    rows = ["| task | rule | accuracy % | tokens/forward | n | seconds |",
+            "|---|---|---|---|---|---|"]
+    for (task, row), r in table.items():
+        rows.append(f"| {task} | {row} | {100 * r['accuracy']:.1f} | {r['tpf']:.2f} | {r['n']} "
+                    f"| {r['seconds']:.0f} |")
+    subset = "" if limit is None else f", first {limit} problems"
+    elapsed = entries[-1]["elapsed_s"] if entries else float("nan")
+    return f"""# stdec testbed dLLM
+
+A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by
+`stdec train` on the synthetic suite (gsm, code, lists), bundled so that stdec runs and
+measures decoding rules anywhere with no downloads. It is a measuring instrument, not a
+useful language model.
+
+## Recipe
+
+```bash
+stdec train {args} --out OUT
+```
+
+seed {cfg['seed']}; git commit {git_commit()[:12]}; training time {elapsed / 60:.0f} min on
+{hardware(torch.device('cpu')) if cfg.get('device') in (None, 'cpu') else cfg['device']};
+Python {platform.python_version()}, torch {torch.__version__}.
+
+## Test split (standard gen_length, no cache, EOS stop on{subset}, 2 CPU threads)
+
+{chr(10).join(rows)}
+
+Reproduce: `python benchmarks/testbed_card.py --model {folder}`.
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="testbed")
+    parser.add_argument("--limit", type=int, default=None, help="test problems per task")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--write", action="store_true", help="write README.md into the model")
+    args = parser.parse_args()
+    from stdec.api import resolve_model_path
+
+    folder = resolve_model_path(args.model)
+    model, tokenizer = stdec.load(folder, device="cpu")
+    table = measure(model, tokenizer, read_gen_lengths(folder), args.limit, args.batch_size)
+    if args.write:
+        (folder / "README.md").write_text(card(folder, table, args.limit))
+        print(f"wrote {folder / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
