@@ -195,6 +195,13 @@ def dist_setup() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def rank_device(device: str | None) -> str:
+    """`device`, or this process's GPU (LOCAL_RANK, set by torchrun/accelerate), or the CPU."""
+    if device:
+        return device
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+
+
 def gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
@@ -275,8 +282,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> list[dict]:
     from stdec.api import resolve_model_path
 
     rank, world = dist_setup()
-    device = cfg.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-                            if torch.cuda.is_available() else "cpu")
+    device = rank_device(cfg.device)
     path = resolve_model_path(cfg.model)
     model, tokenizer = stdec.load(path, dtype=cfg.dtype, device=device)
     tasks = load_tasks(cfg.tasks)

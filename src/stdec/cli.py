@@ -88,6 +88,7 @@ def cmd_bench(args: argparse.Namespace):
 def cmd_tune(args: argparse.Namespace):
     import stdec
     from stdec.api import resolve_model_path
+    from stdec.bench import dist_setup, rank_device
     from stdec.tasks import get_task
     from stdec.tasks.lengths import read_gen_lengths
     from stdec.tune import parse_grid, report, tune
@@ -97,12 +98,14 @@ def cmd_tune(args: argparse.Namespace):
     for name in tasks:
         get_task(name)
     path = resolve_model_path(args.model)
-    model, tokenizer = stdec.load(path, dtype=args.dtype, device=args.device)
+    rank, _ = dist_setup()  # under torchrun/accelerate, rank 0 alone prints and writes
+    model, tokenizer = stdec.load(path, dtype=args.dtype, device=rank_device(args.device))
     result = tune(model, tokenizer, args.policy, grid, list(tasks), cache=args.cache,
                   limit=args.limit, batch_size=args.batch_size, block_length=args.block_length,
                   tolerance=args.tolerance / 100, lengths=read_gen_lengths(path) or None,
-                  progress=not args.quiet)
-    print(report(result, args.out))
+                  progress=not args.quiet and rank == 0)
+    if rank == 0:
+        print(report(result, args.out))
 
 
 def cmd_viz(args: argparse.Namespace):

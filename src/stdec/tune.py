@@ -59,10 +59,11 @@ def tune(model, tokenizer, policy: str, grid: dict[str, list], tasks: list[str],
     from stdec.tasks import get_task
     from stdec.tasks.lengths import gen_lengths
 
-    _, world = dist_setup()
+    rank, world = dist_setup()
     task_objs = {name: get_task(name) for name in tasks}
     lengths = lengths or gen_lengths(tokenizer, task_objs, block_length)
-    dev = {name: t.problems("dev")[:limit] for name, t in task_objs.items()}
+    # data parallel: each rank decodes its share; run_cell sums the counts over ranks
+    dev = {name: t.problems("dev")[:limit][rank::world] for name, t in task_objs.items()}
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     settings = [PolicySetting(policy, tuple(c.items())) for c in combos]
     bar = tqdm(total=len(tasks) * (len(settings) + 1), desc=f"tune {policy}",

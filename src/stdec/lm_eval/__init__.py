@@ -1,0 +1,226 @@
+"""lm-eval adapter: stdec's decoders as the lm-eval model "stdec", for generate_until tasks.
+
+lm-eval (0.4.x) finds a model only once the module that registers it is imported, and reads
+no entry points for models, so run its command line through this module:
+
+    python -m stdec.lm_eval --model stdec --tasks gsm8k --batch_size 16 --device cuda:0 \
+        --model_args pretrained=PATH,policy=stdec,cache=dual,gen_length=256,block_length=32
+
+or, from Python, `import stdec.lm_eval` and then `lm_eval.simple_evaluate(model="stdec", ...)`.
+
+model_args: `pretrained` (a checkpoint folder, a Hub id or "testbed"), `dtype`, `chat` (wrap
+each context in one user turn of the tokenizer's chat template; default false; or use lm-eval's
+--apply_chat_template, not both), and any DecodeConfig field (policy, cache, gen_length,
+block_length, stop_at_eos, temperature, tau_high, ...). lm-eval's --batch_size and --device
+are used; "auto" batch sizes mean 16.
+
+Per request, `until` cuts the text at the first stop string and `temperature` (with
+`do_sample`) sets the sampling temperature. `max_gen_toks` does not change gen_length: a dLLM
+decodes a fixed canvas of gen_length tokens, so set gen_length to cover the task's answers.
+Diffusion LMs give no token log-likelihoods here, so loglikelihood and multiple-choice tasks
+fail with a clear error.
+"""
+
+import logging
+import types
+import typing
+from dataclasses import fields, replace
+
+import torch
+
+try:
+    # lm-eval's own models first: its registry stops loading them once any model is registered
+    import lm_eval.models  # noqa: F401
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError as err:
+    raise ImportError("stdec.lm_eval needs lm-eval; install it with "
+                      "pip install 'stdec[lm-eval]'.") from err
+
+import stdec
+from stdec.decoding.config import DecodeConfig
+from stdec.errors import StdecError
+
+__all__ = ["StdecLM", "decode_config", "main"]
+
+log = logging.getLogger(__name__)
+AUTO_BATCH_SIZE = 16
+GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature")
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def to_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise StdecError(f"{name} must be true or false, got {value!r}.")
+
+
+def _coerce(name: str, value, kind):
+    """A model_args value (a string, or what lm-eval already parsed from it) as `kind`."""
+    optional = isinstance(kind, types.UnionType)  # int | None
+    if optional:
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        if optional:
+            return None
+        if kind is str:  # lm-eval parses cache=none into None
+            return "none"
+    if kind is bool:
+        return to_bool(name, value)
+    if kind is str:
+        return str(value).strip()
+    try:
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value.strip() if isinstance(value, str) else value)
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise StdecError(f"{name} must be {what}, got {value!r}.") from None
+
+
+def decode_config(options: dict) -> DecodeConfig:
+    """A validated DecodeConfig from model_args entries (strings or lm-eval-parsed values)."""
+    kinds = {f.name: f.type for f in fields(DecodeConfig)}
+    for name in options:
+        if name not in kinds:
+            valid = ", ".join(["pretrained", "batch_size", "device", "dtype", "chat", *kinds])
+            raise StdecError(f"unknown stdec model_args key {name!r}; the valid keys are {valid}.")
+    return DecodeConfig(**{k: _coerce(k, v, kinds[k]) for k, v in options.items()})
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    ends = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(ends)] if ends else text
+
+
+def _batch_size(value) -> int:
+    if isinstance(value, str) and value.strip().lower().startswith("auto"):
+        return AUTO_BATCH_SIZE
+    size = _coerce("batch_size", value, int)
+    if size < 1:
+        raise StdecError(f"batch_size must be a positive integer, got {value!r}.")
+    return size
+
+
+def _device(value: str | None) -> str | None:
+    # lm-eval passes --device, default "cuda:0", even on machines without CUDA
+    if value and str(value).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("stdec: no CUDA device here, so the model runs on the CPU instead of %s.",
+                    value)
+        return "cpu"
+    return value
+
+
+@register_model("stdec")
+class StdecLM(LM):
+    """A stdec model and decoding config behind lm-eval's generate_until."""
+
+    def __init__(self, pretrained: str = "testbed", batch_size: int | str = AUTO_BATCH_SIZE,
+                 max_batch_size: int | None = None, device: str | None = None,
+                 dtype: str | None = None, chat: bool | str = False, **options):
+        super().__init__()
+        self.config = decode_config(options)  # fail on bad options before loading weights
+        self.chat = to_bool("chat", chat)
+        self.batch_size = _batch_size(batch_size)
+        dtype = None if dtype in (None, "auto") else str(dtype)
+        self.pretrained = str(pretrained)
+        self.model, self.tokenizer = stdec.load(self.pretrained, dtype=dtype,
+                                                device=_device(device))
+        self._device = self.model.device
+        self._warned: set[str] = set()
+
+    def _warn_once(self, message: str):
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("stdec: %s", message)
+
+    def request_config(self, gen_kwargs: dict | None) -> tuple[DecodeConfig, list[str]]:
+        """The DecodeConfig and stop strings for one request's gen_kwargs."""
+        kwargs = dict(gen_kwargs or {})
+        until = kwargs.get("until") or []
+        stops = [until] if isinstance(until, str) else list(until)
+        max_gen = kwargs.get("max_gen_toks")
+        if max_gen is not None and int(max_gen) > self.config.gen_length:
+            self._warn_once(f"the task asks for up to {max_gen} tokens but gen_length is "
+                            f"{self.config.gen_length}; longer answers are cut (raise "
+                            "gen_length in model_args).")
+        ignored = sorted(set(kwargs) - set(GEN_KWARGS))
+        if ignored:
+            self._warn_once(f"ignoring gen_kwargs {', '.join(ignored)}.")
+        do_sample, temperature = kwargs.get("do_sample"), kwargs.get("temperature")
+        if do_sample is not None and not to_bool("do_sample", do_sample):
+            temperature = 0.0
+        elif temperature is None:
+            temperature = 1.0 if do_sample is not None else self.config.temperature
+        temperature = _coerce("temperature", temperature, float)
+        if temperature == self.config.temperature:
+            return self.config, stops
+        return replace(self.config, temperature=temperature), stops
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from tqdm import tqdm
+
+        texts: list[str] = [""] * len(requests)
+        groups: dict[DecodeConfig, list[int]] = {}
+        stops = []
+        for i, req in enumerate(requests):
+            config, stop = self.request_config(req.args[1])
+            groups.setdefault(config, []).append(i)
+            stops.append(stop)
+        bar = tqdm(total=len(requests), desc="stdec generate_until",
+                   disable=disable_tqdm or self.rank != 0)
+        for config, idx in groups.items():
+            # longest first: a prompt too long for the model fails before the rest run
+            idx.sort(key=lambda i: -len(requests[i].args[0]))
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                out = stdec.generate(self.model, self.tokenizer,
+                                     [requests[i].args[0] for i in chunk], config, chat=self.chat)
+                for i, text in zip(chunk, out.texts, strict=True):
+                    texts[i] = cut_at_stop(text, stops[i])
+                    self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
+                bar.update(len(chunk))
+        bar.close()
+        return texts
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise StdecError(NO_LOGLIKELIHOOD)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise StdecError(NO_LOGLIKELIHOOD)
+
+    # lm-eval's --apply_chat_template
+    @property
+    def tokenizer_name(self) -> str:
+        return self.pretrained.replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        if self.chat:
+            raise StdecError("chat=true and --apply_chat_template would both apply the chat "
+                             "template; use one of them.")
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+
+NO_LOGLIKELIHOOD = ("stdec's diffusion LMs give no token log-likelihoods, so loglikelihood and "
+                    "multiple-choice tasks cannot run; use generate_until tasks (gsm8k, "
+                    "humaneval, ...).")
+
+
+def main() -> None:
+    """lm-eval's command line; importing this module registered the "stdec" model."""
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
