@@ -140,3 +140,18 @@ def test_qwen2_style_tokenizer_files_load(tmp_path, checkpoint):
     assert tok.mask_token_id == fast.mask_token_id
     out = stdec.generate(model, tok, "Tom has", gen_length=8, block_length=8, chat=True)
     assert isinstance(out.texts[0], str)
+
+
+def test_presets_set_lengths_for_known_models(tmp_path):
+    from stdec.cli import build_parser, decode_config
+    from stdec.models.llada import LLaDAConfig
+    from stdec.models.presets import preset_for
+
+    (tmp_path / "config.json").write_text(json.dumps(LLaDAConfig().to_dict()))  # LLaDA-8B
+    args = build_parser().parse_args(["generate", "hi", "--model", str(tmp_path)])
+    assert (decode_config(args).gen_length, decode_config(args).block_length) == (256, 32)
+    args = build_parser().parse_args(["generate", "hi", "--model", str(tmp_path),
+                                      "--gen-length", "64"])
+    assert decode_config(args).gen_length == 64  # what the user asks for wins
+    assert preset_for("Dream-org/Dream-v0-Instruct-7B", {}).mask_token_id == 151666
+    assert preset_for("mine", {"architectures": ["LLaDAModelLM"], "mask_token_id": 2}) is None

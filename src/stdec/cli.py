@@ -38,11 +38,25 @@ def from_options(cls, args: argparse.Namespace, **defaults):
     return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
+def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
+    """The options given, over the model's preset lengths (LLaDA/Dream: 256 and 32), over
+    DecodeConfig's defaults; validated before any weights are read."""
+    from stdec.api import resolve_model_path
+    from stdec.models import read_config
+    from stdec.models.presets import preset_for
+
+    from_options(DecodeConfig, args, **fixed)  # bad options fail before the model is touched
+    preset = preset_for(str(args.model), read_config(resolve_model_path(args.model)))
+    lengths = dict(gen_length=preset.gen_length, block_length=preset.block_length) \
+        if preset else {}
+    return from_options(DecodeConfig, args, **lengths, **fixed)
+
+
 def cmd_generate(args: argparse.Namespace):
     import stdec
     from stdec.api import check_prompts
 
-    config = from_options(DecodeConfig, args)  # validate before loading anything
+    config = decode_config(args)
     check_prompts(args.prompt)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=args.chat)
@@ -113,7 +127,7 @@ def cmd_viz(args: argparse.Namespace):
     from stdec.api import check_prompts
     from stdec.viz import color_text, decode_order_plot
 
-    config = from_options(DecodeConfig, args, trace=True)
+    config = decode_config(args, trace=True)
     check_prompts(args.prompt)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=args.chat)

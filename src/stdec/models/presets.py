@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stdec.errors import StdecError
 
-__all__ = ["PRESETS", "Preset", "is_hub_id", "resolve_model"]
+__all__ = ["PRESETS", "Preset", "is_hub_id", "preset_for", "resolve_model"]
 
 # what a checkpoint download needs: config, safetensors weights, tokenizer files
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
@@ -28,6 +28,17 @@ PRESETS = {
     # <|endoftext|>
     "Dream-org/Dream-v0-Instruct-7B": Preset("DreamModel", 151666, (151643,)),
 }
+
+
+def preset_for(name: str, config: dict) -> Preset | None:
+    """The preset of a hub id, or of a local copy recognised by its architecture and mask id."""
+    if name in PRESETS:
+        return PRESETS[name]
+    archs = set(config.get("architectures") or [])
+    for preset in PRESETS.values():
+        if preset.model_class in archs and config.get("mask_token_id") == preset.mask_token_id:
+            return preset
+    return None
 
 
 def is_hub_id(name: str) -> bool:
