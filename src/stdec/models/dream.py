@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
+from stdec.models.layers import RMSNorm, apply_rope
 
 __all__ = ["DreamConfig", "DreamModel"]
 
@@ -83,30 +84,6 @@ class DreamConfig:
             "rope_scaling": None,
             "use_sliding_window": False,
         }
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # normalise in float32 as Qwen2 does, scale in the model's dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, H, L, D); cos, sin (B, 1, L, D) float32. Rotation in float32."""
-    x32 = x.float()
-    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
 class DreamAttention(nn.Module):

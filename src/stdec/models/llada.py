@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
+from stdec.models.layers import RMSNorm, apply_rope
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM"]
 
@@ -75,30 +76,6 @@ class LLaDAConfig:
             "rope": True,
             "alibi": False,
         }
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # normalise in float32 as LLaDA does, scale in the model's dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, H, L, D); cos, sin (B, 1, L, D) float32. Rotation in float32, as LLaDA does."""
-    x32 = x.float()
-    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
 class LLaDABlock(nn.Module):
