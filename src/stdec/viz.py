@@ -31,8 +31,9 @@ def decode_order_plot(tokens: list[str], steps: list[int], path: str | Path, tit
             grid[step - 1 :, pos] = step  # decoded from that step on
     width = min(max(6.0, 0.22 * len(steps_arr)), 30.0)
     fig, ax = plt.subplots(figsize=(width, max(3.0, min(0.12 * n_steps + 1.5, 12.0))))
+    # rows are steps 1..n, top to bottom
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
-                      origin="upper")
+                      extent=(-0.5, len(steps_arr) - 0.5, n_steps + 0.5, 0.5))
     ax.set_xlabel("generated position")
     ax.set_ylabel("step (forward pass)")
     if len(tokens) <= 80:
