@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
-from stdec.models.layers import RMSNorm, apply_rope
+from stdec.models.layers import RMSNorm, apply_rope, attend
 
 __all__ = ["DreamConfig", "DreamModel"]
 
@@ -105,10 +105,7 @@ class DreamAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, T, D): every cached position
-        if self.n_kv_heads != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        a = attend(q, k, v, mask, causal)  # (B, H, L, D)
         return self.o_proj(a.transpose(1, 2).reshape(B, L, -1))
 
 
