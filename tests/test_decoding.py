@@ -5,20 +5,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+from reference import MASK, config, reference_decode
 
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.decoding.loop import decode
 from stdec.testing import tiny_config
-
-MASK = 2
-# thresholds inside the random model's confidence range, so that steps commit several tokens
-LOOSE = dict(tau=0.6, tau_high=0.7, tau_low=0.45, sigma=1.5, rho=0.8, window=2,
-             leap_tau_hi=0.7, leap_tau_lo=0.5, factor=2.0)
-
-
-def config(policy: str, cache: str = "none", **kw) -> DecodeConfig:
-    return DecodeConfig(policy=policy, cache=cache, gen_length=24, block_length=8, **LOOSE, **kw)
-
 
 # ---- a plain reference: one row, Python loops, attention written out with explicit K/V ----
 
@@ -53,36 +44,11 @@ def ref_forward(model, ids: list[int], a: int, b: int, frozen):
     return (t.ff_out(t.ln_f(h)))[0], kv
 
 
-@torch.no_grad()
-def reference_decode(model, prompt: list[int], cfg: DecodeConfig) -> tuple[list[int], int]:
-    """Threshold rule with the at-least-one rule, in the plainest form. Returns (ids, nfe)."""
-    x, P, nfe = prompt + [MASK] * cfg.gen_length, len(prompt), 0
-    for s in range(P, len(x), cfg.block_length):
-        e, frozen, step = s + cfg.block_length, None, 0
-        while MASK in x[s:e]:
-            if cfg.cache == "none" or step == 0:
-                logits, kv = ref_forward(model, x, 0, len(x), None)
-                logits, frozen = logits[s:e], kv
-            else:
-                end = e if cfg.cache == "dual" else len(x)
-                logits = ref_forward(model, x, s, end, frozen)[0][: e - s]
-            logits[:, MASK] = -math.inf
-            probs = torch.softmax(logits, -1)
-            todo = [i for i in range(s, e) if x[i] == MASK]
-            picks = [i for i in todo if probs[i - s].max() >= cfg.tau]
-            if not picks:
-                picks = [max(todo, key=lambda i: probs[i - s].max())]
-            for i in picks:
-                x[i] = int(probs[i - s].argmax())
-            nfe, step = nfe + 1, step + 1
-    return x[P:], nfe
-
-
 @pytest.mark.parametrize("cache", CACHE_MODES)
 def test_decode_matches_reference_loop(tiny_model, cache):
     cfg = config("threshold", cache, stop_at_eos=False)
     prompt = [5, 9, 33, 7, 101, 54, 8]
-    ids, nfe = reference_decode(tiny_model, prompt, cfg)
+    ids, nfe = reference_decode(tiny_model, prompt, cfg, ref_forward)
     out = decode(tiny_model, [prompt], cfg)
     assert out.ids[0].tolist() == ids
     assert out.stats[0].nfe == nfe

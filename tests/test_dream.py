@@ -5,28 +5,22 @@ import math
 
 import pytest
 import torch
+from reference import config, reference_decode
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import stdec
 from stdec.api import resolve_model_path
-from stdec.decoding.config import CACHE_MODES, DecodeConfig
+from stdec.decoding.config import CACHE_MODES
 from stdec.decoding.loop import decode
 from stdec.errors import StdecError
 from stdec.models import DreamConfig, DreamModel, LLaDAModelLM, load_model, save_model
 from stdec.models.presets import PRESETS, resolve_model
 from stdec.testing import random_dream_model, tiny_dream_config
 
-MASK = 2
-LOOSE = dict(tau=0.6, tau_high=0.7, tau_low=0.45, sigma=1.5, rho=0.8, window=2)
-
 
 @pytest.fixture
 def dream():
     return random_dream_model(tiny_dream_config(), peak=16.0)
-
-
-def config(policy: str, cache: str = "none", **kw) -> DecodeConfig:
-    return DecodeConfig(policy=policy, cache=cache, gen_length=24, block_length=8, **LOOSE, **kw)
 
 
 def to_qwen2(model: DreamModel) -> Qwen2ForCausalLM:
@@ -131,36 +125,11 @@ def ref_forward(model: DreamModel, ids: list[int], a: int, b: int, frozen):
     return model.lm_head(m.norm(h))[0], kv
 
 
-@torch.no_grad()
-def reference_decode(model, prompt: list[int], cfg: DecodeConfig) -> tuple[list[int], int]:
-    """Threshold rule with the at-least-one rule; position i is read from row i - 1."""
-    x, P, nfe = prompt + [MASK] * cfg.gen_length, len(prompt), 0
-    for s in range(P, len(x), cfg.block_length):
-        e, frozen, step = s + cfg.block_length, None, 0
-        while MASK in x[s:e]:
-            if cfg.cache == "none" or step == 0:
-                logits, frozen = ref_forward(model, x, 0, len(x), None)
-                logits = logits[s - 1 : e - 1]
-            else:
-                end = e if cfg.cache == "dual" else len(x)
-                logits = ref_forward(model, x, s - 1, end, frozen)[0][: e - s]
-            logits[:, MASK] = -math.inf
-            probs = torch.softmax(logits, -1)
-            todo = [i for i in range(s, e) if x[i] == MASK]
-            picks = [i for i in todo if probs[i - s].max() >= cfg.tau]
-            if not picks:
-                picks = [max(todo, key=lambda i: probs[i - s].max())]
-            for i in picks:
-                x[i] = int(probs[i - s].argmax())
-            nfe, step = nfe + 1, step + 1
-    return x[P:], nfe
-
-
 @pytest.mark.parametrize("cache", CACHE_MODES)
 def test_decode_matches_reference_loop(dream, cache):
     cfg = config("threshold", cache, stop_at_eos=False)
     prompt = [5, 9, 33, 7, 101, 54, 8]
-    ids, nfe = reference_decode(dream, prompt, cfg)
+    ids, nfe = reference_decode(dream, prompt, cfg, ref_forward, shift=1)
     out = decode(dream, [prompt], cfg)
     assert out.ids[0].tolist() == ids
     assert out.stats[0].nfe == nfe

@@ -1,0 +1,45 @@
+"""A plain reference decode shared by the model tests: one row, Python loops, the threshold
+rule with the at-least-one rule. Each model's test file supplies its own forward, which
+writes attention out with explicit frozen K/V instead of the library's cache."""
+
+import math
+
+import torch
+
+from stdec.decoding.config import DecodeConfig
+
+MASK = 2
+# thresholds inside the random models' confidence range, so that steps commit several tokens
+LOOSE = dict(tau=0.6, tau_high=0.7, tau_low=0.45, sigma=1.5, rho=0.8, window=2,
+             leap_tau_hi=0.7, leap_tau_lo=0.5, factor=2.0)
+
+
+def config(policy: str, cache: str = "none", **kw) -> DecodeConfig:
+    return DecodeConfig(policy=policy, cache=cache, gen_length=24, block_length=8, **LOOSE, **kw)
+
+
+@torch.no_grad()
+def reference_decode(model, prompt: list[int], cfg: DecodeConfig, forward,
+                     shift: int = 0) -> tuple[list[int], int]:
+    """(generated ids, NFE). `forward(model, ids, a, b, frozen)` gives the logits of the
+    rows fed (a..b) and every layer's K/V; with `shift`, position i is read from row i - 1."""
+    x, P, nfe = prompt + [MASK] * cfg.gen_length, len(prompt), 0
+    for s in range(P, len(x), cfg.block_length):
+        e, frozen, step = s + cfg.block_length, None, 0
+        while MASK in x[s:e]:
+            if cfg.cache == "none" or step == 0:  # a full forward; it also refreshes K/V
+                logits, frozen = forward(model, x, 0, len(x), None)
+                logits = logits[s - shift : e - shift]
+            else:
+                end = e if cfg.cache == "dual" else len(x)
+                logits = forward(model, x, s - shift, end, frozen)[0][: e - s]
+            logits[:, MASK] = -math.inf
+            probs = torch.softmax(logits, -1)
+            todo = [i for i in range(s, e) if x[i] == MASK]
+            picks = [i for i in todo if probs[i - s].max() >= cfg.tau]
+            if not picks:
+                picks = [max(todo, key=lambda i: probs[i - s].max())]
+            for i in picks:
+                x[i] = int(probs[i - s].argmax())
+            nfe, step = nfe + 1, step + 1
+    return x[P:], nfe
