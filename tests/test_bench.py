@@ -72,6 +72,14 @@ def test_bad_bench_options():
         BenchConfig(gen_length=40)
 
 
+def test_cli_bad_bench_options_are_one_sentence(capsys):
+    assert main(["bench", "--eos-stop", "yes"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "stdec: error: --eos-stop takes on, off or on,off; got 'yes'.")
+    assert main(["bench", "--policies", "stdec:rho=2"]) == 2
+    assert "rho must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_tune_reads_only_the_dev_split(checkpoint, monkeypatch, capsys):
     from stdec.tasks.base import Task
 

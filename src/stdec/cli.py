@@ -1,4 +1,5 @@
-"""`stdec generate | random-model`: a thin command line over the Python API."""
+"""`stdec generate | viz | bench | tune | train | random-model`: a thin command line over
+the Python API."""
 
 import argparse
 import sys
@@ -91,7 +92,7 @@ def cmd_bench(args: argparse.Namespace):
     config = BenchConfig(
         model=args.model, tasks=_csv(args.tasks), policies=tuple(args.policies),
         caches=_csv(args.cache), lengths=_csv(args.lengths),
-        stop_at_eos=tuple({"on": True, "off": False}[v] for v in _csv(args.eos_stop)),
+        stop_at_eos=_eos_settings(args.eos_stop),
         split=args.split, limit=args.limit, batch_size=args.batch_size,
         block_length=args.block_length, gen_length=args.gen_length,
         long_gen_length=args.long_gen_length, seed=args.seed, out=args.out,
@@ -142,6 +143,14 @@ def cmd_viz(args: argparse.Namespace):
     title = f"{config.policy}, cache {config.cache}: {s.gen_tokens} tokens in {s.nfe} steps"
     decode_order_plot(tokens, steps, args.out, title)
     print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _eos_settings(text: str) -> tuple[bool, ...]:
+    values = {"on": True, "off": False}
+    for v in _csv(text):
+        if v not in values:
+            raise StdecError(f"--eos-stop takes on, off or on,off; got {v!r}.")
+    return tuple(values[v] for v in _csv(text))
 
 
 def _csv(text: str) -> tuple[str, ...]:
