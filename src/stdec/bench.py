@@ -11,7 +11,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -225,22 +224,14 @@ class CellResult:
 
 def run_cell(model, tokenizer, task, problems, config: DecodeConfig, batch_size: int,
              world: int) -> CellResult:
-    import stdec
-    from stdec.tasks import format_prompt
+    """Decode this rank's problems and sum the counts over ranks."""
+    from stdec.tasks.evaluate import decode_problems
 
-    n = correct = nfe = tokens = 0
-    wall = 0.0
-    for i in range(0, len(problems), batch_size):
-        batch = problems[i : i + batch_size]
-        start = time.perf_counter()
-        out = stdec.generate(model, tokenizer, [format_prompt(p) for p in batch], config,
-                             chat=True)
-        wall += time.perf_counter() - start
-        n += len(batch)
-        correct += sum(task.score_many(batch, out.texts))
-        nfe += sum(s.nfe for s in out.stats)
-        tokens += sum(s.gen_tokens for s in out.stats)
-    parts = gather((n, correct, nfe, tokens, wall), world)
+    records, wall = decode_problems(model, tokenizer, task, problems, config,
+                                    batch_size=batch_size)
+    mine = (len(records), sum(r.correct for r in records), sum(r.nfe for r in records),
+            sum(r.gen_tokens for r in records), wall)
+    parts = gather(mine, world)
     return CellResult(*(sum(p[i] for p in parts) for i in range(4)), max(p[4] for p in parts))
 
 

@@ -33,6 +33,31 @@ class EvalResult:
     records: list[EvalRecord] = field(default_factory=list)
 
 
+def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, config: Any, *,
+                    batch_size: int = 16, progress: str = "") -> tuple[list[EvalRecord], float]:
+    """Decode `problems` in batches through the chat template and score them.
+
+    Returns the records and the seconds spent inside generate (scoring excluded). With
+    `progress`, a running accuracy line under that label goes to stderr after each batch.
+    """
+    import stdec  # lazy: avoids an import cycle with the package root
+
+    records: list[EvalRecord] = []
+    wall = 0.0
+    for i in range(0, len(problems), batch_size):
+        batch = problems[i : i + batch_size]
+        t0 = time.perf_counter()
+        out = stdec.generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True)
+        wall += time.perf_counter() - t0
+        for p, text, st, ok in zip(batch, out.texts, out.stats, task.score_many(batch, out.texts),
+                                   strict=True):
+            records.append(EvalRecord(p.id, ok, text, st.nfe, st.gen_tokens))
+        if progress:
+            acc = sum(r.correct for r in records) / len(records)
+            print(f"{progress}: {len(records)}/{len(problems)} acc {acc:.3f}", file=sys.stderr)
+    return records, wall
+
+
 def evaluate(
     model: Any,
     tokenizer: Any,
@@ -45,33 +70,19 @@ def evaluate(
     progress: bool = False,
 ) -> EvalResult:
     """Generate answers for `split` of `task` with `config` (a DecodeConfig) and score them."""
-    import stdec  # lazy: avoids an import cycle with the package root
     from stdec.tasks import get_task
 
     task = get_task(task) if isinstance(task, str) else task
     problems = task.problems(split)[:limit]
-    records: list[EvalRecord] = []
-    tpfs: list[float] = []
-    wall = 0.0
-    for i in range(0, len(problems), batch_size):
-        batch = problems[i : i + batch_size]
-        t0 = time.perf_counter()
-        out = stdec.generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True)
-        wall += time.perf_counter() - t0
-        for p, text, st, ok in zip(batch, out.texts, out.stats, task.score_many(batch, out.texts),
-                                   strict=True):
-            records.append(EvalRecord(p.id, ok, text, st.nfe, st.gen_tokens))
-            tpfs.append(st.tpf)
-        if progress:
-            acc = sum(r.correct for r in records) / len(records)
-            print(f"{task.name}/{split}: {len(records)}/{len(problems)} acc {acc:.3f}",
-                  file=sys.stderr)
+    records, wall = decode_problems(model, tokenizer, task, problems, config,
+                                    batch_size=batch_size,
+                                    progress=f"{task.name}/{split}" if progress else "")
     n = len(records)
     tokens = sum(r.gen_tokens for r in records)
     return EvalResult(
         task=task.name, split=split, n=n,
         accuracy=sum(r.correct for r in records) / max(n, 1),
         mean_nfe=sum(r.nfe for r in records) / max(n, 1),
-        mean_tpf=sum(tpfs) / max(n, 1),
+        mean_tpf=sum(r.gen_tokens / r.nfe for r in records) / max(n, 1),
         gen_tokens=tokens, wall_time=wall, tokens_per_s=tokens / wall if wall > 0 else 0.0,
         records=records)
