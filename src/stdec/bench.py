@@ -11,7 +11,7 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -355,6 +355,3 @@ def write_results(records: list[dict], out: Path):
     print(table(records))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}")
 
-
-def with_overrides(cfg: BenchConfig, **given) -> BenchConfig:
-    return replace(cfg, **{k: v for k, v in given.items() if v is not None})

@@ -124,7 +124,8 @@ class StdecLM(LM):
     """A stdec model and decoding config behind lm-eval's generate_until."""
 
     def __init__(self, pretrained: str = "testbed", batch_size: int | str = AUTO_BATCH_SIZE,
-                 max_batch_size: int | None = None, device: str | None = None,
+                 max_batch_size: int | None = None,  # lm-eval passes it; batches are fixed
+                 device: str | None = None,
                  dtype: str | None = None, chat: bool | str = False, **options):
         super().__init__()
         self.config = decode_config(options)  # fail on bad options before loading weights
