@@ -314,6 +314,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> list[dict]:
         rec["speedup_tokens_per_s"] = rec["tokens_per_s"] / base["tokens_per_s"]
         rec["speedup_nfe"] = base["nfe"] / rec["nfe"]
         records.append({k: rec[k] for k in RECORD_FIELDS})
+        if rank == 0:  # kept current, so that a long run stopped early keeps its cells
+            write_json(records, Path(cfg.out))
         bar.update(1)
     bar.close()
     if rank == 0:
@@ -340,11 +342,15 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def write_json(records: list[dict], out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(records, indent=1) + "\n")
+
+
 def write_results(records: list[dict], out: Path):
     from stdec.viz import pareto_plot
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(records, indent=1) + "\n")
+    write_json(records, out)
     first = records[0]
     md = (f"# stdec bench\n\nmodel `{first['model']}` on {first['hardware']}; "
           f"versions {first['versions']}; commit {first['git_commit'][:12]}; seed "
