@@ -43,3 +43,30 @@ def reference_decode(model, prompt: list[int], cfg: DecodeConfig, forward,
                 x[i] = int(probs[i - s].argmax())
             nfe, step = nfe + 1, step + 1
     return x[P:], nfe
+
+
+def ref_rope(head_dim: int, theta: float, a: int, b: int):
+    """Rotate-half rotary embedding for positions a..b, written out."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    ang = torch.arange(a, b).float()[:, None] * inv[None]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+
+    def rope(v):
+        v1, v2 = v[..., : head_dim // 2], v[..., head_dim // 2 :]
+        return v * cos + torch.cat([-v2, v1], -1) * sin
+
+    return rope
+
+
+def ref_attention(q, k, v, frozen, a: int, b: int, kv_list: list):
+    """Attention of the fed rows a..b; K/V outside a..b come from `frozen` (the refresh).
+    Appends this layer's full K/V to kv_list. q (1, H, L, D); k, v (1, H_kv, L, D)."""
+    if frozen is not None:
+        fk, fv = frozen
+        k = torch.cat([fk[:, :, :a], k, fk[:, :, b:]], dim=2)
+        v = torch.cat([fv[:, :, :a], v, fv[:, :, b:]], dim=2)
+    kv_list.append((k, v))
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+    return o.transpose(1, 2).reshape(1, b - a, -1)

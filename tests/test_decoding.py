@@ -1,11 +1,10 @@
 """The decoding loop against a plain reference loop, across batches, and on scripted models."""
 
-import math
 from dataclasses import replace
 
 import pytest
 import torch
-from reference import MASK, config, reference_decode
+from reference import MASK, config, ref_attention, ref_rope, reference_decode
 
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.decoding.loop import decode
@@ -17,13 +16,7 @@ def ref_forward(model, ids: list[int], a: int, b: int, frozen):
     """Logits of positions a..b fed alone; K/V outside a..b come from `frozen` (the refresh)."""
     t, c = model.model.transformer, model.config
     hd = c.head_dim
-    inv = 1.0 / c.rope_theta ** (torch.arange(0, hd, 2).float() / hd)
-    ang = torch.arange(a, b).float()[:, None] * inv[None]
-    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
-
-    def rope(v):
-        v1, v2 = v[..., : hd // 2], v[..., hd // 2 :]
-        return v * cos + torch.cat([-v2, v1], -1) * sin
+    rope = ref_rope(hd, c.rope_theta, a, b)
 
     h = t.wte(torch.tensor([ids[a:b]]))
     kv = []
@@ -32,13 +25,8 @@ def ref_forward(model, ids: list[int], a: int, b: int, frozen):
         q, k, v = (p(x).view(1, b - a, -1, hd).transpose(1, 2) for p in
                    (blk.q_proj, blk.k_proj, blk.v_proj))
         q, k = rope(q), rope(k)
-        if frozen is not None:
-            fk, fv = frozen[i]
-            k = torch.cat([fk[:, :, :a], k, fk[:, :, b:]], dim=2)
-            v = torch.cat([fv[:, :, :a], v, fv[:, :, b:]], dim=2)
-        kv.append((k, v))
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1) @ v
-        h = h + blk.attn_out(att.transpose(1, 2).reshape(1, b - a, -1))
+        att = ref_attention(q, k, v, frozen and frozen[i], a, b, kv)
+        h = h + blk.attn_out(att)
         x = blk.ff_norm(h)
         h = h + blk.ff_out(torch.nn.functional.silu(blk.ff_proj(x)) * blk.up_proj(x))
     return (t.ff_out(t.ln_f(h)))[0], kv

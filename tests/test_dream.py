@@ -1,11 +1,10 @@
 """The native Dream against transformers' Qwen2, its shift, its caches, decodes and files."""
 
 import json
-import math
 
 import pytest
 import torch
-from reference import config, reference_decode
+from reference import config, ref_attention, ref_rope, reference_decode
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import stdec
@@ -96,14 +95,8 @@ def ref_forward(model: DreamModel, ids: list[int], a: int, b: int, frozen):
     """Unshifted logits of positions a..b fed alone (row j from hidden state a + j); K/V
     outside a..b come from `frozen` (the refresh)."""
     m, c = model.model, model.config
-    hd, rep = c.head_dim, c.n_heads // c.n_kv_heads
-    inv = 1.0 / c.rope_theta ** (torch.arange(0, hd, 2).float() / hd)
-    ang = torch.arange(a, b).float()[:, None] * inv[None]
-    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
-
-    def rope(v):
-        v1, v2 = v[..., : hd // 2], v[..., hd // 2 :]
-        return v * cos + torch.cat([-v2, v1], -1) * sin
+    hd = c.head_dim
+    rope = ref_rope(hd, c.rope_theta, a, b)
 
     h = m.embed_tokens(torch.tensor([ids[a:b]]))
     kv = []
@@ -113,14 +106,7 @@ def ref_forward(model: DreamModel, ids: list[int], a: int, b: int, frozen):
         q, k, v = (p(x).view(1, b - a, -1, hd).transpose(1, 2) for p in
                    (att.q_proj, att.k_proj, att.v_proj))
         q, k = rope(q), rope(k)
-        if frozen is not None:
-            fk, fv = frozen[i]
-            k = torch.cat([fk[:, :, :a], k, fk[:, :, b:]], dim=2)
-            v = torch.cat([fv[:, :, :a], v, fv[:, :, b:]], dim=2)
-        kv.append((k, v))
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1) @ v
-        h = h + att.o_proj(o.transpose(1, 2).reshape(1, b - a, -1))
+        h = h + att.o_proj(ref_attention(q, k, v, frozen and frozen[i], a, b, kv))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return model.lm_head(m.norm(h))[0], kv
 
