@@ -3,8 +3,8 @@
     python benchmarks/testbed_card.py --model runs/testbed [--limit N] [--write]
 
 Rows: `fixed` with one and with four tokens per step (the parallelism penalty) and
-`threshold` 0.9 (its tokens per forward), each task at its standard gen_length, no cache,
-EOS stop on; plus the wall time of vanilla decoding over each task's whole test split.
+`threshold` 0.9 (its tokens per forward), each task at its standard gen_length, EOS stop
+on, with the dual cache unless --cache says otherwise; plus the wall time of each row.
 With --write, the card (README.md) is written into the model folder from the training log.
 """
 
@@ -27,7 +27,7 @@ ROWS = {"fixed, 1 token/step": dict(policy="fixed"),
         "threshold 0.9": dict(policy="threshold", tau=0.9)}
 
 
-def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int) -> dict:
+def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cache: str) -> dict:
     table = {}
     for name in TASKS:
         gen = lengths[name]["gen_length"]
@@ -35,7 +35,7 @@ def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int) -> d
             spec = dict(spec)
             k = spec.pop("k", 1)
             steps = {"steps": gen // k} if spec["policy"] == "fixed" else {}
-            cfg = DecodeConfig(gen_length=gen, block_length=32, cache="none", **spec, **steps)
+            cfg = DecodeConfig(gen_length=gen, block_length=32, cache=cache, **spec, **steps)
             start = time.perf_counter()
             res = evaluate(model, tokenizer, get_task(name), "test", cfg, limit=limit,
                            batch_size=batch)
@@ -46,7 +46,7 @@ def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int) -> d
     return table
 
 
-def card(folder: Path, table: dict, limit: int | None) -> str:
+def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     log = json.loads((folder / "train_log.json").read_text())
     cfg, entries = log["config"], log["log"]
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
@@ -59,6 +59,9 @@ def card(folder: Path, table: dict, limit: int | None) -> str:
                     f"| {r['seconds']:.0f} |")
     subset = "" if limit is None else f", first {limit} problems"
     elapsed = entries[-1]["elapsed_s"] if entries else float("nan")
+    on_cpu = cfg.get("device") in (None, "cpu") and not torch.cuda.is_available()
+    where = (f"{hardware(torch.device('cpu'))}, in the background on a development machine "
+             "(no GPU was lent to the session that trained it)" if on_cpu else cfg["device"])
     return f"""# stdec testbed dLLM
 
 A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by
@@ -73,14 +76,13 @@ stdec train {args} --out OUT
 ```
 
 seed {cfg['seed']}; git commit {git_commit()[:12]}; training time {elapsed / 60:.0f} min on
-{hardware(torch.device('cpu')) if cfg.get('device') in (None, 'cpu') else cfg['device']};
-Python {platform.python_version()}, torch {torch.__version__}.
+{where}; Python {platform.python_version()}, torch {torch.__version__}.
 
-## Test split (standard gen_length, no cache, EOS stop on{subset}, 2 CPU threads)
+## Test split (standard gen_length, {cache} cache, EOS stop on{subset}, 2 CPU threads)
 
 {chr(10).join(rows)}
 
-Reproduce: `python benchmarks/testbed_card.py --model {folder}`.
+Reproduce: `python benchmarks/testbed_card.py --cache {cache}` from the repository root.
 """
 
 
@@ -90,15 +92,17 @@ def main():
     parser.add_argument("--model", default="testbed")
     parser.add_argument("--limit", type=int, default=None, help="test problems per task")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--cache", default="dual", choices=["none", "prefix", "dual"])
     parser.add_argument("--write", action="store_true", help="write README.md into the model")
     args = parser.parse_args()
     from stdec.api import resolve_model_path
 
     folder = resolve_model_path(args.model)
     model, tokenizer = stdec.load(folder, device="cpu")
-    table = measure(model, tokenizer, read_gen_lengths(folder), args.limit, args.batch_size)
+    table = measure(model, tokenizer, read_gen_lengths(folder), args.limit, args.batch_size,
+                    args.cache)
     if args.write:
-        (folder / "README.md").write_text(card(folder, table, args.limit))
+        (folder / "README.md").write_text(card(folder, table, args.limit, args.cache))
         print(f"wrote {folder / 'README.md'}")
 
 

@@ -29,6 +29,21 @@ def test_batches_pad_like_the_decoding_loop():
     assert ((0 < t) & (t <= 1)).all()
 
 
+def test_a_batch_holds_one_task_and_spreads_its_mask_ratios():
+    examples = [([7], [20, 99], 0)] * 3 + [([8, 8], [30, 31, 32, 99], 1)] * 5
+    ids = {"eos": 1, "pad": 1, "mask": 2}
+    batches = Batches(examples, [8, 16], ids, 4, 0, 4)
+    seen = set()
+    for step in range(20):
+        x, pos, keys, target, masked, t, P = batches(step, "cpu")
+        task = int(int(P) == 2)  # the two tasks' prompts differ in length
+        assert x.shape[1] - int(P) <= [8, 16][task]
+        seen.add(task)
+        # stratified: one mask ratio in each quarter of (0, 1]
+        assert sorted((t.flatten() * 4).long().clamp(max=3).tolist()) == [0, 1, 2, 3]
+    assert seen == {0, 1}
+
+
 def test_loss_is_weighted_by_the_mask_ratio(tiny_model):
     x = torch.randint(3, 300, (2, 10))
     target = x[:, 4:].clone()

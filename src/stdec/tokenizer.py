@@ -19,9 +19,14 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """Train on `texts`; mask, EOS (also pad) and BOS tokens are set, as is the chat template."""
+    """Train on `texts`, one token per digit; mask, EOS (= pad), BOS and chat template set."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # one token per digit, as Llama and Qwen do: a tiny model learns carries over digits far
+    # sooner than it memorises sums of whatever multi-digit chunks BPE happened to merge
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -82,22 +82,32 @@ def train_split(task, cfg: TrainConfig) -> list:
 
 
 class Batches:
-    """Random batches of left-padded prompts and EOS-padded responses, reproducible by step."""
+    """Random batches of left-padded prompts and EOS-padded responses, reproducible by step.
+
+    Each batch comes from one task, drawn in proportion to the tasks' training sizes, so a
+    batch of short `lists` answers is not padded out to the length of a `gsm` solution.
+    """
 
     def __init__(self, examples: list[tuple[list[int], list[int], int]], long_len: list[int],
                  ids: dict[str, int], batch_size: int, seed: int, long_factor: int):
         self.examples, self.long_len, self.ids = examples, long_len, ids
         self.long_factor = long_factor
         self.batch_size, self.seed = batch_size, seed
+        self.by_task = [np.flatnonzero([t == task for _, _, t in examples])
+                        for task in range(len(long_len))]
+        sizes = np.array([len(rows) for rows in self.by_task], dtype=float)
+        self.task_p = sizes / sizes.sum()
 
     def __call__(self, step: int, device) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.seed, step])
-        rows = [self.examples[i] for i in rng.integers(len(self.examples), size=self.batch_size)]
+        task = int(rng.choice(len(self.by_task), p=self.task_p))
+        rows = [self.examples[i] for i in rng.choice(self.by_task[task], size=self.batch_size)]
         shortest = max(len(a) for _, a, _ in rows)
-        # response length, shared by the batch: half the batches near the answers' own
-        # length (the standard gen_length regime), half anywhere up to the long one
-        longest = max(self.long_len[t] for _, _, t in rows)
-        if rng.random() < 0.5:
+        # response length, shared by the batch: three batches in four near the answers' own
+        # length (the standard gen_length regime), one anywhere up to the long one. The EOS
+        # tail is quick to learn, and every padded position costs a forward.
+        longest = self.long_len[task]
+        if rng.random() < 0.75:
             longest = shortest + (longest - shortest) // self.long_factor
         R = int(rng.integers(shortest, max(shortest, longest) + 1))
         P = max(len(p) for p, _, _ in rows)
@@ -110,8 +120,13 @@ class Batches:
             x[b, P : P + len(a)] = torch.tensor(a)
         pos = (torch.arange(P + R)[None] - (~keys).sum(1, keepdim=True)).clamp(min=0)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        t = (1 - 1e-3) * torch.rand(len(rows), 1, generator=gen) + 1e-3  # mask ratio per row
-        masked = torch.rand(len(rows), R, generator=gen) < t
+        # mask ratio per row, t ~ U(eps, 1), stratified over the batch (one draw in each of
+        # B equal bins, as MDLM does): the same objective with far less variance between
+        # batches, which matters with weights as large as 1/eps
+        B = len(rows)
+        u = (torch.arange(B) + torch.rand(B, generator=gen))[torch.randperm(B, generator=gen)] / B
+        t = ((1 - 1e-3) * u + 1e-3)[:, None]
+        masked = torch.rand(B, R, generator=gen) < t
         target = x[:, P:].clone()
         x[:, P:] = target.masked_fill(masked, self.ids["mask"])
         return tuple(v.to(device) for v in (x, pos, keys, target, masked, t, torch.tensor(P)))
