@@ -40,6 +40,23 @@ def test_cli_generate_prints_text_and_stats(checkpoint, capsys):
     assert "[threshold, cache prefix]" in err and "tokens/forward" in err
 
 
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-chat"], False), (["--chat"], True)])
+def test_cli_uses_the_chat_template_when_the_tokenizer_has_one(checkpoint, monkeypatch, flag,
+                                                              expected):
+    seen = {}
+    real = stdec.generate
+
+    def spy(*args, chat, **kw):
+        seen["chat"] = chat
+        return real(*args, chat=chat, **kw)
+
+    monkeypatch.setattr(stdec, "generate", spy)
+    assert stdec.load(checkpoint)[1].chat_template  # the test checkpoint is an instruct model
+    assert main(["generate", "Tom has", "--model", str(checkpoint), "--gen-length", "8",
+                 "--block-length", "8", *flag]) == 0
+    assert seen["chat"] is expected
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(policy="greedy"), "unknown policy 'greedy'"),
     (dict(cache="full"), "unknown cache 'full'"),

@@ -60,7 +60,7 @@ def cmd_generate(args: argparse.Namespace):
     config = decode_config(args)
     check_prompts(args.prompt)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=args.chat)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=_chat(args, tokenizer))
     s = out.stats[0]
     print(out.texts[0])
     print(f"[{config.policy}, cache {config.cache}] {s.gen_tokens} tokens, {s.nfe} forwards, "
@@ -131,7 +131,7 @@ def cmd_viz(args: argparse.Namespace):
     config = decode_config(args, trace=True)
     check_prompts(args.prompt)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=args.chat)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=_chat(args, tokenizer))
     s = out.stats[0]
     n = max(s.gen_tokens, 1)  # show at least one token, even an immediate EOS
     ids = out.ids[0, :n].tolist()
@@ -143,6 +143,18 @@ def cmd_viz(args: argparse.Namespace):
     title = f"{config.policy}, cache {config.cache}: {s.gen_tokens} tokens in {s.nfe} steps"
     decode_order_plot(tokens, steps, args.out, title)
     print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _chat_option(parser: argparse.ArgumentParser):
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                        help="wrap the prompt in the tokenizer's chat template (default: when it "
+                        "has one, as instruct models such as the testbed and LLaDA-Instruct do)")
+
+
+def _chat(args: argparse.Namespace, tokenizer) -> bool:
+    if args.chat is not None:
+        return args.chat
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 def _eos_settings(text: str) -> tuple[bool, ...]:
@@ -172,14 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="decode one prompt and print the text and its stats")
     gen.add_argument("prompt", help="the prompt text")
-    gen.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
+    _chat_option(gen)
     _model_options(gen)
     add_options(gen, DecodeConfig, "decoding (DecodeConfig)")
     gen.set_defaults(run=cmd_generate)
 
     viz = sub.add_parser("viz", help="picture the order in which one decode commits tokens")
     viz.add_argument("prompt", help="the prompt text")
-    viz.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
+    _chat_option(viz)
     viz.add_argument("--out", default="decode_order.png", help="PNG to write")
     _model_options(viz)
     add_options(viz, DecodeConfig, "decoding (DecodeConfig)")
