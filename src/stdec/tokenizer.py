@@ -21,8 +21,8 @@ CHAT_TEMPLATE = (
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """Train on `texts`, one token per digit; mask, EOS (= pad), BOS and chat template set."""
     tok = Tokenizer(models.BPE())
-    # one token per digit, as Llama and Qwen do: a tiny model learns carries over digits far
-    # sooner than it memorises sums of whatever multi-digit chunks BPE happened to merge
+    # one token per digit, as Llama and Qwen do: arithmetic then works digit by digit, not
+    # over whatever chunks BPE happened to merge (" 456" was " 45" + "6", "[56" was "[" "5" "6")
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False),

@@ -74,9 +74,8 @@ VERBS = {
 OPS: dict[str, Callable[[int, int], int]] = {
     "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv,
 }
-# Every given and intermediate number is in [0, MAX_NUM). Two-digit arithmetic keeps the suite
-# learnable by a model trained on two CPU cores: a first CPU run on numbers up to 999 (4000
-# steps) had not learned the arithmetic at all.
+# Every given and intermediate number is in [0, MAX_NUM). Two digits, so that the testbed can
+# be trained on a CPU: a first 4000-step CPU run on numbers up to 999 learned none of the suite.
 MAX_NUM = 100
 
 Num = tuple[int, int] | Callable[[dict[str, int]], int]
