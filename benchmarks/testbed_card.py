@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import stdec
-from stdec.bench import git_commit, hardware
+from stdec.bench import git_commit
 from stdec.decoding.config import DecodeConfig
 from stdec.tasks import TASKS, evaluate, get_task
 from stdec.tasks.lengths import read_gen_lengths
@@ -59,9 +59,8 @@ def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
                     f"| {r['seconds']:.0f} |")
     subset = "" if limit is None else f", first {limit} problems"
     elapsed = entries[-1]["elapsed_s"] if entries else float("nan")
-    on_cpu = cfg.get("device") in (None, "cpu") and not torch.cuda.is_available()
-    where = (f"{hardware(torch.device('cpu'))}, in the background on a development machine "
-             "(no GPU was lent to the session that trained it)" if on_cpu else cfg["device"])
+    # recorded by `stdec train` on the machine that trained it, not this one
+    where = log.get("hardware", "unrecorded hardware")
     return f"""# stdec testbed dLLM
 
 A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by

@@ -72,7 +72,9 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     model, tok = stdec.load(out)
     lengths = json.loads((out / "stdec_tasks.json").read_text())["lists"]
     assert lengths["long_gen_length"] >= 4 * lengths["longest_answer_tokens"]
-    log = json.loads((out / "train_log.json").read_text())["log"]
+    record = json.loads((out / "train_log.json").read_text())
+    assert record["hardware"]  # where it was trained, for the model card
+    log = record["log"]
     assert [e["step"] for e in log] == [4] and set(log[0]["dev"]) == {"lists"}
     resumed = train(TrainConfig(out=str(out), **{**TOY, "steps": 6}), progress=False)
     state = json.loads((resumed / "checkpoint/optimizer/state.json").read_text())

@@ -270,6 +270,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
     save_model(model, out)
     tokenizer.save_pretrained(str(out))
     (out / LENGTHS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
-    (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
+    from stdec.bench import hardware
+
+    record = {"config": asdict(cfg), "hardware": hardware(device), "log": log}
+    (out / "train_log.json").write_text(json.dumps(record, indent=1))
     return out
 
