@@ -10,7 +10,7 @@ from stdec.cli import main
 from stdec.viz import pareto_front
 
 SMALL = dict(tasks=("lists",), limit=5, gen_length=32, long_gen_length=64, batch_size=4,
-             caches=("none", "dual"))
+             caches=("none", "dual"), stop_at_eos=(True, False))
 
 
 def test_bench_writes_complete_results(checkpoint, tmp_path):
@@ -37,7 +37,7 @@ def test_bench_writes_complete_results(checkpoint, tmp_path):
 
 def test_same_seed_same_accuracy_and_nfe(checkpoint, tmp_path):
     cfg = BenchConfig(model=str(checkpoint), policies=("stdec",), lengths=("standard",),
-                      stop_at_eos=(True,), **{**SMALL, "caches": ("dual",)})
+                      **{**SMALL, "caches": ("dual",), "stop_at_eos": (True,)})
     a = run_bench(BenchConfig(**{**cfg.__dict__, "out": str(tmp_path / "a")}), progress=False)
     b = run_bench(BenchConfig(**{**cfg.__dict__, "out": str(tmp_path / "b")}), progress=False)
     assert [(r["accuracy"], r["nfe"]) for r in a] == [(r["accuracy"], r["nfe"]) for r in b]

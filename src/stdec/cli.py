@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cache", default=",".join(d.caches), help="comma-separated cache modes")
     bench.add_argument("--lengths", default=",".join(d.lengths),
                        help="standard (fits the answers) and/or long (4x the longest answer)")
-    bench.add_argument("--eos-stop", default="on,off", help="EOS early stop: on, off or both")
+    bench.add_argument("--eos-stop", default=",".join("on" if e else "off" for e in d.stop_at_eos),
+                       help="EOS early stop: on, off or on,off")
     bench.add_argument("--split", default=d.split)
     bench.add_argument("--limit", type=int, default=d.limit, help="problems per task")
     bench.add_argument("--batch-size", type=int, default=d.batch_size)
