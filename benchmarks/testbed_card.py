@@ -46,6 +46,17 @@ def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cach
     return table
 
 
+def spans(points: list[tuple[int, str]]) -> str:
+    """[(1000, "fp32"), (2000, "fp32"), (3000, "bf16")] -> "fp32 to step 2000, bf16 to step 3000"."""
+    runs = []
+    for step, value in points:
+        if runs and runs[-1][1] == value:
+            runs[-1][0] = step
+        else:
+            runs.append([step, value])
+    return ", ".join(f"{value} to step {step}" for step, value in runs) or "unrecorded"
+
+
 def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     log = json.loads((folder / "train_log.json").read_text())
     cfg, entries = log["config"], log["log"]
@@ -61,6 +72,9 @@ def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     elapsed = entries[-1]["elapsed_s"] if entries else float("nan")
     # recorded by `stdec train` on the machine that trained it, not this one
     where = log.get("hardware", "unrecorded hardware")
+    # entries logged before stdec recorded precision hold none: that code autocast on CUDA only
+    precision = spans([(e["step"], e.get("precision", "unrecorded (fp32 on a CPU, bf16 on CUDA)"))
+                       for e in entries])
     return f"""# stdec testbed dLLM
 
 A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by
@@ -75,7 +89,8 @@ stdec train {args} --out OUT
 ```
 
 seed {cfg['seed']}; git commit {git_commit()[:12]}; training time {elapsed / 60:.0f} min on
-{where}; Python {platform.python_version()}, torch {torch.__version__}.
+{where}; Python {platform.python_version()}, torch {torch.__version__}. Precision at the
+logged evaluations (bf16: autocast over float32 weights): {precision}.
 
 ## Test split (standard gen_length, {cache} cache, EOS stop on{subset}, 2 CPU threads)
 

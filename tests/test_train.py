@@ -68,7 +68,7 @@ def test_schedule_warms_up_then_decays():
 
 def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     out = tmp_path / "run"
-    train(TrainConfig(out=str(out), **TOY), progress=False)
+    train(TrainConfig(out=str(out), precision="fp32", **TOY), progress=False)
     model, tok = stdec.load(out)
     lengths = json.loads((out / "stdec_tasks.json").read_text())["lists"]
     assert lengths["long_gen_length"] >= 4 * lengths["longest_answer_tokens"]
@@ -76,9 +76,14 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert record["hardware"]  # where it was trained, for the model card
     log = record["log"]
     assert [e["step"] for e in log] == [4] and set(log[0]["dev"]) == {"lists"}
-    resumed = train(TrainConfig(out=str(out), **{**TOY, "steps": 6}), progress=False)
+    # a resume may change the precision (bf16 autocast runs on any CPU, emulated or not)
+    resumed = train(TrainConfig(out=str(out), precision="bf16", **{**TOY, "steps": 6}),
+                    progress=False)
     state = json.loads((resumed / "checkpoint/optimizer/state.json").read_text())
     assert state["step"] == 6
+    log = json.loads((resumed / "train_log.json").read_text())["log"]
+    assert [(e["step"], e["precision"]) for e in log] == [(4, "fp32"), (6, "bf16")]
+    assert all(e["loss"] == e["loss"] for e in log)  # finite, not NaN
     out_ = stdec.generate(model, tok, "Sort the list [3, 1, 2].", gen_length=8, block_length=8)
     assert isinstance(out_.texts[0], str)
     with pytest.raises(StdecError, match="trained with other settings"):
@@ -90,3 +95,5 @@ def test_bad_train_options():
         TrainConfig(tasks="gsm,chess")
     with pytest.raises(StdecError, match="min_lr <= lr"):
         TrainConfig(lr=1e-4, min_lr=1e-3)
+    with pytest.raises(StdecError, match="precision must be auto, bf16 or fp32, got 'fp8'"):
+        TrainConfig(precision="fp8")
