@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import pytest
 
 import stdec
-from stdec.tasks import SPLITS, TASKS, evaluate, get_task, run_code
+from stdec.tasks import AUX_TASKS, SPLITS, TASKS, evaluate, get_task, run_code
 from stdec.tasks.code import FAMILIES, build
 from stdec.tasks.gsm import NAMES, STEP_PHRASINGS, TEMPLATES
 
 
 @pytest.fixture(scope="module")
 def tasks():
-    return {name: get_task(name) for name in TASKS}
+    return {name: get_task(name) for name in TASKS + AUX_TASKS}
 
 
 def sample(problems, k=60, seed=0):
@@ -48,6 +48,22 @@ def test_variety_counts():
     assert all(2 <= len(t.steps) <= 4 for t in TEMPLATES)
     assert len(FAMILIES) >= 25 and len({f.name for f in FAMILIES}) == len(FAMILIES)
     assert all(len(f.styles) >= 2 for f in FAMILIES)
+
+
+def test_arith_drills_hold_gsm_arithmetic_and_reject_a_wrong_result(tasks):
+    task = tasks["arith"]
+    ops = set()
+    for p in sample(task.problems("train"), k=300):
+        lines = p.answer.split("\n")
+        assert 3 <= len(lines) <= 6 and task.score(p, p.answer + "\n")
+        for line in lines:
+            a, op, b, r = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
+            assert eval(f"{a} {op} {b}") == int(r) and max(map(int, (a, b, r))) < 100, line
+            assert f"{a} {op} {b}" in p.prompt
+            ops.add(op)
+        wrong = re.sub(r"= (\d+)$", lambda m: f"= {int(m.group(1)) + 1}", p.answer)
+        assert not task.score(p, wrong)
+    assert ops == set("+-*/")
 
 
 def test_gsm_gold_is_accepted_and_arithmetic_holds(tasks):

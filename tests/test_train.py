@@ -39,8 +39,9 @@ def test_a_batch_holds_one_task_and_spreads_its_mask_ratios():
         task = int(int(P) == 2)  # the two tasks' prompts differ in length
         assert x.shape[1] - int(P) <= [8, 16][task]
         seen.add(task)
-        # stratified: one mask ratio in each quarter of (0, 1]
-        assert sorted((t.flatten() * 4).long().clamp(max=3).tolist()) == [0, 1, 2, 3]
+        # stratified: one draw u in each quarter of [0, 1), then t = eps + (1 - eps) u
+        u = (t.flatten() - 1e-3) / (1 - 1e-3)
+        assert sorted((u * 4).long().clamp(max=3).tolist()) == [0, 1, 2, 3]
     assert seen == {0, 1}
 
 
@@ -76,13 +77,16 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert record["hardware"]  # where it was trained, for the model card
     log = record["log"]
     assert [e["step"] for e in log] == [4] and set(log[0]["dev"]) == {"lists"}
-    # a resume may change the precision (bf16 autocast runs on any CPU, emulated or not)
-    resumed = train(TrainConfig(out=str(out), precision="bf16", **{**TOY, "steps": 6}),
-                    progress=False)
+    # a resume may change the precision (bf16 autocast runs on any CPU, emulated or not) and
+    # the task mixture
+    resumed = train(TrainConfig(out=str(out), precision="bf16",
+                                **{**TOY, "steps": 6, "tasks": "lists,arith"}), progress=False)
     state = json.loads((resumed / "checkpoint/optimizer/state.json").read_text())
     assert state["step"] == 6
     log = json.loads((resumed / "train_log.json").read_text())["log"]
-    assert [(e["step"], e["precision"]) for e in log] == [(4, "fp32"), (6, "bf16")]
+    assert [(e["step"], e["precision"], e["tasks"]) for e in log] == [
+        (4, "fp32", "lists"), (6, "bf16", "lists,arith")]
+    assert set(log[1]["dev"]) == {"lists", "arith"}
     assert all(e["loss"] == e["loss"] for e in log)  # finite, not NaN
     out_ = stdec.generate(model, tok, "Sort the list [3, 1, 2].", gen_length=8, block_length=8)
     assert isinstance(out_.texts[0], str)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from stdec.errors import StdecError
 from stdec.models import resolve_device, save_model
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
-from stdec.tasks import TASKS, get_task
+from stdec.tasks import AUX_TASKS, TASKS, get_task
 from stdec.tasks.lengths import LENGTHS_FILE, encode_problem, gen_lengths
 
 __all__ = ["TrainConfig", "train"]
@@ -38,7 +38,8 @@ def _opt(default, help: str):
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = _opt("runs/testbed", "folder for checkpoints and the final model")
-    tasks: str = _opt(",".join(TASKS), "comma-separated tasks to train on")
+    tasks: str = _opt(",".join(TASKS + AUX_TASKS), "comma-separated tasks to train on (arith: "
+                      "drills of gsm's arithmetic)")
     train_limit: int = _opt(0, "use the first N training problems of each task (0: all)")
     steps: int = _opt(20000, "optimizer steps")
     batch_size: int = _opt(64, "sequences per step")
@@ -89,8 +90,9 @@ def train_split(task, cfg: TrainConfig) -> list:
 class Batches:
     """Random batches of left-padded prompts and EOS-padded responses, reproducible by step.
 
-    Each batch comes from one task, drawn in proportion to the tasks' training sizes, so a
-    batch of short `lists` answers is not padded out to the length of a `gsm` solution.
+    Each batch comes from one task, so a batch of short `lists` answers is not padded out to
+    the length of a `gsm` solution. Every task is drawn equally often, whatever the size of
+    its training split: `lists` has half the problems of the others but is no easier to learn.
     """
 
     def __init__(self, examples: list[tuple[list[int], list[int], int]], long_len: list[int],
@@ -100,12 +102,10 @@ class Batches:
         self.batch_size, self.seed = batch_size, seed
         self.by_task = [np.flatnonzero([t == task for _, _, t in examples])
                         for task in range(len(long_len))]
-        sizes = np.array([len(rows) for rows in self.by_task], dtype=float)
-        self.task_p = sizes / sizes.sum()
 
     def __call__(self, step: int, device) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.seed, step])
-        task = int(rng.choice(len(self.by_task), p=self.task_p))
+        task = int(rng.integers(len(self.by_task)))
         rows = [self.examples[i] for i in rng.choice(self.by_task[task], size=self.batch_size)]
         shortest = max(len(a) for _, a, _ in rows)
         # response length, shared by the batch: three batches in four near the answers' own
@@ -229,8 +229,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
 
         model, tokenizer = load(ckpt, dtype="float32", device=device)
         saved = TrainConfig(**json.loads((ckpt / f"{STATE}.json").read_text())["config"])
+        # a resume may lengthen the schedule, change the precision or the task mixture
         if replace(saved, steps=cfg.steps, eval_every=cfg.eval_every, device=cfg.device,
-                   precision=cfg.precision) != cfg:
+                   precision=cfg.precision, tasks=cfg.tasks) != cfg:
             raise StdecError(f"{str(ckpt)!r} was trained with other settings; pass the same "
                              "options, or --no-resume to start over.")
     else:
@@ -281,10 +282,11 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
         evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)
         if evaluate_now:
             scores = dev_eval(model, tokenizer, cfg, lengths)
-            # precision per entry: a resumed run may change it (its config holds the last)
+            # precision and tasks per entry: a resumed run may change them (the config holds
+            # the last ones)
             log.append({"step": step, "loss": float(np.mean(losses[-200:])), "dev": scores,
                         "elapsed_s": time.perf_counter() - start,
-                        "precision": "bf16" if bf16 else "fp32"})
+                        "precision": "bf16" if bf16 else "fp32", "tasks": cfg.tasks})
             bar.write(f"step {step}: loss {log[-1]['loss']:.3f} dev {scores}")
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_state(ckpt, model, optimizer, step, cfg, log)

@@ -4,6 +4,7 @@ real benchmarks (GSM8K, MATH500, HumanEval, MBPP) read from local files."""
 from __future__ import annotations
 
 from stdec.errors import StdecError
+from stdec.tasks.arith import ArithTask
 from stdec.tasks.base import SPLITS, Problem, Task, format_prompt, split_of
 from stdec.tasks.code import CodeTask
 from stdec.tasks.evaluate import EvalRecord, EvalResult, evaluate
@@ -12,8 +13,10 @@ from stdec.tasks.lists import ListsTask
 from stdec.tasks.real import REAL_CLASSES, REAL_TASKS, RealTask
 from stdec.tasks.sandbox import SandboxResult, run_code
 
-TASKS = ("gsm", "code", "lists")
-_CLASSES: dict[str, type[Task]] = {"gsm": GsmTask, "code": CodeTask, "lists": ListsTask}
+TASKS = ("gsm", "code", "lists")  # the suite, measured by the model card and the bench
+AUX_TASKS = ("arith",)  # training aids, trained on by default and evaluable, not measured
+_CLASSES: dict[str, type[Task]] = {"gsm": GsmTask, "code": CodeTask, "lists": ListsTask,
+                                   "arith": ArithTask}
 
 
 def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kwargs) -> Task:
@@ -25,8 +28,8 @@ def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kw
             raise StdecError(f"task {name!r} got unknown option(s) {bad}; it takes only path=.")
         return REAL_CLASSES[name](sizes, seed, **kwargs)
     if name not in _CLASSES:
-        raise StdecError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)} and the real "
-                         f"benchmarks {', '.join(REAL_TASKS)}.")
+        raise StdecError(f"unknown task {name!r}; the tasks are {', '.join(TASKS + AUX_TASKS)} "
+                         f"and the real benchmarks {', '.join(REAL_TASKS)}.")
     if kwargs:
         raise StdecError(f"task {name!r} is synthetic and takes no {', '.join(sorted(kwargs))}; "
                          f"only the real benchmarks ({', '.join(REAL_TASKS)}) take path=.")
@@ -34,7 +37,7 @@ def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kw
 
 
 __all__ = [
-    "REAL_TASKS", "SPLITS", "TASKS", "CodeTask", "EvalRecord", "EvalResult", "GsmTask",
-    "ListsTask", "Problem", "RealTask", "SandboxResult", "Task", "evaluate", "format_prompt",
-    "get_task", "run_code", "split_of",
+    "AUX_TASKS", "REAL_TASKS", "SPLITS", "TASKS", "ArithTask", "CodeTask", "EvalRecord",
+    "EvalResult", "GsmTask", "ListsTask", "Problem", "RealTask", "SandboxResult", "Task",
+    "evaluate", "format_prompt", "get_task", "run_code", "split_of",
 ]
