@@ -47,7 +47,8 @@ def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cach
 
 
 def spans(points: list[tuple[int, str]]) -> str:
-    """[(1000, "fp32"), (2000, "fp32"), (3000, "bf16")] -> "fp32 to step 2000, bf16 to step 3000"."""
+    """Runs of one value: [(1000, "a"), (2000, "a"), (3000, "b")] -> "a to step 2000, b to
+    step 3000"."""
     runs = []
     for step, value in points:
         if runs and runs[-1][1] == value:
@@ -75,6 +76,7 @@ def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     # entries logged before stdec recorded precision hold none: that code autocast on CUDA only
     precision = spans([(e["step"], e.get("precision", "unrecorded (fp32 on a CPU, bf16 on CUDA)"))
                        for e in entries])
+    mixture = spans([(e["step"], e.get("tasks", "unrecorded")) for e in entries])
     return f"""# stdec testbed dLLM
 
 A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by
@@ -90,7 +92,8 @@ stdec train {args} --out OUT
 
 seed {cfg['seed']}; git commit {git_commit()[:12]}; training time {elapsed / 60:.0f} min on
 {where}; Python {platform.python_version()}, torch {torch.__version__}. Precision at the
-logged evaluations (bf16: autocast over float32 weights): {precision}.
+logged evaluations (bf16: autocast over float32 weights): {precision}. Tasks trained on:
+{mixture}.
 
 ## Test split (standard gen_length, {cache} cache, EOS stop on{subset}, 2 CPU threads)
 
