@@ -77,6 +77,8 @@ def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     precision = spans([(e["step"], e.get("precision", "unrecorded (fp32 on a CPU, bf16 on CUDA)"))
                        for e in entries])
     mixture = spans([(e["step"], e.get("tasks", "unrecorded")) for e in entries])
+    schedule = spans([(e["step"], f"{e['schedule_steps']}-step cosine" if "schedule_steps" in e
+                       else "unrecorded") for e in entries])
     return f"""# stdec testbed dLLM
 
 A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by
@@ -93,7 +95,7 @@ stdec train {args} --out OUT
 seed {cfg['seed']}; git commit {git_commit()[:12]}; training time {elapsed / 60:.0f} min on
 {where}; Python {platform.python_version()}, torch {torch.__version__}. Precision at the
 logged evaluations (bf16: autocast over float32 weights): {precision}. Tasks trained on:
-{mixture}.
+{mixture}. Learning-rate schedule (a resume may lengthen it): {schedule}.
 
 ## Test split (standard gen_length, {cache} cache, EOS stop on{subset}, 2 CPU threads)
 

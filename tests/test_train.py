@@ -84,8 +84,8 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     state = json.loads((resumed / "checkpoint/optimizer/state.json").read_text())
     assert state["step"] == 6
     log = json.loads((resumed / "train_log.json").read_text())["log"]
-    assert [(e["step"], e["precision"], e["tasks"]) for e in log] == [
-        (4, "fp32", "lists"), (6, "bf16", "lists,arith")]
+    assert [(e["step"], e["schedule_steps"], e["precision"], e["tasks"]) for e in log] == [
+        (4, 4, "fp32", "lists"), (6, 6, "bf16", "lists,arith")]
     assert set(log[1]["dev"]) == {"lists", "arith"}
     assert all(e["loss"] == e["loss"] for e in log)  # finite, not NaN
     out_ = stdec.generate(model, tok, "Sort the list [3, 1, 2].", gen_length=8, block_length=8)

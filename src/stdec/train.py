@@ -282,10 +282,10 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
         evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)
         if evaluate_now:
             scores = dev_eval(model, tokenizer, cfg, lengths)
-            # precision and tasks per entry: a resumed run may change them (the config holds
-            # the last ones)
+            # schedule, precision and tasks per entry: a resumed run may change them (the
+            # config holds the last ones)
             log.append({"step": step, "loss": float(np.mean(losses[-200:])), "dev": scores,
-                        "elapsed_s": time.perf_counter() - start,
+                        "elapsed_s": time.perf_counter() - start, "schedule_steps": cfg.steps,
                         "precision": "bf16" if bf16 else "fp32", "tasks": cfg.tasks})
             bar.write(f"step {step}: loss {log[-1]['loss']:.3f} dev {scores}")
         if step % cfg.save_every == 0 or step == cfg.steps:
