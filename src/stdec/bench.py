@@ -150,16 +150,19 @@ class BenchConfig:
 
 # ---- the environment, written beside every figure ----
 
+def cpuinfo(key: str) -> str | None:
+    """The first `key` line of /proc/cpuinfo ("model name", "flags"), or None off Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(key)), None)
+    except OSError:
+        return None
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                        name)
-    except OSError:
-        pass
+    name = cpuinfo("model name") or platform.machine()
     return f"{name} ({torch.get_num_threads()} threads)"
 
 
