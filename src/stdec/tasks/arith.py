@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import ClassVar
 
-from stdec.tasks.base import Problem, Task
+from stdec.tasks.base import Problem, Task, same_but_spacing
 
 PROMPTS = ("Work out: {e}", "Compute each of these: {e}", "Find the value of each: {e}")
 
@@ -45,4 +45,4 @@ class ArithTask(Task):
         return "|".join(exprs), rng.choice(PROMPTS).format(e=", ".join(exprs)), answer, {}
 
     def score(self, problem: Problem, output: str) -> bool:
-        return "".join(output.split()) == "".join(problem.answer.split())
+        return same_but_spacing(output, problem.answer)

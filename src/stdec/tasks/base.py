@@ -38,6 +38,11 @@ def split_of(task: str, key: str) -> str:
     return _owner(key_hash(task, key))
 
 
+def same_but_spacing(output: str, answer: str) -> bool:
+    """Exact match up to whitespace: the scorer of the tasks whose answer is the whole text."""
+    return "".join(output.split()) == "".join(answer.split())
+
+
 def format_prompt(problem: Problem) -> str:
     return problem.prompt
 

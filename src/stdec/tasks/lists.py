@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from typing import ClassVar
 
-from stdec.tasks.base import Problem, Task
+from stdec.tasks.base import Problem, Task, same_but_spacing
 
 WORDS = (
     "cat", "dog", "sun", "map", "red", "box", "tree", "fish", "milk", "star", "lamp", "rain",
@@ -51,4 +51,4 @@ class ListsTask(Task):
         return key, rng.choice(PROMPTS[op]).format(l=fmt(xs)), answer, {"op": op}
 
     def score(self, problem: Problem, output: str) -> bool:
-        return "".join(output.split()) == "".join(problem.answer.split())
+        return same_but_spacing(output, problem.answer)
