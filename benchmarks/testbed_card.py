@@ -46,6 +46,28 @@ def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cach
     return table
 
 
+def checks(table: dict) -> list[str]:
+    """The bars of the testbed issue, each with its measured figures and whether it is met."""
+    def acc(task, row):
+        return 100 * table[(task, row)]["accuracy"]
+
+    one, four, thr = ROWS
+    bars = {"gsm": 75, "code": 65, "lists": 95}
+    lines = [f"- {one} on {t}: {acc(t, one):.1f}% (bar >= {b}%)"
+             f" {'met' if acc(t, one) >= b else 'MISSED'}" for t, b in bars.items()]
+    drops = {t: acc(t, one) - acc(t, four) for t in ("gsm", "code")}
+    lines.append(f"- {four} loses {drops['gsm']:.1f} points on gsm and {drops['code']:.1f} on "
+                 f"code (bar: >= 10 on either) {'met' if max(drops.values()) >= 10 else 'MISSED'}")
+    tpfs = {t: table[(t, thr)]["tpf"] for t in ("gsm", "code")}
+    ok = all(1.5 <= v <= 6 for v in tpfs.values())
+    lines.append(f"- {thr} commits {tpfs['gsm']:.2f} tokens/forward on gsm and {tpfs['code']:.2f}"
+                 f" on code (bar: 1.5 to 6 on both) {'met' if ok else 'MISSED'}")
+    slowest = max(table[(t, one)]["seconds"] for t in bars)
+    lines.append(f"- {one} takes at most {slowest:.0f} s for one task (bar: <= 120 s for "
+                 f"the whole split) {'met' if slowest <= 120 else 'MISSED'}")
+    return lines
+
+
 def spans(points: list[tuple[int, str]]) -> str:
     """Runs of one value: [(1000, "a"), (2000, "a"), (3000, "b")] -> "a to step 2000, b to
     step 3000"."""
@@ -95,11 +117,15 @@ stdec train {args} --out OUT
 seed {cfg['seed']}; git commit {git_commit()[:12]}; training time {elapsed / 60:.0f} min on
 {where}; Python {platform.python_version()}, torch {torch.__version__}. Precision at the
 logged evaluations (bf16: autocast over float32 weights): {precision}. Tasks trained on:
-{mixture}. Learning-rate schedule (a resume may lengthen it): {schedule}.
+{mixture}. Learning-rate schedule (a resume may change its length): {schedule}.
 
 ## Test split (standard gen_length, {cache} cache, EOS stop on{subset}, 2 CPU threads)
 
 {chr(10).join(rows)}
+
+Checks (the bars this model was trained to meet):
+
+{chr(10).join(checks(table))}
 
 Reproduce: `python benchmarks/testbed_card.py --cache {cache}` from the repository root.
 """
