@@ -101,6 +101,10 @@ def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     mixture = spans([(e["step"], e.get("tasks", "unrecorded")) for e in entries])
     schedule = spans([(e["step"], f"{e['schedule_steps']}-step cosine" if "schedule_steps" in e
                        else "unrecorded") for e in entries])
+    changed = any(", " in text for text in (precision, mixture, schedule))
+    history = ("The command is the final recipe, from scratch in one run; the run that made this "
+               "checkpoint was resumed with changes along the way, listed below.\n\n"
+               if changed else "")
     return f"""# stdec testbed dLLM
 
 A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by
@@ -114,10 +118,11 @@ useful language model.
 stdec train {args} --out OUT
 ```
 
-seed {cfg['seed']}; git commit {git_commit()[:12]}; training time {elapsed / 60:.0f} min on
-{where}; Python {platform.python_version()}, torch {torch.__version__}. Precision at the
-logged evaluations (bf16: autocast over float32 weights): {precision}. Tasks trained on:
-{mixture}. Learning-rate schedule (a resume may change its length): {schedule}.
+{history}seed {cfg['seed']}; card measured at git commit {git_commit()[:12]}; training time
+{elapsed / 60:.0f} min on {where}; Python {platform.python_version()},
+torch {torch.__version__}. Precision at the logged evaluations (bf16: autocast over
+float32 weights): {precision}. Tasks trained on: {mixture}.
+Learning-rate schedule (a resume may change its length): {schedule}.
 
 ## Test split (standard gen_length, {cache} cache, EOS stop on{subset}, 2 CPU threads)
 
