@@ -126,3 +126,13 @@ def test_real_benchmarks_plug_into_bench(checkpoint, tmp_path):
     assert records[0]["n"] == 4
     with pytest.raises(StdecError, match="gsm8k"):
         BenchConfig(tasks=(f"gsm8k={tmp_path / 'none.jsonl'}",))
+
+
+def test_tune_grid_checks_whole_settings():
+    from stdec.tune import parse_grid
+
+    # tau_low=0.95 is valid beside tau_high=0.99 though not beside the default tau_high (0.9)
+    grid = parse_grid("stdec", ["tau_high=0.99", "tau_low=0.95,0.97", "window=2"])
+    assert grid == {"tau_high": [0.99], "tau_low": [0.95, 0.97], "window": [2]}
+    with pytest.raises(StdecError, match="tau_low"):
+        parse_grid("stdec", ["tau_high=0.9,0.99", "tau_low=0.95"])

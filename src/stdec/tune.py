@@ -40,13 +40,18 @@ def parse_grid(policy: str, items: list[str] | None) -> dict[str, list]:
         if policy not in DEFAULT_GRIDS:
             raise StdecError(f"no default grid for policy {policy!r}; pass --grid key=v1,v2.")
         return DEFAULT_GRIDS[policy]
-    grid = {}
+    raw = {}
     for item in items:
         key, eq, values = item.partition("=")
         if not eq or not values:
             raise StdecError(f"bad grid item {item!r}; write key=v1,v2,...")
-        grid[key] = [parse_policy(f"{policy}:{key}={v}").params[0][1] for v in values.split(",")]
-    return grid
+        raw[key] = values.split(",")
+    # each whole setting is checked as it will run: a value may be valid only beside others
+    # (stdec's tau_low must not exceed tau_high), so values are never checked alone
+    specs = [",".join(f"{k}={v}" for k, v in zip(raw, combo, strict=True))
+             for combo in itertools.product(*raw.values())]
+    settings = [parse_policy(f"{policy}:{spec}") for spec in specs]
+    return {key: list(dict.fromkeys(dict(s.params)[key] for s in settings)) for key in raw}
 
 
 def tune(model, tokenizer, policy: str, grid: dict[str, list], tasks: list[str], *,
