@@ -62,7 +62,7 @@ def test_cli_uses_the_chat_template_when_the_tokenizer_has_one(checkpoint, monke
     (dict(cache="full"), "unknown cache 'full'"),
     (dict(tau=0.0), "tau must be in (0, 1], got 0.0"),
     (dict(tau_high=1.3), "tau_high must be in (0, 1], got 1.3"),
-    (dict(tau_low=0.95), "tau_low (0.95) must not exceed tau_high"),
+    (dict(tau_low=0.95, tau_high=0.9), "tau_low (0.95) must not exceed tau_high (0.9)"),
     (dict(rho=1.5), "rho must be in (0, 1]"),
     (dict(gen_length=30), "gen_length (30) must be a multiple of block_length (32)"),
     (dict(gen_length=0), "gen_length must be a positive integer"),
