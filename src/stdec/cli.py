@@ -214,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--eos-stop", default=",".join("on" if e else "off" for e in d.stop_at_eos),
                        help="EOS early stop: on, off or on,off")
     bench.add_argument("--split", default=d.split)
-    bench.add_argument("--limit", type=int, default=d.limit, help="problems per task")
+    bench.add_argument("--limit", type=int, default=d.limit,
+                       help=f"problems per task (default {d.limit}, the first of each split; "
+                       "raise it to run whole splits)")
     bench.add_argument("--batch-size", type=int, default=d.batch_size)
     bench.add_argument("--block-length", type=int, default=d.block_length)
     bench.add_argument("--gen-length", type=int, default=None,
