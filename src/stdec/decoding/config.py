@@ -42,7 +42,8 @@ class DecodeConfig:
     leap_tau_lo: float = _opt(0.75, "localleap: confidence needed next to an anchor")
     leap_radius: int = _opt(4, "localleap: how far from an anchor the lower threshold applies")
     # stdec: the setting `stdec tune stdec --cache dual --limit 200` picked on the testbed's
-    # dev split (the highest TPF within 1 point of vanilla on every task); README "Tuning"
+    # dev split (the highest TPF within 1 point of vanilla on every task): README, "On the
+    # bundled testbed"
     tau_high: float = _opt(0.99, "stdec: threshold deep inside masked regions")
     tau_low: float = _opt(0.95, "stdec: threshold next to decoded tokens (= tau_high: no spatial)")
     sigma: float = _opt(2.0, "stdec: width in tokens of the Gaussian that smooths the thresholds")
