@@ -96,12 +96,13 @@ def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     # recorded by `stdec train` on the machine that trained it, not this one
     where = log.get("hardware", "unrecorded hardware")
     # entries logged before stdec recorded precision hold none: that code autocast on CUDA only
-    precision = spans([(e["step"], e.get("precision", "unrecorded (fp32 on a CPU, bf16 on CUDA)"))
-                       for e in entries])
-    mixture = spans([(e["step"], e.get("tasks", "unrecorded")) for e in entries])
-    schedule = spans([(e["step"], f"{e['schedule_steps']}-step cosine" if "schedule_steps" in e
-                       else "unrecorded") for e in entries])
-    changed = any(", " in text for text in (precision, mixture, schedule))
+    settings = [[(e["step"], e.get("precision", "unrecorded (fp32 on a CPU, bf16 on CUDA)"))
+                 for e in entries],
+                [(e["step"], e.get("tasks", "unrecorded")) for e in entries],
+                [(e["step"], f"{e['schedule_steps']}-step cosine" if "schedule_steps" in e
+                  else "unrecorded") for e in entries]]
+    precision, mixture, schedule = map(spans, settings)
+    changed = any(len({value for _, value in points}) > 1 for points in settings)
     history = ("The command is the final recipe, from scratch in one run; the run that made this "
                "checkpoint was resumed with changes along the way, listed below.\n\n"
                if changed else "")
