@@ -1,0 +1,47 @@
+"""The confidence a rule sees is the model's own probability of the committed token (LLaDA's
+definition), never the tempered one, with or without sampling."""
+
+import pytest
+from scripted import Scripted
+
+from stdec.decoding.config import DecodeConfig
+from stdec.decoding.loop import decode
+
+# every position: five candidate ids with these probabilities under the model, 0 elsewhere
+P = {3: 0.4, 4: 0.3, 5: 0.15, 6: 0.1, 7: 0.05}
+
+
+def cfg(**kw) -> DecodeConfig:
+    return DecodeConfig(policy="fixed", gen_length=16, block_length=8, stop_at_eos=False,
+                        trace=True, **kw)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_sampled_confidence_is_the_untempered_probability(temperature):
+    seen = set()
+    for seed in range(4):
+        out = decode(Scripted(lambda n: [P]), [[8, 9]], cfg(temperature=temperature, seed=seed))
+        ids, conf = out.ids[0].tolist(), out.trace.confidence[0].tolist()
+        assert set(ids) <= set(P)
+        assert conf == pytest.approx([P[t] for t in ids], rel=1e-5)
+        seen.update(ids)
+    assert len(seen) >= 3  # it did sample, not only take the argmax
+
+
+def test_greedy_confidence_is_the_top_probability():
+    out = decode(Scripted(lambda n: [P]), [[8, 9]], cfg())
+    assert out.ids[0].tolist() == [3] * 16
+    assert out.trace.confidence[0].tolist() == pytest.approx([0.4] * 16, rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_threshold_reads_the_untempered_confidence(temperature):
+    # 0.8 on id 3 never reaches tau 0.9, so one position a step (the at-least-one rule);
+    # tempered at 0.5 it would read 0.64 / (0.64 + 0.04) = 0.94 and pass
+    out = decode(Scripted(lambda n: [{3: 0.8, 4: 0.2}]), [[8]], DecodeConfig(
+        policy="threshold", tau=0.9, gen_length=8, block_length=8, stop_at_eos=False,
+        trace=True, temperature=temperature, seed=1))
+    assert out.stats[0].nfe == 8 and sorted(out.trace.step[0].tolist()) == list(range(1, 9))
+    want = {3: 0.8, 4: 0.2}
+    assert out.trace.confidence[0].tolist() == pytest.approx(
+        [want[t] for t in out.ids[0].tolist()], rel=1e-5)
