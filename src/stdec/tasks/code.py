@@ -403,6 +403,7 @@ class CodeTask(Task):
     name = "code"
     gen_length = 96
     timeout = 5.0
+    unsandboxed = False  # True (--allow-unsandboxed-code): run without the kernel sandbox
 
     def sample(self, rng: random.Random) -> tuple[str, str, str, dict]:
         fam = rng.choice(FAMILIES)
@@ -412,7 +413,7 @@ class CodeTask(Task):
 
     def score(self, problem: Problem, output: str) -> bool:
         source = extract_code(output) + "\n\n" + "\n".join(problem.meta["tests"]) + "\n"
-        return run_code(source, self.timeout).ok
+        return run_code(source, self.timeout, unsandboxed=self.unsandboxed).ok
 
     def score_many(self, problems: list[Problem], outputs: list[str]) -> list[bool]:
         # one subprocess per problem; threads overlap their start-up cost

@@ -72,6 +72,7 @@ class RealTask(Task):
     runs_code: ClassVar[bool] = False  # scored in the sandbox, in parallel
     also: ClassVar[str] = ""  # another offline source, for the no-data error
     timeout = 10.0  # seconds per sandboxed program (code tasks)
+    unsandboxed = False  # True (--allow-unsandboxed-code): run without the kernel sandbox
     default_sizes: ClassVar[dict[str, int]] = {}  # sizes, if given, cap a split's length
 
     def __init__(self, sizes: dict[str, int] | None = None, seed: int = 0,
@@ -304,7 +305,7 @@ class HumanEvalTask(RealTask):
     def score(self, problem: Problem, output: str) -> bool:
         m = problem.meta
         return run_code(humaneval_program(m["prompt"], output, m["test"], m["entry_point"]),
-                        self.timeout).ok
+                        self.timeout, unsandboxed=self.unsandboxed).ok
 
 
 # ---- MBPP -----------------------------------------------------------------------------
@@ -336,7 +337,7 @@ class MbppTask(RealTask):
     def score(self, problem: Problem, output: str) -> bool:
         m = problem.meta
         return run_code(mbpp_program(output, m["tests"], m["setup"], m["imports"]),
-                        self.timeout).ok
+                        self.timeout, unsandboxed=self.unsandboxed).ok
 
 
 REAL_TASKS = ("gsm8k", "math500", "humaneval", "mbpp")
