@@ -347,7 +347,7 @@ def parse_answer(text: str) -> int | None:
     """The integer after the last `####`, or None."""
     if "####" not in text:
         return None
-    m = re.match(r"\s*(-?\d+)", text.rsplit("####", 1)[1])
+    m = re.match(r"\s*(-?\d+)(?!\d|[.,]\d)", text.rsplit("####", 1)[1])  # not 62.5 or 62,000
     return int(m.group(1)) if m else None
 
 
