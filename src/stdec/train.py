@@ -10,8 +10,11 @@ the cross-entropy on masked tokens weighted by 1/t, averaged over response token
 
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from stdec.errors import StdecError
 from stdec.models import resolve_device, save_model
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
-from stdec.tasks import AUX_TASKS, TASKS, get_task
-from stdec.tasks.lengths import LENGTHS_FILE, encode_problem, gen_lengths
+from stdec.tasks import AUX_TASKS, TASKS, Problem, get_task
+from stdec.tasks.lengths import LENGTHS_FILE, encode_problems, gen_lengths
 
 __all__ = ["TrainConfig", "train"]
 
@@ -41,6 +44,10 @@ class TrainConfig:
     tasks: str = _opt(",".join(TASKS + AUX_TASKS), "comma-separated tasks to train on (arith: "
                       "drills of gsm's arithmetic)")
     train_limit: int = _opt(0, "use the first N training problems of each task (0: all)")
+    train_size: int = _opt(0, "problems drawn into each task's train split (0: the task's "
+                           "default; dev and test are unchanged whatever the size)")
+    mixture: str = _opt("", "how often each task's batches are drawn, e.g. gsm=3,lists=2 "
+                        "(tasks not named weigh 1; empty: all equally)")
     steps: int = _opt(20000, "optimizer steps")
     batch_size: int = _opt(64, "sequences per step")
     lr: float = _opt(2e-3, "peak learning rate (AdamW)")
@@ -59,13 +66,16 @@ class TrainConfig:
     save_every: int = _opt(500, "steps between resumable checkpoints")
     seed: int = _opt(0, "seed of data order, masks and initialisation")
     device: str | None = _opt(None, "cpu or cuda (default: cuda if available)")
+    time_budget: float = _opt(0.0, "seconds of training: after a short probe, `steps` is set "
+                              "to what fits (0: train for `steps`); the log records the count")
     precision: str = _opt("auto", "bf16 (autocast, float32 weights), fp32, or auto: bf16 where "
                           "the chip multiplies bfloat16 natively (CUDA; CPUs with AVX512-BF16 "
                           "or AMX)")
 
     def __post_init__(self):
-        if self.train_limit < 0:
-            raise StdecError(f"train_limit must be >= 0, got {self.train_limit}.")
+        for name in ("train_limit", "train_size", "time_budget"):
+            if getattr(self, name) < 0:
+                raise StdecError(f"{name} must be >= 0, got {getattr(self, name)}.")
         for name in ("steps", "batch_size", "vocab_size", "d_model", "n_layers", "n_heads",
                      "mlp_hidden_size", "block_length", "long_factor", "save_every"):
             if getattr(self, name) < 1:
@@ -74,6 +84,7 @@ class TrainConfig:
             get_task(name)  # unknown names fail here with the list of tasks
         if self.precision not in ("auto", "bf16", "fp32"):
             raise StdecError(f"precision must be auto, bf16 or fp32, got {self.precision!r}.")
+        _ = self.task_weights  # a bad mixture fails here
         if not 0 < self.min_lr <= self.lr:
             raise StdecError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}.")
 
@@ -81,33 +92,86 @@ class TrainConfig:
     def task_names(self) -> list[str]:
         return [t.strip() for t in self.tasks.split(",") if t.strip()]
 
+    @property
+    def task_weights(self) -> list[float]:
+        """Relative draw frequency of each task of `task_names`, from `mixture`."""
+        given: dict[str, float] = {}
+        for item in filter(None, (t.strip() for t in self.mixture.split(","))):
+            name, _, value = item.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = -1.0
+            if name.strip() not in self.task_names or not weight > 0:
+                raise StdecError(f"mixture entry {item!r} must be TASK=WEIGHT with a task of "
+                                 f"{self.tasks!r} and a weight > 0, e.g. gsm=3.")
+            given[name.strip()] = weight
+        return [given.get(name, 1.0) for name in self.task_names]
+
+
+def get_train_task(name: str, cfg: TrainConfig):
+    return get_task(name, {"train": cfg.train_size} if cfg.train_size else None)
+
 
 def train_split(task, cfg: TrainConfig) -> list:
     problems = task.problems("train")
     return problems[: cfg.train_limit] if cfg.train_limit else problems
 
 
+def _bare_train_split(name: str, cfg: TrainConfig) -> list[Problem]:
+    """A task's train split without the scorers' metadata (cheap to send between processes)."""
+    return [Problem(p.id, p.prompt, p.answer)
+            for p in train_split(get_train_task(name, cfg), cfg)]
+
+
+def train_splits(cfg: TrainConfig) -> list[list[Problem]]:
+    """Each task's train split. Enlarged splits are drawn in parallel, one process a task:
+    drawing a few hundred thousand problems takes a minute, which a GPU run would wait for."""
+    workers = min(len(cfg.task_names), os.cpu_count() or 1)
+    if not cfg.train_size or workers < 2:
+        return [_bare_train_split(name, cfg) for name in cfg.task_names]
+    spawn = multiprocessing.get_context("spawn")  # never fork a process that holds torch
+    with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        return list(pool.map(_bare_train_split, cfg.task_names, [cfg] * len(cfg.task_names)))
+
+
 class Batches:
     """Random batches of left-padded prompts and EOS-padded responses, reproducible by step.
 
     Each batch comes from one task, so a batch of short `lists` answers is not padded out to
-    the length of a `gsm` solution. Every task is drawn equally often, whatever the size of
-    its training split: `lists` has half the problems of the others but is no easier to learn.
+    the length of a `gsm` solution. Tasks are drawn by `weights` (equally when None), whatever
+    the size of their training splits. Each task's examples are packed once into padded
+    arrays, so that a batch is a few array gathers: a Python loop over its rows would cost as
+    much host time as a GPU step.
     """
 
     def __init__(self, examples: list[tuple[list[int], list[int], int]], long_len: list[int],
-                 ids: dict[str, int], batch_size: int, seed: int, long_factor: int):
-        self.examples, self.long_len, self.ids = examples, long_len, ids
-        self.long_factor = long_factor
+                 ids: dict[str, int], batch_size: int, seed: int, long_factor: int,
+                 weights: list[float] | None = None):
+        self.long_len, self.ids, self.long_factor = long_len, ids, long_factor
         self.batch_size, self.seed = batch_size, seed
-        self.by_task = [np.flatnonzero([t == task for _, _, t in examples])
-                        for task in range(len(long_len))]
+        w = np.ones(len(long_len)) if weights is None else np.asarray(weights, dtype=float)
+        self.weights = w / w.sum()
+        self.packed = [self._pack([(p, a) for p, a, t in examples if t == task])
+                       for task in range(len(long_len))]
+
+    def _pack(self, rows: list[tuple[list[int], list[int]]]) -> tuple[np.ndarray, ...]:
+        """(prompts right-aligned in pad, prompt lengths, answers left-aligned in EOS, lengths)"""
+        plen = np.array([len(p) for p, _ in rows], dtype=np.int64)
+        alen = np.array([len(a) for _, a in rows], dtype=np.int64)
+        prompts = np.full((len(rows), plen.max(initial=1)), self.ids["pad"], dtype=np.int64)
+        answers = np.full((len(rows), alen.max(initial=1)), self.ids["eos"], dtype=np.int64)
+        for i, (p, a) in enumerate(rows):
+            prompts[i, prompts.shape[1] - len(p):] = p
+            answers[i, : len(a)] = a
+        return prompts, plen, answers, alen
 
     def __call__(self, step: int, device) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.seed, step])
-        task = int(rng.integers(len(self.by_task)))
-        rows = [self.examples[i] for i in rng.choice(self.by_task[task], size=self.batch_size)]
-        shortest = max(len(a) for _, a, _ in rows)
+        task = int(rng.choice(len(self.packed), p=self.weights))
+        prompts, plen, answers, alen = self.packed[task]
+        rows = rng.choice(len(plen), size=self.batch_size)
+        shortest = int(alen[rows].max())
         # response length, shared by the batch: three batches in four near the answers' own
         # length (the standard gen_length regime), one anywhere up to the long one. The EOS
         # tail is quick to learn, and every padded position costs a forward.
@@ -115,26 +179,27 @@ class Batches:
         if rng.random() < 0.75:
             longest = shortest + (longest - shortest) // self.long_factor
         R = int(rng.integers(shortest, max(shortest, longest) + 1))
-        P = max(len(p) for p, _, _ in rows)
-        x = torch.full((len(rows), P + R), self.ids["eos"], dtype=torch.long)
-        keys = torch.ones_like(x, dtype=torch.bool)
-        for b, (p, a, _) in enumerate(rows):
-            x[b, : P - len(p)] = self.ids["pad"]
-            keys[b, : P - len(p)] = False
-            x[b, P - len(p) : P] = torch.tensor(p)
-            x[b, P : P + len(a)] = torch.tensor(a)
-        pos = (torch.arange(P + R)[None] - (~keys).sum(1, keepdim=True)).clamp(min=0)
+        P = int(plen[rows].max())
+        B = len(rows)
+        response = np.full((B, R), self.ids["eos"], dtype=np.int64)
+        width = min(R, answers.shape[1])
+        response[:, :width] = answers[rows, :width]
+        x = torch.from_numpy(np.concatenate([prompts[rows, prompts.shape[1] - P:], response], 1))
+        n_pad = torch.from_numpy(P - plen[rows])[:, None]
+        cols = torch.arange(P + R)[None]
+        keys = cols >= n_pad
+        pos = (cols - n_pad).clamp(min=0)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         # mask ratio per row, t ~ U(eps, 1), stratified over the batch (one draw in each of
         # B equal bins, as MDLM does): the same objective with far less variance between
         # batches, which matters with weights as large as 1/eps
-        B = len(rows)
         u = (torch.arange(B) + torch.rand(B, generator=gen))[torch.randperm(B, generator=gen)] / B
         t = ((1 - 1e-3) * u + 1e-3)[:, None]
         masked = torch.rand(B, R, generator=gen) < t
         target = x[:, P:].clone()
         x[:, P:] = target.masked_fill(masked, self.ids["mask"])
-        return tuple(v.to(device) for v in (x, pos, keys, target, masked, t, torch.tensor(P)))
+        return tuple(v.to(device, non_blocking=True)
+                     for v in (x, pos, keys, target, masked, t, torch.tensor(P)))
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -157,6 +222,21 @@ def diffusion_loss(model, batch) -> torch.Tensor:
     logits = model(x, position_ids=pos, attention_mask=keys, logits_slice=slice(P, None))
     ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
     return (ce.view_as(target) * masked / t).sum() / target.numel()
+
+
+PROBE_STEPS = 40  # steps timed to size a run with a time budget
+
+
+def fit_to_budget(cfg: TrainConfig, step: int, probe: tuple[int, float],
+                  elapsed: float) -> TrainConfig:
+    """The config with `steps` (and the evaluation and save intervals) set so that training
+    ends within cfg.time_budget seconds of its start. Dev evaluations, saves and the first
+    steps' warm-up are paid from a 10% reserve."""
+    per_step = (time.perf_counter() - probe[1]) / (step - probe[0])
+    steps = step + max(0, int((0.9 * cfg.time_budget - elapsed) / per_step))
+    every = max(1, max(steps, cfg.warmup + 1, step) // 4)
+    return replace(cfg, steps=4 * every, eval_every=every if cfg.eval_every else 0,
+                   save_every=min(cfg.save_every, every))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -218,10 +298,11 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
 
     from stdec.tokenizer import train_tokenizer
 
+    began = time.perf_counter()  # a time budget counts data preparation too
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    tasks = {name: get_task(name) for name in cfg.task_names}
+    tasks = {name: get_task(name) for name in cfg.task_names}  # default sizes: see below
     if resume and (ckpt / f"{STATE}.json").is_file():
         from stdec.api import load
 
@@ -229,11 +310,16 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
         saved = TrainConfig(**json.loads((ckpt / f"{STATE}.json").read_text())["config"])
         # a resume may lengthen the schedule, change the precision or the task mixture
         if replace(saved, steps=cfg.steps, eval_every=cfg.eval_every, device=cfg.device,
-                   precision=cfg.precision, tasks=cfg.tasks) != cfg:
+                   precision=cfg.precision, tasks=cfg.tasks, save_every=cfg.save_every,
+                   time_budget=cfg.time_budget) != cfg:
             raise StdecError(f"{str(ckpt)!r} was trained with other settings; pass the same "
                              "options, or --no-resume to start over.")
+        if cfg.time_budget:  # the schedule was fitted to the budget when the run began
+            cfg = replace(cfg, steps=saved.steps, eval_every=saved.eval_every,
+                          save_every=saved.save_every)
     else:
-        texts = [t for task in tasks.values() for p in train_split(task, cfg)
+        # the vocabulary from the default-size splits: a larger split adds time, not words
+        texts = [t for task in tasks.values() for p in task.problems("train")
                  for t in (p.prompt, p.answer)]
         tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
         model_cfg = LLaDAConfig(
@@ -247,13 +333,15 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
             for p in model.parameters():  # small init, as in LLaDA
                 if p.dim() >= 2:
                     torch.nn.init.normal_(p, std=0.02)
+    # generation lengths from the default-size splits: a larger train split must not move
+    # the standard gen_length that every rule is measured at
     lengths = gen_lengths(tokenizer, tasks, cfg.block_length, cfg.long_factor)
-    examples = [(*encode_problem(tokenizer, p), i) for i, task in enumerate(tasks.values())
-                for p in train_split(task, cfg)]
+    examples = [(prompt, answer, i) for i, split in enumerate(train_splits(cfg))
+                for prompt, answer in encode_problems(tokenizer, split)]
     ids = {"eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
            "mask": tokenizer.mask_token_id}
     batches = Batches(examples, [lengths[n]["long_gen_length"] for n in tasks], ids,
-                      cfg.batch_size, cfg.seed, cfg.long_factor)
+                      cfg.batch_size, cfg.seed, cfg.long_factor, cfg.task_weights)
     optimizer = make_optimizer(model, cfg)
     step, log = 0, []
     if resume and (ckpt / f"{STATE}.json").is_file():
@@ -264,6 +352,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, file=sys.stderr)
     # elapsed time carries over a resume
     start, losses = time.perf_counter() - (log[-1]["elapsed_s"] if log else 0.0), []
+    pending: list[torch.Tensor] = []  # losses still on the device: read them in bulk
+    probe = (step, time.perf_counter())
+    fit = cfg.time_budget > 0 and step < PROBE_STEPS // 4  # else resumed: schedule as saved
     while step < cfg.steps:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -274,9 +365,18 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        losses.append(loss.item())
+        pending.append(loss.detach())
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        if step == PROBE_STEPS // 4:  # the first steps pay for warm-up: time from here
+            probe = (step, time.perf_counter())
+        if fit and step == PROBE_STEPS:
+            cfg = fit_to_budget(cfg, step, probe, time.perf_counter() - began)
+            bar.total = cfg.steps
+            bar.write(f"time budget {cfg.time_budget:g} s: training for {cfg.steps} steps")
+        if len(pending) == 50 or step == cfg.steps or step % cfg.save_every == 0:
+            losses += torch.stack(pending).float().tolist()
+            pending = []
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)
         if evaluate_now:
             scores = dev_eval(model, tokenizer, cfg, lengths)

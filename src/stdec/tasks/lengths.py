@@ -6,7 +6,8 @@ from pathlib import Path
 
 from stdec.tasks.base import Problem
 
-__all__ = ["LENGTHS_FILE", "encode_problem", "gen_lengths", "read_gen_lengths"]
+__all__ = ["LENGTHS_FILE", "encode_problem", "encode_problems", "gen_lengths",
+           "read_gen_lengths"]
 
 LENGTHS_FILE = "stdec_tasks.json"  # written beside a trained checkpoint's weights
 
@@ -18,6 +19,28 @@ def encode_problem(tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     answer = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
     return prompt, answer + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+
+
+def encode_problems(tokenizer, problems: list[Problem]) -> list[tuple[list[int], list[int]]]:
+    """encode_problem over many problems, in two batched tokenizer calls."""
+    if not problems:
+        return []
+    def render(content: str) -> str:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                             tokenize=False, add_generation_prompt=True)
+
+    # the template rendered once around a marker: rendering it per problem costs more than
+    # tokenizing; kept only where it gives what the template gives for the first problems
+    marker = "\ue000"
+    frame = render(marker)
+    texts = [frame.replace(marker, p.prompt) for p in problems]
+    if frame.count(marker) != 1 or any(render(p.prompt) != t
+                                       for p, t in zip(problems[:8], texts, strict=False)):
+        texts = [render(p.prompt) for p in problems]
+    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    answers = tokenizer([p.answer for p in problems], add_special_tokens=False)["input_ids"]
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    return [(p, a + [eot]) for p, a in zip(prompts, answers, strict=True)]
 
 
 def gen_lengths(tokenizer, tasks: dict, block: int = 32, long_factor: int = 4) -> dict:
