@@ -34,11 +34,12 @@ fi
 # training first: it is what the session cannot do without the GPU
 python3 -m stdec train --out "$OUT/testbed-gpu" --steps 1000000 --time-budget "$TRAIN_SECONDS" \
   --no-resume "${recipe[@]}" 2>&1 | tr '\r' '\n' | grep --line-buffered -v "it/s\|s/it" \
-  | tee "$OUT/train.log"
-rm -rf "$OUT/testbed-gpu/checkpoint"
+  | tee "$OUT/train.log" || echo "training stopped early: bringing back its last checkpoint"
+# the finished model, or else the resumable checkpoint (weights, optimizer, progress)
+if [[ -f $OUT/testbed-gpu/train_log.json ]]; then rm -rf "$OUT/testbed-gpu/checkpoint"; fi
 tar -C "$OUT" -cf - testbed-gpu | split -b 15m - "$OUT/testbed.tar.part-"
 rm -rf "$OUT/testbed-gpu"
 
-timeout 150 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
+timeout 100 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
   || echo "step_latency.py stopped early (exit $?)" >> "$OUT/step_latency.txt"
 ls -la "$OUT"
