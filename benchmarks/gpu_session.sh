@@ -14,15 +14,17 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-420}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 if [[ -n ${SMALL:-} ]]; then
-  recipe=(--tasks lists,arith --train-size 2000 --d-model 32 --n-layers 1 --n-heads 2
+  recipe=(--tasks lists,arith --train-sizes lists=12000 --d-model 32 --n-layers 1 --n-heads 2
           --mlp-hidden-size 64 --vocab-size 400 --batch-size 16 --eval-limit 4 --warmup 10)
   latency=(--iters 3 --batch 1)
 else
   # The testbed v2 recipe. Width and depth are the CPU inference budget's (vanilla decoding
   # of a 400-problem test split in under 2 minutes on 2 cores); what a GPU adds is data and
-  # steps: 150k fresh problems a task, 512 sequences a step, gsm drawn most often.
+  # steps: 100k+ problems for gsm, lists and arith (code has fewer distinct ones; drawing
+  # more of them slows down sharply), 512 sequences a step, gsm drawn most often.
   recipe=(--tasks gsm,code,lists,arith --mixture gsm=3,lists=2,code=1,arith=1.5
-          --train-size 150000 --batch-size 512 --lr 0.003 --min-lr 0.0001 --warmup 500
+          --train-sizes gsm=150000,lists=150000,arith=100000,code=40000
+          --batch-size 512 --lr 0.003 --min-lr 0.0001 --warmup 500
           --d-model 256 --n-layers 4 --n-heads 4 --mlp-hidden-size 768 --vocab-size 2048
           --eval-limit 64 --save-every 1000 --seed 0)
   latency=(--random-8b --iters 20)
@@ -40,6 +42,6 @@ if [[ -f $OUT/testbed-gpu/train_log.json ]]; then rm -rf "$OUT/testbed-gpu/check
 tar -C "$OUT" -cf - testbed-gpu | split -b 15m - "$OUT/testbed.tar.part-"
 rm -rf "$OUT/testbed-gpu"
 
-timeout 100 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
+timeout 60 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
   || echo "step_latency.py stopped early (exit $?)" >> "$OUT/step_latency.txt"
 ls -la "$OUT"

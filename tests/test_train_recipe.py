@@ -17,6 +17,11 @@ def test_mixture_weighs_named_tasks_and_refuses_bad_entries():
     for bad in ("gsm", "gsm=0", "gsm=x", "arith=2"):  # arith is not among the tasks
         with pytest.raises(StdecError, match="mixture entry"):
             TrainConfig(tasks="gsm,code,lists", mixture=bad)
+    sized = TrainConfig(tasks="gsm,code", train_sizes="gsm=30000")
+    assert sized.task_train_sizes == {"gsm": 30000}
+    for bad in ("gsm=-5", "gsm=1.5", "lists=100"):
+        with pytest.raises(StdecError, match="train_sizes entry"):
+            TrainConfig(tasks="gsm,code", train_sizes=bad)
 
 
 def test_batches_draw_tasks_by_their_weights():

@@ -44,8 +44,8 @@ class TrainConfig:
     tasks: str = _opt(",".join(TASKS + AUX_TASKS), "comma-separated tasks to train on (arith: "
                       "drills of gsm's arithmetic)")
     train_limit: int = _opt(0, "use the first N training problems of each task (0: all)")
-    train_size: int = _opt(0, "problems drawn into each task's train split (0: the task's "
-                           "default; dev and test are unchanged whatever the size)")
+    train_sizes: str = _opt("", "enlarged train splits, e.g. gsm=150000,lists=150000 (tasks "
+                            "not named keep their default size; dev and test never change)")
     mixture: str = _opt("", "how often each task's batches are drawn, e.g. gsm=3,lists=2 "
                         "(tasks not named weigh 1; empty: all equally)")
     steps: int = _opt(20000, "optimizer steps")
@@ -73,7 +73,7 @@ class TrainConfig:
                           "or AMX)")
 
     def __post_init__(self):
-        for name in ("train_limit", "train_size", "time_budget"):
+        for name in ("train_limit", "time_budget"):
             if getattr(self, name) < 0:
                 raise StdecError(f"{name} must be >= 0, got {getattr(self, name)}.")
         for name in ("steps", "batch_size", "vocab_size", "d_model", "n_layers", "n_heads",
@@ -84,7 +84,7 @@ class TrainConfig:
             get_task(name)  # unknown names fail here with the list of tasks
         if self.precision not in ("auto", "bf16", "fp32"):
             raise StdecError(f"precision must be auto, bf16 or fp32, got {self.precision!r}.")
-        _ = self.task_weights  # a bad mixture fails here
+        _ = self.task_weights, self.task_train_sizes  # bad entries fail here
         if not 0 < self.min_lr <= self.lr:
             raise StdecError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}.")
 
@@ -95,22 +95,32 @@ class TrainConfig:
     @property
     def task_weights(self) -> list[float]:
         """Relative draw frequency of each task of `task_names`, from `mixture`."""
-        given: dict[str, float] = {}
-        for item in filter(None, (t.strip() for t in self.mixture.split(","))):
-            name, _, value = item.partition("=")
-            try:
-                weight = float(value)
-            except ValueError:
-                weight = -1.0
-            if name.strip() not in self.task_names or not weight > 0:
-                raise StdecError(f"mixture entry {item!r} must be TASK=WEIGHT with a task of "
-                                 f"{self.tasks!r} and a weight > 0, e.g. gsm=3.")
-            given[name.strip()] = weight
+        given = self._per_task("mixture", float, "TASK=WEIGHT", "a weight > 0", "gsm=3")
         return [given.get(name, 1.0) for name in self.task_names]
+
+    @property
+    def task_train_sizes(self) -> dict[str, int]:
+        """The enlarged train splits, from `train_sizes`: {task: problems}."""
+        return self._per_task("train_sizes", int, "TASK=N", "N > 0", "gsm=150000")
+
+    def _per_task(self, option: str, kind: type, form: str, valid: str, example: str) -> dict:
+        given = {}
+        for item in filter(None, (t.strip() for t in getattr(self, option).split(","))):
+            name, _, value = (part.strip() for part in item.partition("="))
+            try:
+                number = kind(value)
+            except ValueError:
+                number = 0
+            if name not in self.task_names or not number > 0:
+                raise StdecError(f"{option} entry {item!r} must be {form} with a task of "
+                                 f"{self.tasks!r} and {valid}, e.g. {example}.")
+            given[name] = number
+        return given
 
 
 def get_train_task(name: str, cfg: TrainConfig):
-    return get_task(name, {"train": cfg.train_size} if cfg.train_size else None)
+    size = cfg.task_train_sizes.get(name)
+    return get_task(name, {"train": size} if size else None)
 
 
 def train_split(task, cfg: TrainConfig) -> list:
@@ -128,7 +138,7 @@ def train_splits(cfg: TrainConfig) -> list[list[Problem]]:
     """Each task's train split. Enlarged splits are drawn in parallel, one process a task:
     drawing a few hundred thousand problems takes a minute, which a GPU run would wait for."""
     workers = min(len(cfg.task_names), os.cpu_count() or 1)
-    if not cfg.train_size or workers < 2:
+    if not cfg.train_sizes or workers < 2:
         return [_bare_train_split(name, cfg) for name in cfg.task_names]
     spawn = multiprocessing.get_context("spawn")  # never fork a process that holds torch
     with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
