@@ -30,16 +30,19 @@ class StepState:
     masked:      (B, L) bool, positions of the block still masked
     decoded:     (B, T) bool, the whole sequence: True where a token is decoded
                  (prompt, padding or committed)
-    block_start: index of the block's first position in the sequence
+    block_start: index of the block's first position in the sequence; (B, 1) when rows
+                 sit at different blocks (the engine's slots)
     stable:      (B, L) int, consecutive steps (this one included) the prediction has held
-    step:        steps already taken in this block (0 at its first step)
+    step:        steps already taken in this block (0 at its first step); int or (B, 1)
+    seq_end:     (B, 1) each row's sequence length when rows end before T; None: all end at T
     """
 
     masked: Tensor
     decoded: Tensor
-    block_start: int
+    block_start: int | Tensor
     stable: Tensor
-    step: int
+    step: int | Tensor
+    seq_end: Tensor | None = None
 
 
 def fixed(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
@@ -75,7 +78,7 @@ def localleap(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -
 
 def stdec(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
     """STDec: a per-position threshold, lowered near decoded tokens and for stable predictions."""
-    tau = stdec_thresholds(state.decoded, state.block_start, conf.shape[1], cfg)
+    tau = stdec_thresholds(state.decoded, state.block_start, conf.shape[1], cfg, state.seq_end)
     tau = torch.where(state.stable >= cfg.window, cfg.rho * tau, tau)  # temporal relax
     return (conf >= tau) & state.masked
 
@@ -104,16 +107,22 @@ def at_least_one(commit: Tensor, conf: Tensor, masked: Tensor) -> Tensor:
     return commit.scatter(1, best, commit.gather(1, best) | starved)
 
 
-def stdec_thresholds(decoded: Tensor, block_start: int, length: int, cfg: DecodeConfig) -> Tensor:
-    """Spatial thresholds for the block: Gaussian-smoothed tau_low / tau_high map. (B, L)."""
+def stdec_thresholds(decoded: Tensor, block_start: int | Tensor, length: int, cfg: DecodeConfig,
+                     seq_end: Tensor | None = None) -> Tensor:
+    """Spatial thresholds for the block: Gaussian-smoothed tau_low / tau_high map. (B, L).
+
+    block_start and seq_end may be (B, 1): rows at different blocks, of different lengths.
+    """
     batch, total = decoded.shape
     if cfg.tau_low == cfg.tau_high:  # spatial half off: skip the rounding of the smoothing
         return torch.full((batch, length), cfg.tau_high, device=decoded.device)
     kernel = gaussian_kernel(cfg.sigma, decoded.device)  # (K,)
     radius = kernel.shape[0] // 2
-    # clamping the window's indices into the sequence replicates its edges
-    idx = torch.arange(block_start - radius, block_start + length + radius, device=decoded.device)
-    window = decoded[:, idx.clamp(0, total - 1)]  # (B, L + 2r)
+    # clamping the window's indices into each row's sequence replicates its edges
+    idx = torch.arange(-radius, length + radius, device=decoded.device) + block_start
+    last = total - 1 if seq_end is None else seq_end - 1
+    idx = torch.minimum(idx.clamp(min=0), torch.as_tensor(last, device=decoded.device))
+    window = decoded.gather(1, idx.expand(batch, -1))  # (B, L + 2r)
     base = torch.where(window, cfg.tau_low, cfg.tau_high).float()
     return F.conv1d(base[:, None], kernel[None, None])[:, 0]
 

@@ -177,12 +177,13 @@ class DreamModel(nn.Module):
     def forward(self, input_ids: Tensor, *, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, cache: KVCache | None = None,
                 cache_start: int = 0, logits_slice: slice | None = None,
-                causal: bool = False) -> Tensor:
+                logits_index: Tensor | None = None, causal: bool = False) -> Tensor:
         """Logits (B, L', V) for input_ids (B, L) at sequence positions cache_start .. + L.
 
         Arguments as LLaDAModelLM.forward. The logits are shifted right by one over the fed
         span (the first fed position keeps its own), then `logits_slice` picks positions:
-        so to get position s's logits with a cache, feed from s - 1.
+        so to get position s's logits with a cache, feed from s - 1. `logits_index` (B, L')
+        picks per row, with the same shift.
         """
         B, L = input_ids.shape
         if causal and (cache is not None or attention_mask is not None):
@@ -195,7 +196,11 @@ class DreamModel(nn.Module):
         h = self.model.embed_tokens(input_ids)  # (B, L, d)
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, mask, cache, i, cache_start, causal)
-        h = self._pick(h, logits_slice or slice(None))
+        if logits_index is not None:  # position i from hidden state i - 1 (the first: its own)
+            idx = (logits_index - self.logits_shift).clamp(min=0)
+            h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, L', d)
+        else:
+            h = self._pick(h, logits_slice or slice(None))
         h = self.model.norm(h)
         head = self.model.embed_tokens if self.config.tie_word_embeddings else self.lm_head
         return F.linear(h, head.weight)

@@ -162,7 +162,7 @@ class LLaDAModelLM(nn.Module):
     def forward(self, input_ids: Tensor, *, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, cache: KVCache | None = None,
                 cache_start: int = 0, logits_slice: slice | None = None,
-                causal: bool = False) -> Tensor:
+                logits_index: Tensor | None = None, causal: bool = False) -> Tensor:
         """Logits (B, L', V) for input_ids (B, L) at sequence positions cache_start .. + L.
 
         position_ids:   (B, L) rotary positions; default cache_start + arange(L)
@@ -171,6 +171,7 @@ class LLaDAModelLM(nn.Module):
         cache:          K/V of the fed positions is written into it, and attention runs over
                         all its positions (the others keep what the last forward wrote)
         logits_slice:   positions (within the L fed) whose logits are wanted
+        logits_index:   (B, L') the same, per row (rows at different blocks); overrides the slice
         causal:         causal attention, for checking against autoregressive references
         """
         B, L = input_ids.shape
@@ -185,7 +186,9 @@ class LLaDAModelLM(nn.Module):
         h = t.wte(input_ids)  # (B, L, d)
         for i, block in enumerate(t.blocks):
             h = block(h, cos, sin, mask, cache, i, cache_start, causal)
-        if logits_slice is not None:
+        if logits_index is not None:
+            h = h.gather(1, logits_index[..., None].expand(-1, -1, h.shape[-1]))  # (B, L', d)
+        elif logits_slice is not None:
             h = h[:, logits_slice]
         h = t.ln_f(h)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight

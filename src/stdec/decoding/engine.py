@@ -1,0 +1,462 @@
+"""Continuous batching: slots, admission, per-row blocks, refresh, commit. The one decode loop.
+
+The engine holds `max_batch` slots. A request owns one slot from admission to its last
+commit, with its own prompt length, gen_length, block position, DecodeConfig, sampling
+generator, stats and trace. Each iteration (`step`):
+  1. drops cancelled or timed-out requests and admits waiting ones into free slots;
+  2. runs the forwards: rows at a block start (and rows without a cache) take a full
+     forward, which refreshes their K/V; the other rows take one block step, one batched
+     forward per cache mode (prefix, dual);
+  3. each row commits by its own rule (one policy call per distinct DecodeConfig);
+  4. reads, in one host sync, each row's first masked position: that gives its block, its
+     committed prefix (what is streamed) and whether it is finished; a finished row frees
+     its slot at once.
+
+Every slot's sequence starts at column 0 of its row of `x` (positions = columns); rows of
+one forward are padded on the right, padding is masked out of attention, and each row's
+K/V lives in its own row of one preallocated KVCache, written by position. So a row
+decodes as it would alone, whatever else is in flight. The engine knows no task and no
+HTTP: it is driven by a plain loop (`run`, or a server thread calling `step`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from stdec.decoding.config import DecodeConfig
+from stdec.decoding.policies import StepState, select
+
+__all__ = ["Engine", "Request", "RowStats", "Trace", "confidence", "eos_stop"]
+
+
+@dataclass
+class RowStats:
+    nfe: int  # forward passes this row took part in
+    gen_tokens: int  # generated tokens before the first EOS
+    tpf: float  # gen_tokens / nfe
+    wall_time: float  # seconds from the start of the row's decode (admission) until it finished
+    tokens_per_s: float  # gen_tokens / wall_time
+
+
+@dataclass
+class Trace:
+    step: Tensor  # (B, G) int: the row's step (its NFE count, from 1) that committed each position
+    confidence: Tensor  # (B, G) float: confidence at commit; NaN where EOS stop filled it
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt to decode, and everything the engine knows about it.
+
+    `listener`, when set, is called (on the engine's thread) after every step the request
+    takes part in and once when it ends; it reads `tokens`/`steps` (the generated region so
+    far: ids, mask id where still masked; commit step, -1 where not committed) and `state`.
+    """
+
+    prompt: list[int]
+    config: DecodeConfig
+    listener: Callable[[Request], None] | None = None
+    deadline: float | None = None  # time.monotonic() after which the request fails
+    id: int = field(default_factory=lambda: next(_ids))
+    state: str = "waiting"  # waiting, running, done, failed, cancelled
+    error: str | None = None
+    ids: list[int] | None = None  # generated ids, once done
+    stats: RowStats | None = None
+    trace: Trace | None = None  # (1, G) tensors when config.trace
+    tokens: list[int] = field(default_factory=list)  # live view for listeners
+    steps: list[int] = field(default_factory=list)
+    committed: int = 0  # length of the committed prefix (up to the first masked position)
+    # the engine's bookkeeping
+    slot: int | None = None
+    block: int = 0  # start of the active block (absolute position)
+    step: int = 0  # steps taken in the active block
+    nfe: int = 0
+    cancelled: bool = False
+    t_admit: float = 0.0
+    generator: torch.Generator | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + self.config.gen_length
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def cancel(self):
+        """Ask the engine to drop this request (thread-safe): its slot frees at the next step."""
+        self.cancelled = True
+
+
+def confidence(logits: Tensor, mask_id: int, temperature: float,
+               generator: torch.Generator | Sequence[torch.Generator] | None
+               ) -> tuple[Tensor, Tensor]:
+    """Prediction and its probability for each position. logits (B, L, V) -> (B, L), (B, L).
+
+    The mask token is never a prediction (committing it would undo the commit). With a
+    temperature the prediction is Gumbel-max sampled in float64 and the confidence is its
+    probability under the model, as in LLaDA. `generator` may be one per row: each row's
+    noise then comes from its own generator, so it never depends on the batch.
+    """
+    logits = logits.float()
+    logits[..., mask_id] = -math.inf
+    if temperature > 0:
+        if isinstance(generator, Sequence):
+            u = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device,
+                                        dtype=torch.float64) for g in generator])
+        else:
+            u = torch.rand(logits.shape, generator=generator, device=logits.device,
+                           dtype=torch.float64)
+        pred = (logits.double() / temperature - torch.log(-torch.log(u))).argmax(-1)
+    else:
+        pred = logits.argmax(-1)
+    log_p = logits.gather(-1, pred[..., None])[..., 0] - logits.logsumexp(-1)
+    return log_p.exp(), pred
+
+
+def eos_stop(gen: Tensor, eos_ids: Tensor, mask_id: int) -> Tensor:
+    """Masks after a row's first EOS, once everything before that EOS is decoded. (B, G) bool."""
+    G = gen.shape[1]
+    pos = torch.arange(G, device=gen.device)
+    first_eos = torch.where(torch.isin(gen, eos_ids), pos, G).min(dim=1, keepdim=True).values
+    is_mask = gen == mask_id
+    first_mask = torch.where(is_mask, pos, G).min(dim=1, keepdim=True).values
+    return (first_eos < first_mask) & (pos > first_eos) & is_mask
+
+
+class Engine:
+    """Continuous batching over `max_batch` slots of up to `max_length` positions each.
+
+    submit() queues a request; step() runs one iteration; run() steps until idle. Inputs are
+    assumed validated (stdec.generate and the server do it); a request longer than
+    max_length fails alone.
+    """
+
+    def __init__(self, model, *, max_batch: int = 8, max_length: int | None = None,
+                 eos_ids: Sequence[int] = ()):
+        mc = model.config
+        self.model, self.device = model, model.device
+        self.max_batch = max_batch
+        self.max_length = min(max_length or mc.max_sequence_length, mc.max_sequence_length)
+        self.mask_id, self.eos_id = mc.mask_token_id, mc.eos_token_id
+        self.eos = torch.tensor(sorted({mc.eos_token_id, *eos_ids}), device=self.device)
+        # shifted models (Dream) predict position i from hidden state i - 1: cached steps feed
+        # `shift` extra positions on the left (s >= 1: prompts are non-empty)
+        self.shift = getattr(model, "logits_shift", 0)
+        S, W, dev = max_batch, self.max_length, self.device
+        self.x = torch.full((S, W), self.mask_id, dtype=torch.long, device=dev)
+        self.stable = torch.zeros(S, W, dtype=torch.long, device=dev)  # by block offset
+        self.prev = torch.full((S, W), -1, dtype=torch.long, device=dev)
+        self.trace_step = torch.full((S, W), -1, dtype=torch.long, device=dev)  # by gen offset
+        self.trace_conf = torch.full((S, W), math.nan, device=dev)
+        self.cache = None  # allocated by the first request that asks for one
+        self.slots: list[Request | None] = [None] * S
+        self.waiting: deque[Request] = deque()
+        self.counters = {"nfe": 0, "gen_tokens": 0, "steps": 0}
+
+    # ---- the queue ----
+
+    def submit(self, prompt: Sequence[int], config: DecodeConfig, *,
+               listener: Callable[[Request], None] | None = None,
+               deadline: float | None = None) -> Request:
+        request = Request(list(prompt), config, listener, deadline)
+        self.waiting.append(request)
+        return request
+
+    @property
+    def active(self) -> int:
+        return sum(r is not None for r in self.slots)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.active > 0
+
+    def run(self):
+        """Step until every submitted request has ended."""
+        while self.step():
+            pass
+
+    def cancel_all(self, reason: str):
+        """End every waiting and running request with `reason` (a shutdown)."""
+        while self.waiting:
+            self._end(self.waiting.popleft(), "cancelled", reason)
+        for r in self.slots:
+            if r is not None:
+                self._end(r, "cancelled", reason)
+
+    # ---- one iteration ----
+
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """One iteration over every active slot; False when there is nothing to do."""
+        self._reap()
+        self._admit()
+        rows = [r for r in self.slots if r is not None]
+        if not rows:
+            return False
+        if self.counters["steps"] == 0:
+            _sync(self.device)
+        groups: dict[str, list[Request]] = {"full": [], "prefix": [], "dual": []}
+        for r in rows:
+            cached = r.config.cache != "none" and self.cache is not None
+            groups["full" if not cached or r.step == 0 else r.config.cache].append(r)
+        for kind, members in groups.items():
+            if members:
+                self._run(kind, members)
+        self._advance([r for r in rows if r.state == "running"])
+        self.counters["steps"] += 1
+        return True
+
+    def _reap(self):
+        now = time.monotonic()
+        for r in list(self.waiting):
+            if r.cancelled or (r.deadline is not None and now > r.deadline):
+                self.waiting.remove(r)
+                self._drop(r)
+        for r in self.slots:
+            if r is not None and (r.cancelled or (r.deadline is not None and now > r.deadline)):
+                self._drop(r)
+
+    def _drop(self, r: Request):
+        if r.cancelled:
+            self._end(r, "cancelled", "the request was cancelled")
+        else:
+            self._end(r, "failed", "the request timed out before it finished")
+
+    def _admit(self):
+        for slot in range(self.max_batch):
+            if self.slots[slot] is not None:
+                continue
+            while self.waiting:
+                r = self.waiting.popleft()
+                if r.length > self.max_length:
+                    self._end(r, "failed", f"prompt ({len(r.prompt)} tokens) + gen_length "
+                              f"({r.config.gen_length}) exceeds the engine's max length "
+                              f"{self.max_length}")
+                    continue
+                self._place(r, slot)
+                break
+
+    def _place(self, r: Request, slot: int):
+        cfg, P, T = r.config, len(r.prompt), r.length
+        if cfg.cache != "none" and self.cache is None:
+            # one extra column: scratch for the padding of batched steps
+            self.cache = self.model.new_cache(self.max_batch, self.max_length + 1)
+        self.x[slot, :P] = torch.tensor(r.prompt, dtype=torch.long)
+        self.x[slot, P:T] = self.mask_id
+        self.stable[slot] = 0
+        self.prev[slot] = -1
+        self.trace_step[slot] = -1
+        self.trace_conf[slot] = math.nan
+        r.slot, r.state, r.block, r.step, r.nfe = slot, "running", P, 0, 0
+        r.t_admit = time.perf_counter()
+        if cfg.temperature > 0:
+            r.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.slots[slot] = r
+
+    def _run(self, kind: str, rows: list[Request]):
+        """Forward `rows` together and commit; an error fails the rows that cause it alone."""
+        try:
+            logits = self._forward(kind, rows)
+        except Exception as err:
+            if len(rows) == 1:
+                return self._end(rows[0], "failed", _describe(err))
+            for r in rows:  # find the row at fault: each alone
+                self._run(kind, [r])
+            return
+        by_config: dict[DecodeConfig, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_config.setdefault(r.config, []).append(i)
+        for cfg, idx in by_config.items():
+            members = [rows[i] for i in idx]
+            picked = logits if len(idx) == len(rows) else logits[idx]
+            try:
+                self._commit(cfg, members, picked)
+            except Exception as err:
+                if len(members) == 1:
+                    self._end(members[0], "failed", _describe(err))
+                    continue
+                for i, r in zip(idx, members, strict=True):
+                    try:
+                        self._commit(cfg, [r], logits[i : i + 1])
+                    except Exception as row_err:
+                        self._end(r, "failed", _describe(row_err))
+
+    def _forward(self, kind: str, rows: list[Request]) -> Tensor:
+        """Logits (n, L, V) of each row's active block (L: the longest block; a shorter
+        block's extra columns repeat its last position)."""
+        dev, W = self.device, self.max_length
+        slots = [r.slot for r in rows]
+        ends = [r.length for r in rows]
+        if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
+            starts, stops = [0] * len(rows), ends
+        elif kind == "prefix":  # the block and everything after it
+            starts, stops = [r.block - self.shift for r in rows], ends
+        else:  # dual: the block alone, over the cached prefix and suffix
+            starts = [r.block - self.shift for r in rows]
+            stops = [r.block + r.config.block_length for r in rows]
+        width = max(b - a for a, b in zip(starts, stops, strict=True))
+        keys = max(ends)
+        start_t = torch.tensor(starts, device=dev)[:, None]
+        cols = start_t + torch.arange(width, device=dev)  # (n, L): absolute positions fed
+        valid = cols < torch.tensor(stops, device=dev)[:, None]
+        cols = cols.clamp(max=W - 1)
+        slot_t = torch.tensor(slots, device=dev)
+        ids = self.x[slot_t[:, None], cols]  # (n, L)
+        mask = None
+        if min(ends) != keys:  # rows of different lengths: each attends to its own keys
+            mask = torch.arange(keys, device=dev) < torch.tensor(ends, device=dev)[:, None]
+        cache = None
+        if self.cache is not None and (kind != "full" or
+                                       any(r.config.cache != "none" for r in rows)):
+            # padding writes its K/V into the scratch column past max_length
+            cache = self.cache.slots(slots, torch.where(valid, cols, W), keys)
+        # which fed positions' logits: the block, s .. s + block_length (relative to starts)
+        blocks = [r.block - a for r, a in zip(rows, starts, strict=True)]
+        lengths = [r.config.block_length for r in rows]
+        if len(set(blocks)) == 1 and len(set(lengths)) == 1:
+            pick = {"logits_slice": slice(blocks[0], blocks[0] + lengths[0])}
+        else:
+            offsets = torch.arange(max(lengths), device=dev)
+            last = torch.tensor(lengths, device=dev)[:, None] - 1
+            pick = {"logits_index": torch.tensor(blocks, device=dev)[:, None]
+                    + torch.minimum(offsets, last)}
+        return self.model(ids, position_ids=cols, attention_mask=mask, cache=cache, **pick)
+
+    def _commit(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
+        """Confidence, the rule and the commit for rows that share one DecodeConfig."""
+        dev, bl, G = self.device, cfg.block_length, cfg.gen_length
+        logits = logits[:, :bl]
+        generators = [r.generator for r in rows] if cfg.temperature > 0 else None
+        conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
+        slot_t = torch.tensor([r.slot for r in rows], device=dev)
+        rows_t = slot_t[:, None]
+        starts = torch.tensor([r.block for r in rows], device=dev)[:, None]  # (n, 1)
+        prompt = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None]
+        offsets = torch.arange(bl, device=dev)
+        cols = starts + offsets  # (n, L) absolute positions of the block
+        current = self.x[rows_t, cols]
+        masked = current == self.mask_id
+        held = pred == self.prev[rows_t, offsets]
+        stable = torch.where(held, self.stable[rows_t, offsets] + 1, 1)
+        self.prev[rows_t, offsets] = pred
+        self.stable[rows_t, offsets] = stable
+        state = StepState(masked, self.x[slot_t] != self.mask_id, starts, stable,
+                          torch.tensor([r.step for r in rows], device=dev)[:, None],
+                          seq_end=prompt + G)
+        commit = select(conf, pred, state, cfg)
+        self.x[rows_t, cols] = torch.where(commit, pred, current)
+        for r in rows:
+            r.nfe += 1
+        nfe = torch.tensor([r.nfe for r in rows], device=dev)[:, None]
+        g = cols - prompt  # block positions within the generated region
+        self.trace_step[rows_t, g] = torch.where(commit, nfe, self.trace_step[rows_t, g])
+        self.trace_conf[rows_t, g] = torch.where(commit, conf, self.trace_conf[rows_t, g])
+        if cfg.stop_at_eos:
+            gen_cols = prompt + torch.arange(G, device=dev)  # (n, G)
+            gen = self.x[rows_t, gen_cols]
+            fill = eos_stop(gen, self.eos, self.mask_id)
+            self.x[rows_t, gen_cols] = gen.masked_fill(fill, self.eos_id)
+            self.trace_step[slot_t, :G] = torch.where(fill, nfe, self.trace_step[slot_t, :G])
+
+    def _advance(self, rows: list[Request]):
+        """One host sync: each row's first masked position gives its block, its committed
+        prefix and whether it is done."""
+        if not rows:
+            return
+        dev, W = self.device, self.max_length
+        slot_t = torch.tensor([r.slot for r in rows], device=dev)
+        pos = torch.arange(W, device=dev)
+        lo = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None]
+        hi = torch.tensor([r.length for r in rows], device=dev)[:, None]
+        open_ = (self.x[slot_t] == self.mask_id) & (pos >= lo) & (pos < hi)
+        first = torch.where(open_, pos, W).min(dim=1).values
+        listening = [i for i, r in enumerate(rows) if r.listener is not None]
+        if listening:
+            li = slot_t[listening]
+            first, view_x, view_s = _host(first, self.x[li], self.trace_step[li])
+        else:
+            first, view_x, view_s = first.tolist(), [], []
+        self.counters["nfe"] += len(rows)
+        reset = []
+        for i, (r, f) in enumerate(zip(rows, first, strict=True)):
+            P, T = len(r.prompt), r.length
+            r.committed = min(f, T) - P
+            if i in listening:
+                j = listening.index(i)
+                r.tokens, r.steps = view_x[j][P:T], view_s[j][: T - P]
+            if f >= T:
+                self._end(r, "done")
+                continue
+            block = P + (f - P) // r.config.block_length * r.config.block_length
+            if block != r.block:
+                r.block, r.step = block, 0
+                reset.append(r.slot)
+            else:
+                r.step += 1
+            if r.listener is not None:
+                _notify(r)
+        if reset:
+            self.stable[reset] = 0
+            self.prev[reset] = -1
+
+    def _end(self, r: Request, state: str, error: str | None = None):
+        """Finish a request: copy out its ids, stats and trace, free its slot, tell it."""
+        r.state, r.error = state, error
+        if r.slot is not None:
+            slot, P, T, G = r.slot, len(r.prompt), r.length, r.config.gen_length
+            ids = self.x[slot, P:T].cpu()
+            r.ids = ids.tolist()
+            r.tokens = r.ids
+            r.committed = G if state == "done" else r.committed
+            gen_tokens = next((i for i, t in enumerate(r.ids) if t in self._eos_set), G)
+            wall = time.perf_counter() - r.t_admit
+            r.stats = RowStats(r.nfe, gen_tokens, gen_tokens / max(r.nfe, 1), wall,
+                               gen_tokens / wall if wall > 0 else 0.0)
+            if r.config.trace:
+                r.trace = Trace(self.trace_step[slot, None, :G].clone(),
+                                self.trace_conf[slot, None, :G].clone())
+            r.steps = self.trace_step[slot, :G].tolist()
+            if state == "done":
+                self.counters["gen_tokens"] += gen_tokens
+            self.slots[slot] = None
+            r.slot = None
+        r.generator = None
+        if r.listener is not None:
+            _notify(r)
+
+    @property
+    def _eos_set(self) -> set[int]:
+        return set(self.eos.tolist())
+
+
+def _host(*tensors: Tensor) -> list:
+    return [t.tolist() for t in tensors]
+
+
+def _notify(r: Request):
+    try:
+        r.listener(r)
+    except Exception:  # a listener's failure must not stop the engine
+        r.listener = None
+        r.cancel()
+
+
+def _describe(err: Exception) -> str:
+    return f"decoding failed: {type(err).__name__}: {err}"
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
