@@ -162,7 +162,8 @@ class LLaDAModelLM(nn.Module):
     def forward(self, input_ids: Tensor, *, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, cache: KVCache | None = None,
                 cache_start: int = 0, logits_slice: slice | None = None,
-                logits_index: Tensor | None = None, causal: bool = False) -> Tensor:
+                logits_index: Tensor | None = None, causal: bool = False,
+                inputs_embeds: Tensor | None = None) -> Tensor:
         """Logits (B, L', V) for input_ids (B, L) at sequence positions cache_start .. + L.
 
         position_ids:   (B, L) rotary positions; default cache_start + arange(L)
@@ -173,6 +174,8 @@ class LLaDAModelLM(nn.Module):
         logits_slice:   positions (within the L fed) whose logits are wanted
         logits_index:   (B, L') the same, per row (rows at different blocks); overrides the slice
         causal:         causal attention, for checking against autoregressive references
+        inputs_embeds:  (B, L, d) input vectors used instead of wte(input_ids), e.g. with
+                        image features at a vision-language prompt's image positions
         """
         B, L = input_ids.shape
         if causal and (cache is not None or attention_mask is not None):
@@ -183,7 +186,7 @@ class LLaDAModelLM(nn.Module):
         cos, sin = self._rope(position_ids)  # (B, 1, L, D)
         mask = None if attention_mask is None else attention_mask[:, None, None, :]  # (B,1,1,T)
         t = self.model.transformer
-        h = t.wte(input_ids)  # (B, L, d)
+        h = t.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, d)
         for i, block in enumerate(t.blocks):
             h = block(h, cos, sin, mask, cache, i, cache_start, causal)
         if logits_index is not None:
