@@ -1,5 +1,5 @@
 """The synthetic benchmark suite the bundled testbed model is trained and evaluated on, and the
-real benchmarks (GSM8K, MATH500, HumanEval, MBPP) read from local files."""
+real benchmarks (GSM8K, MATH500, HumanEval, MBPP, GPQA) read from local files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from stdec.tasks.arith import ArithTask
 from stdec.tasks.base import SPLITS, Problem, Task, format_prompt, split_of
 from stdec.tasks.code import CodeTask
 from stdec.tasks.evaluate import EvalRecord, EvalResult, evaluate
+from stdec.tasks.gpqa import GpqaTask
 from stdec.tasks.gsm import GsmTask
 from stdec.tasks.lists import ListsTask
 from stdec.tasks.real import REAL_CLASSES, REAL_TASKS, RealTask
@@ -19,25 +20,29 @@ _CLASSES: dict[str, type[Task]] = {"gsm": GsmTask, "code": CodeTask, "lists": Li
                                    "arith": ArithTask}
 
 
+# the benchmarks read from local files: real.py's, and GPQA (a CSV)
+BENCHMARKS: dict[str, type[RealTask]] = {**REAL_CLASSES, "gpqa": GpqaTask}
+
+
 def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kwargs) -> Task:
     """A task by name; `sizes` overrides split sizes, e.g. {"train": 5000}. The real benchmarks
     take `path=` (a JSONL file, or a folder holding test.jsonl); `sizes` caps their splits."""
-    if name in REAL_CLASSES:
+    if name in BENCHMARKS:
         if set(kwargs) - {"path"}:
             bad = ", ".join(sorted(set(kwargs) - {"path"}))
             raise StdecError(f"task {name!r} got unknown option(s) {bad}; it takes only path=.")
-        return REAL_CLASSES[name](sizes, seed, **kwargs)
+        return BENCHMARKS[name](sizes, seed, **kwargs)
     if name not in _CLASSES:
         raise StdecError(f"unknown task {name!r}; the tasks are {', '.join(TASKS + AUX_TASKS)} "
-                         f"and the real benchmarks {', '.join(REAL_TASKS)}.")
+                         f"and the real benchmarks {', '.join(BENCHMARKS)}.")
     if kwargs:
         raise StdecError(f"task {name!r} is synthetic and takes no {', '.join(sorted(kwargs))}; "
-                         f"only the real benchmarks ({', '.join(REAL_TASKS)}) take path=.")
+                         f"only the real benchmarks ({', '.join(BENCHMARKS)}) take path=.")
     return _CLASSES[name](sizes, seed)
 
 
 __all__ = [
-    "AUX_TASKS", "REAL_TASKS", "SPLITS", "TASKS", "ArithTask", "CodeTask", "EvalRecord",
-    "EvalResult", "GsmTask", "ListsTask", "Problem", "RealTask", "SandboxResult", "Task",
-    "evaluate", "format_prompt", "get_task", "run_code", "split_of",
+    "AUX_TASKS", "BENCHMARKS", "REAL_TASKS", "SPLITS", "TASKS", "ArithTask", "CodeTask",
+    "EvalRecord", "EvalResult", "GpqaTask", "GsmTask", "ListsTask", "Problem", "RealTask",
+    "SandboxResult", "Task", "evaluate", "format_prompt", "get_task", "run_code", "split_of",
 ]
