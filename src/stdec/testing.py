@@ -8,10 +8,12 @@ import torch
 from stdec.models import save_model
 from stdec.models.dream import DreamConfig, DreamModel
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
+from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 from stdec.tokenizer import train_tokenizer
 
-__all__ = ["DEMO_TEXT", "random_checkpoint", "random_dream_model", "random_model", "tiny_config",
-           "tiny_dream_config"]
+__all__ = ["DEMO_TEXT", "random_checkpoint", "random_dream_model", "random_llava_checkpoint",
+           "random_llava_model", "random_model", "tiny_config", "tiny_dream_config",
+           "tiny_llava_config"]
 
 DEMO_TEXT = [
     "Tom has 3 apples and buys 4 more. How many apples does he have? 3 + 4 = 7. #### 7",
@@ -68,5 +70,40 @@ def random_checkpoint(path: str | Path, *, seed: int = 0, peak: float = 4.0,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       **overrides)
     save_model(random_model(cfg, seed=seed, peak=peak), path)
+    tokenizer.save_pretrained(str(path))
+    return Path(path)
+
+
+def tiny_llava_config(vision: dict | None = None, **overrides) -> LLaDAVConfig:
+    """LLaDA-V's layout at toy size: a 2-layer SigLIP (32-pixel tiles of 8-pixel patches, so 16
+    vectors a tile, hidden 32) before tiny_config's LLaDA; anyres_max_4 over (1x1)..(6x6)."""
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, image_size=32, patch_size=8)
+    return LLaDAVConfig(tiny_config(**overrides), {**tower, **(vision or {})})
+
+
+def random_llava_model(cfg: LLaDAVConfig, *, seed: int = 0, peak: float = 4.0) -> LLaDAVModel:
+    """Random weights (the image newline too); `peak` scales the output head as random_model."""
+    torch.manual_seed(seed)
+    model = LLaDAVModel(cfg)
+    with torch.no_grad():
+        model.language_model.model.transformer.ff_out.weight.mul_(peak)
+        if hasattr(model, "image_newline"):
+            model.image_newline.normal_(0.0, cfg.text.d_model ** -0.5)
+    return model.eval()
+
+
+def random_llava_checkpoint(path: str | Path, *, seed: int = 0, peak: float = 4.0,
+                            max_shard_bytes: int | None = None, vision: dict | None = None,
+                            **overrides) -> Path:
+    """Write a tiny random LLaDA-V checkpoint (its config keys and tensor names) with a
+    byte-level BPE tokenizer to `path`."""
+    tokenizer = train_tokenizer(DEMO_TEXT * 8, vocab_size=300)
+    cfg = tiny_llava_config(vision, vocab_size=len(tokenizer),
+                            mask_token_id=tokenizer.mask_token_id,
+                            eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, **overrides)
+    save_model(random_llava_model(cfg, seed=seed, peak=peak), path,
+               max_shard_bytes=max_shard_bytes)
     tokenizer.save_pretrained(str(path))
     return Path(path)

@@ -12,13 +12,15 @@ from stdec.errors import StdecError
 from stdec.models.cache import KVCache
 from stdec.models.dream import DreamConfig, DreamModel
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
+from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 
-__all__ = ["DreamConfig", "DreamModel", "KVCache", "LLaDAConfig", "LLaDAModelLM", "load_model",
-           "model_class", "resolve_dtype", "save_model"]
+__all__ = ["DreamConfig", "DreamModel", "KVCache", "LLaDAConfig", "LLaDAModelLM", "LLaDAVConfig",
+           "LLaDAVModel", "load_model", "model_class", "resolve_dtype", "save_model"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX = "model.safetensors.index.json"
-CONFIGS = {LLaDAModelLM: LLaDAConfig, DreamModel: DreamConfig}  # model class -> its config
+CONFIGS = {LLaDAModelLM: LLaDAConfig, DreamModel: DreamConfig,  # model class -> its config
+           LLaDAVModel: LLaDAVConfig}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -79,12 +81,14 @@ def weight_files(path: Path) -> list[Path]:
 def model_class(raw: dict, path: str | Path = "the checkpoint") -> type[nn.Module]:
     """The model class a config.json names (by model_type or architectures)."""
     kind, archs = raw.get("model_type"), raw.get("architectures") or []
+    if kind == "llava_llada" or "LlavaLLaDAModelLM" in archs:  # LLaDA-V
+        return LLaDAVModel
     if kind == "llada" or "LLaDAModelLM" in archs:
         return LLaDAModelLM
     if kind in ("Dream", "dream") or "DreamModel" in archs:
         return DreamModel
-    raise StdecError(f"{str(path)!r} holds a {kind or archs!r} model; stdec loads LLaDA and "
-                     "Dream checkpoints.")
+    raise StdecError(f"{str(path)!r} holds a {kind or archs!r} model; stdec loads LLaDA, "
+                     "LLaDA-V and Dream checkpoints.")
 
 
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
@@ -98,6 +102,7 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
     with torch.device("meta"):  # no random init: the weights come from the files
         model = cls(CONFIGS[cls].from_dict(raw))
     state = {}
+    rename = getattr(cls, "from_checkpoint_name", str)  # a layout whose names differ from ours
     for file in weight_files(path):
         if not file.is_file():
             raise StdecError(f"weight shard {str(file)!r} named by the index is missing.")
@@ -106,7 +111,8 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
         except (SafetensorError, OSError) as err:
             raise StdecError(f"weight file {str(file)!r} is corrupt or truncated ({err}).") \
                 from None
-        state.update((name, t.to(device=device, dtype=dtype)) for name, t in tensors.items())
+        state.update((rename(name), t.to(device=device, dtype=dtype))
+                     for name, t in tensors.items())
     expected = model.state_dict()
     missing, extra = expected.keys() - state.keys(), state.keys() - expected.keys()
     if missing or extra:
@@ -122,14 +128,15 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
     return model.eval()
 
 
-def save_model(model: LLaDAModelLM | DreamModel, path: str | Path, *,
+def save_model(model: LLaDAModelLM | DreamModel | LLaDAVModel, path: str | Path, *,
                max_shard_bytes: int | None = None):
     """Write config.json and safetensors weights, sharded with an index past max_shard_bytes."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {**model.config.to_dict(), "torch_dtype": str(model.dtype).removeprefix("torch.")}
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    rename = getattr(model, "to_checkpoint_name", str)
+    state = {rename(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     shards: list[dict] = [{}]
     size = 0
     for name, t in state.items():
