@@ -9,6 +9,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 
 import stdec
+import stdec.api
 from stdec.tasks import REAL_TASKS, TASKS, evaluate, get_task
 from stdec.tasks.math_equiv import extract_answer, is_equiv, last_boxed
 
@@ -224,7 +225,7 @@ def test_evaluate_real_task_with_fake_generate(tasks, monkeypatch):
                                     tokens_per_s=80.0) for _ in prompts]
             return SimpleNamespace(texts=[gold[p] for p in prompts], stats=stats)
 
-        monkeypatch.setattr(stdec, "generate", fake_generate)
+        monkeypatch.setattr(stdec.api, "generate", fake_generate)
         res = evaluate("model", "tok", task, "test", object(), batch_size=2)
         assert res.task == name and res.n == COUNTS[name] and res.accuracy == 1.0
         assert [r.id for r in res.records] == [p.id for p in task.problems("test")]

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 import stdec
+import stdec.api
 from stdec.tasks import AUX_TASKS, SPLITS, TASKS, evaluate, get_task, run_code
 from stdec.tasks.code import FAMILIES, build
 from stdec.tasks.gsm import NAMES, STEP_PHRASINGS, TEMPLATES
@@ -153,7 +154,7 @@ def test_evaluate_with_fake_generate(tasks, monkeypatch):
                                 wall_time=0.1, tokens_per_s=100.0) for i in range(len(prompts))]
         return SimpleNamespace(texts=[gold[p] for p in prompts], stats=stats)
 
-    monkeypatch.setattr(stdec, "generate", fake_generate)
+    monkeypatch.setattr(stdec.api, "generate", fake_generate)
     config = object()
     res = evaluate("model", "tok", task, "dev", config, limit=37, batch_size=16)
     assert [c[0] for c in calls] == [16, 16, 5]

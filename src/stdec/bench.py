@@ -1,25 +1,37 @@
 """`stdec bench`: policies x cache modes x tasks x generation lengths, on one harness.
 
-Every cell decodes the same problems in the same batches; its speedups are ratios to the
-vanilla rule (`fixed`, one token per step) measured in the same run, with the same task,
-generation length, cache mode and EOS setting. Writes results.json (one record a cell),
-results.md (the table) and pareto.png, and prints the table.
+Every cell decodes the same problems in the same batches; accuracy, NFE and TPF come from
+one pass over all of them. Timing is measured `repeats` times per cell, in passes that
+interleave the policies (pass 1 runs every setting once, then pass 2, ...), so that noise from
+the machine hits every policy alike: tokens/s and latency are the medians over the passes
+(each pass times the first batch; the first pass is the accuracy pass), the spread is
+(max - min) / median, and a speedup is a ratio of medians from the same passes. The load
+average, thread count and CPU model are recorded beside the figures, and the table flags
+timing taken with a wide spread or on a busy machine. Writes results.json (one record a
+cell, rewritten atomically after each group of cells), results.md (the table and a legend
+for each column) and pareto.png, and prints the table.
 """
 
+import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-
-import torch
 
 from stdec.decoding.config import CACHE_MODES, DecodeConfig
 from stdec.errors import StdecError
 
-__all__ = ["BenchConfig", "PolicySetting", "hardware", "parse_policy", "run_bench"]
+# torch, transformers and matplotlib load inside the functions that use them, so that the
+# CLI validates a bench run before paying for them
+
+__all__ = ["BenchConfig", "PolicySetting", "check_out", "hardware", "parse_policy",
+           "run_bench"]
 
 VANILLA = "fixed:k=1"
 # the parameters each policy reads; fixed takes k, tokens per step, for DecodeConfig.steps
@@ -33,8 +45,11 @@ POLICY_PARAMS = {
 LENGTHS = ("standard", "long")
 RECORD_FIELDS = ("task", "split", "length", "gen_length", "cache", "stop_at_eos", "policy",
                  "params", "label", "n", "accuracy", "nfe", "tpf", "tokens_per_s", "latency_s",
-                 "speedup_tokens_per_s", "speedup_nfe", "model", "hardware", "versions",
-                 "git_commit", "seed", "batch_size")
+                 "speedup_tokens_per_s", "speedup_nfe", "timed_n", "wall_s", "spread",
+                 "load_avg", "timing_flag", "model", "hardware", "threads", "cpu_count",
+                 "versions", "git_commit", "seed", "batch_size", "repeats")
+RESULT_FILES = ("results.json", "results.md", "pareto.png")
+WIDE_SPREAD = 0.25  # (max - min) / median of the timed passes above this: flagged
 
 
 @dataclass(frozen=True)
@@ -110,9 +125,16 @@ class BenchConfig:
     out: str = "runs/bench"
     device: str | None = None
     dtype: str | None = None
+    # timed passes per cell, interleaved across policies; the tables show their median
+    repeats: int = 3
+    allow_unsandboxed_code: bool = False  # score code tasks without the kernel sandbox
 
     def __post_init__(self):
         from stdec.tasks import SPLITS, get_task
+
+        for name in ("tasks", "policies", "caches", "lengths", "stop_at_eos"):
+            if not getattr(self, name):
+                raise StdecError(f"{name} needs at least one value; got none.")
 
         for cache in self.caches:
             if cache not in CACHE_MODES:
@@ -123,11 +145,14 @@ class BenchConfig:
         for spec in self.tasks:
             name, _, where = spec.partition("=")
             get_task(name, **({"path": where} if where else {}))
+        if Path(self.out).expanduser().is_file():
+            raise StdecError(f"out {self.out!r} is a file; pass a folder for the results.")
         if self.split not in SPLITS:
             raise StdecError(f"unknown split {self.split!r}; choose among {', '.join(SPLITS)}.")
-        for name in ("batch_size", "block_length", "limit", "gen_length", "long_gen_length"):
+        for name in ("batch_size", "block_length", "limit", "gen_length", "long_gen_length",
+                     "repeats"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and (not isinstance(value, int) or value < 1):
                 raise StdecError(f"{name} must be a positive integer, got {value}.")
         for name in ("gen_length", "long_gen_length"):
             value = getattr(self, name)
@@ -161,19 +186,42 @@ def cpuinfo(key: str) -> str | None:
         return None
 
 
-def hardware(device: torch.device) -> str:
+def hardware(device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = cpuinfo("model name") or platform.machine()
     return f"{name} ({torch.get_num_threads()} threads)"
 
 
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_avg() -> float | None:
+    """The 1-minute load average (runnable processes), None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
     import transformers
 
-    import stdec
-
-    return {"stdec": stdec.__version__, "torch": torch.__version__,
+    try:
+        own = version("stdec")
+    except PackageNotFoundError:
+        own = "unknown"
+    return {"stdec": own, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
@@ -193,6 +241,7 @@ def dist_setup() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -205,6 +254,8 @@ def rank_device(device: str | None) -> str:
     """`device`, or this process's GPU (LOCAL_RANK, set by torchrun/accelerate), or the CPU."""
     if device:
         return device
+    import torch
+
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
 
 
@@ -242,7 +293,25 @@ def run_cell(model, tokenizer, task, problems, config: DecodeConfig, batch_size:
     return CellResult(*(sum(p[i] for p in parts) for i in range(4)), max(p[4] for p in parts))
 
 
-def load_tasks(specs: tuple[str, ...]) -> dict:
+def time_batch(model, tokenizer, problems, config: DecodeConfig, world: int) -> tuple[float, int]:
+    """(seconds, generated tokens) of one decode of `problems` as one batch, device
+    synchronised around the timer (max seconds and summed tokens over ranks)."""
+    import torch
+
+    from stdec.api import generate
+    from stdec.tasks.base import format_prompt
+
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = generate(model, tokenizer, [format_prompt(p) for p in problems], config, chat=True)
+    sync()
+    wall = time.perf_counter() - t0
+    parts = gather((wall, sum(s.gen_tokens for s in out.stats)), world)
+    return max(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def load_tasks(specs: tuple[str, ...], unsandboxed: bool = False) -> dict:
     """{name: Task} from `name` or `name=path` specs."""
     from stdec.tasks import get_task
 
@@ -250,6 +319,7 @@ def load_tasks(specs: tuple[str, ...]) -> dict:
     for spec in specs:
         name, _, where = spec.partition("=")
         out[name] = get_task(name, **({"path": where} if where else {}))
+        out[name].unsandboxed = unsandboxed
     return out
 
 
@@ -274,16 +344,43 @@ def task_lengths(cfg: BenchConfig, model_path: Path, tokenizer, tasks: dict) -> 
     return out
 
 
-def run_bench(cfg: BenchConfig, *, progress: bool = True) -> list[dict]:
-    """Run the grid; returns the records (rank 0 also writes them under cfg.out)."""
-    import stdec
-    from stdec.api import resolve_model_path
+def check_out(out: Path) -> Path:
+    """The folder this run writes to: `out`, or, when `out` already holds results, the first
+    free `out-2`, `out-3`, ... beside it (old and new results never mix). Created now, so
+    that an unwritable place fails before any model work."""
+    out = out.expanduser()
+    candidate, i = out, 1
+    while candidate.is_dir() and any((candidate / f).exists() for f in RESULT_FILES):
+        i += 1
+        candidate = out.with_name(f"{out.name}-{i}")
+    if candidate.exists() and not candidate.is_dir():
+        raise StdecError(f"--out {str(candidate)!r} is a file; pass a folder for the results.")
+    try:
+        candidate.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=candidate):
+            pass
+    except OSError as e:
+        raise StdecError(f"cannot write results to {str(candidate)!r} ({e.strerror}); pass a "
+                         "writable --out folder.") from None
+    return candidate
+
+
+def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = None) -> list[dict]:
+    """Run the grid; returns the records (rank 0 also writes them under `out`, by default
+    check_out(cfg.out))."""
+    import torch
+
+    from stdec.api import generate, load, resolve_model_path
+    from stdec.tasks.sandbox import check_sandbox
 
     rank, world = dist_setup()
+    tasks = load_tasks(cfg.tasks, cfg.allow_unsandboxed_code)
+    if any(getattr(t, "runs_code", False) or t.name == "code" for t in tasks.values()):
+        check_sandbox(cfg.allow_unsandboxed_code)
+    out = out if out is not None else check_out(Path(cfg.out)) if rank == 0 else Path(cfg.out)
     device = rank_device(cfg.device)
     path = resolve_model_path(cfg.model)
-    model, tokenizer = stdec.load(path, dtype=cfg.dtype, device=device)
-    tasks = load_tasks(cfg.tasks)
+    model, tokenizer = load(path, dtype=cfg.dtype, device=device)
     lengths = task_lengths(cfg, path, tokenizer, tasks)
     for name, per in lengths.items():
         for length, value in per.items():
@@ -293,65 +390,190 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True) -> list[dict]:
                                  " positions; pass a smaller --gen-length/--long-gen-length.")
     torch.manual_seed(cfg.seed)
     # warm-up, discarded: allocator, kernel selection, tokenizer caches
-    stdec.generate(model, tokenizer, ["warm up"], gen_length=cfg.block_length,
-                   block_length=cfg.block_length)
-    env = {"model": str(cfg.model), "hardware": hardware(model.device), "versions": versions(),
-           "git_commit": git_commit(), "seed": cfg.seed, "batch_size": cfg.batch_size}
+    generate(model, tokenizer, ["warm up"], gen_length=cfg.block_length,
+             block_length=cfg.block_length)
+    env = {"model": str(cfg.model), "hardware": hardware(model.device),
+           "threads": torch.get_num_threads(), "cpu_count": cpu_count(),
+           "versions": versions(), "git_commit": git_commit(), "seed": cfg.seed,
+           "batch_size": cfg.batch_size, "repeats": cfg.repeats}
     settings = cfg.settings()
-    cells = [(t, ln, c, eos, s) for t in tasks for ln in cfg.lengths for c in cfg.caches
-             for eos in cfg.stop_at_eos for s in settings]
-    records, baseline = [], {}
-    bar = _progress(len(cells), progress and rank == 0)
-    for name, length, cache, eos, setting in cells:
-        problems = tasks[name].problems(cfg.split)[: cfg.limit][rank::world]
-        gen = lengths[name][length]
-        config = setting.config(gen, cfg.block_length, cache=cache, stop_at_eos=eos,
-                                seed=cfg.seed)
-        r = run_cell(model, tokenizer, tasks[name], problems, config, cfg.batch_size, world)
-        rec = {"task": name, "split": cfg.split, "length": length, "gen_length": gen,
-               "cache": cache, "stop_at_eos": eos, "policy": setting.policy,
-               "params": dict(setting.params), "label": setting.label, "n": r.n,
-               "accuracy": r.correct / r.n, "nfe": r.nfe / r.n,
-               "tpf": r.gen_tokens / r.nfe, "tokens_per_s": r.gen_tokens / r.wall,
-               "latency_s": r.wall / r.n, **env}
-        key = (name, length, cache, eos)
-        if setting.label == VANILLA:
-            baseline[key] = rec
-        base = baseline[key]
-        rec["speedup_tokens_per_s"] = rec["tokens_per_s"] / base["tokens_per_s"]
-        rec["speedup_nfe"] = base["nfe"] / rec["nfe"]
-        records.append({k: rec[k] for k in RECORD_FIELDS})
-        if rank == 0:  # kept current, so that a long run stopped early keeps its cells
-            write_json(records, Path(cfg.out))
-        bar.update(1)
-    bar.close()
+    groups = [(t, ln, c, eos) for t in tasks for ln in cfg.lengths for c in cfg.caches
+              for eos in cfg.stop_at_eos]
+    records: list[dict] = []
+    bar = _progress(len(groups) * len(settings) * cfg.repeats, progress and rank == 0)
+    try:
+        for name, length, cache, eos in groups:
+            problems = tasks[name].problems(cfg.split)[: cfg.limit][rank::world]
+            gen = lengths[name][length]
+            configs = [s.config(gen, cfg.block_length, cache=cache, stop_at_eos=eos,
+                                seed=cfg.seed) for s in settings]
+            cells = _measure_group(model, tokenizer, tasks[name], problems, configs, cfg, world,
+                                   bar)
+            group = []
+            for setting, (r, walls, timed_tokens, load) in zip(settings, cells, strict=True):
+                wall = statistics.median(walls)
+                spread = (max(walls) - min(walls)) / wall if wall > 0 else 0.0
+                group.append({
+                    "task": name, "split": cfg.split, "length": length, "gen_length": gen,
+                    "cache": cache, "stop_at_eos": eos, "policy": setting.policy,
+                    "params": dict(setting.params), "label": setting.label, "n": r.n,
+                    "accuracy": r.correct / r.n, "nfe": r.nfe / r.n,
+                    "tpf": r.gen_tokens / r.nfe, "tokens_per_s": timed_tokens / wall,
+                    "timed_n": _timed_n(problems, cfg.batch_size, world),
+                    "latency_s": wall / _timed_n(problems, cfg.batch_size, world),
+                    "wall_s": walls, "spread": spread, "load_avg": load, **env})
+            base = group[0]  # the vanilla rule, measured in the same passes
+            for rec in group:
+                rec["speedup_tokens_per_s"] = rec["tokens_per_s"] / base["tokens_per_s"]
+                rec["speedup_nfe"] = base["nfe"] / rec["nfe"]
+                rec["timing_flag"] = timing_flag(rec)
+                records.append({k: rec[k] for k in RECORD_FIELDS})
+            if rank == 0:  # kept current, so that a run stopped early keeps its cells
+                write_json(records, out)
+    except BaseException:
+        if rank == 0:
+            where = f"{out / 'results.json'} holds" if records else "no cell had finished;"
+            print(f"\nstdec bench stopped after {len(records)} of "
+                  f"{len(groups) * len(settings)} cells: {where} the finished ones.",
+                  file=sys.stderr)
+        raise
+    finally:
+        bar.close()
     if rank == 0:
-        write_results(records, Path(cfg.out))
+        write_results(records, out)
     return records
+
+
+def _timed_n(problems: list, batch_size: int, world: int) -> int:
+    return min(len(problems), batch_size) * world
+
+
+def _measure_group(model, tokenizer, task, problems, configs, cfg: BenchConfig, world: int,
+                   bar) -> list[tuple[CellResult, list[float], int, float | None]]:
+    """Each setting's accuracy pass, then cfg.repeats - 1 timing passes, interleaved: every
+    pass runs every setting once, in an order rotated from pass to pass. Returns, per
+    setting, the accuracy pass's counts, the wall seconds of the first batch in every pass,
+    its generated tokens and the highest 1-minute load average seen."""
+    head = problems[: cfg.batch_size]
+    results: list = [None] * len(configs)
+    walls: list[list[float]] = [[] for _ in configs]
+    tokens = [0] * len(configs)
+    loads: list[list[float]] = [[] for _ in configs]
+    for p in range(cfg.repeats):
+        order = list(range(len(configs)))
+        order = order[p % len(order):] + order[: p % len(order)]
+        for i in order:
+            if p == 0:  # the accuracy pass: its first batch is the first timing
+                results[i], (wall, tok) = _accuracy_pass(model, tokenizer, task, problems,
+                                                         configs[i], cfg.batch_size, world)
+            else:
+                wall, tok = time_batch(model, tokenizer, head, configs[i], world)
+            walls[i].append(wall)
+            tokens[i] = tok
+            la = load_avg()
+            if la is not None:
+                loads[i].append(la)
+            bar.update(1)
+    return [(results[i], walls[i], tokens[i], max(loads[i]) if loads[i] else None)
+            for i in range(len(configs))]
+
+
+def _accuracy_pass(model, tokenizer, task, problems, config, batch_size: int, world: int):
+    """The counts over every problem, and (seconds, tokens) of the first batch alone."""
+    from stdec.tasks.evaluate import decode_problems
+
+    head = problems[:batch_size]
+    first, wall = decode_problems(model, tokenizer, task, head, config, batch_size=batch_size)
+    rest, rest_wall = decode_problems(model, tokenizer, task, problems[batch_size:], config,
+                                      batch_size=batch_size) if len(problems) > batch_size \
+        else ([], 0.0)
+    records = first + rest
+    mine = (len(records), sum(r.correct for r in records), sum(r.nfe for r in records),
+            sum(r.gen_tokens for r in records), wall + rest_wall)
+    parts = gather((mine, wall, sum(r.gen_tokens for r in first)), world)
+    counts = CellResult(*(sum(q[0][i] for q in parts) for i in range(4)),
+                        max(q[0][4] for q in parts))
+    return counts, (max(q[1] for q in parts), sum(q[2] for q in parts))
+
+
+def timing_flag(rec: dict) -> str:
+    """'' when the timing can be trusted, else why not: a wide spread between the passes,
+    or a machine busier than its cores."""
+    why = []
+    if rec["spread"] > WIDE_SPREAD:
+        why.append(f"spread {100 * rec['spread']:.0f}%")
+    if rec["load_avg"] is not None and rec["load_avg"] > rec["cpu_count"]:
+        why.append(f"load {rec['load_avg']:.1f} > {rec['cpu_count']} cores")
+    return ", ".join(why)
 
 
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="bench cells", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, desc="bench passes", disable=not enabled, file=sys.stderr)
+
+
+COLUMNS = (
+    ("task", "the task (testbed suite or real benchmark)"),
+    ("length", "generation length: standard fits the answers, long is 4x the longest; the "
+     "number of tokens in brackets"),
+    ("cache", "KV cache mode: none, prefix or dual (Fast-dLLM)"),
+    ("eos stop", "whether a row stops once it has committed EOS"),
+    ("policy", "commit rule and its parameters; fixed:k=1 is vanilla decoding"),
+    ("acc", "accuracy, % of the problems scored correct"),
+    ("NFE", "forward passes per problem (mean); lower is faster, hardware-independent"),
+    ("TPF", "generated tokens per forward pass; higher is faster, hardware-independent"),
+    ("tok/s", "generated tokens per second: the median over the timed passes"),
+    ("spread", "(max - min) / median of the timed passes' wall times"),
+    ("latency s", "median seconds per problem in the timed batch"),
+    ("speedup tok/s", "tok/s over vanilla's, medians from the same interleaved passes"),
+    ("speedup NFE", "vanilla's NFE over this NFE"),
+    ("timing", "blank when the timing can be trusted; else '!' and why: a spread above "
+     f"{100 * WIDE_SPREAD:.0f}%, or a 1-minute load average above the core count"),
+)
 
 
 def table(records: list[dict]) -> str:
-    head = ("| task | length | cache | eos stop | policy | acc | NFE | TPF | tok/s | "
-            "latency s | speedup tok/s | speedup NFE |")
-    rows = [head, "|" + "---|" * 12]
+    head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
+    rows = [head, "|" + "---|" * len(COLUMNS)]
     for r in records:
+        flag = r.get("timing_flag", "")
+        mark = "!" if flag else ""
         rows.append(
             f"| {r['task']} | {r['length']} ({r['gen_length']}) | {r['cache']} | "
             f"{'on' if r['stop_at_eos'] else 'off'} | {r['label']} | {100 * r['accuracy']:.1f} | "
-            f"{r['nfe']:.1f} | {r['tpf']:.2f} | {r['tokens_per_s']:.1f} | {r['latency_s']:.3f} | "
-            f"{r['speedup_tokens_per_s']:.2f}x | {r['speedup_nfe']:.2f}x |")
+            f"{r['nfe']:.1f} | {r['tpf']:.2f} | {r['tokens_per_s']:.1f}{mark} | "
+            f"{100 * r.get('spread', 0):.0f}% | {r['latency_s']:.3f}{mark} | "
+            f"{r['speedup_tokens_per_s']:.2f}x{mark} | {r['speedup_nfe']:.2f}x | "
+            f"{'! ' + flag if flag else ''} |")
+    flagged = sum(1 for r in records if r.get("timing_flag"))
+    if flagged:
+        rows.append(f"\n! {flagged} of {len(records)} cells were timed with a wide spread or on "
+                    "a busy machine: their tok/s, latency and speedup tok/s are unreliable "
+                    "(NFE and TPF are not affected); rerun on an idle machine.")
     return "\n".join(rows)
+
+
+def legend() -> str:
+    return "\n".join(f"- **{name}**: {text}." for name, text in COLUMNS)
+
+
+def write_atomic(path: Path, data: bytes):
+    """Write to a temp file beside `path`, then rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json(records: list[dict], out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(records, indent=1) + "\n")
+    write_atomic(out / "results.json", (json.dumps(records, indent=1) + "\n").encode())
 
 
 def write_results(records: list[dict], out: Path):
@@ -359,12 +581,21 @@ def write_results(records: list[dict], out: Path):
 
     write_json(records, out)
     first = records[0]
+    load = [r["load_avg"] for r in records if r.get("load_avg") is not None]
+    busy = f"; load average up to {max(load):.1f} on {first['cpu_count']} cores" if load else ""
     md = (f"# stdec bench\n\nmodel `{first['model']}` on {first['hardware']}; "
-          f"versions {first['versions']}; commit {first['git_commit'][:12]}; seed "
-          f"{first['seed']}; batch {first['batch_size']}; split {first['split']}.\n\n"
-          f"{table(records)}\n")
-    (out / "results.md").write_text(md)
-    pareto_plot(records, out / "pareto.png")
+          f"{first['threads']} threads{busy}; versions {first['versions']}; commit "
+          f"{first['git_commit'][:12]}; seed {first['seed']}; batch {first['batch_size']}; "
+          f"split {first['split']}; {first['repeats']} timed passes per cell, interleaved "
+          f"across policies.\n\n{table(records)}\n\n## Columns\n\n{legend()}\n")
+    write_atomic(out / "results.md", md.encode())
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".pareto.", suffix=".png")
+    os.close(fd)
+    try:
+        pareto_plot(records, tmp)
+        os.replace(tmp, out / "pareto.png")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     print(table(records))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}")
-

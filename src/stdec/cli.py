@@ -2,17 +2,35 @@
 the Python API."""
 
 import argparse
+import os
+import re
 import sys
 import types
 import typing
-from dataclasses import fields
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, fields
+from pathlib import Path
 
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.errors import StdecError
 
-__all__ = ["main"]
+# torch, transformers and matplotlib are imported inside the commands that use them, so that
+# --help and refused options answer at once
+
+__all__ = ["build_parser", "main"]
 
 CHOICES = {"policy": POLICY_NAMES, "cache": CACHE_MODES}
+CODE_TASKS = ("code", "humaneval", "mbpp")  # scored by running model-written code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with errors as one sentence (no usage dump), exit status 2."""
+
+    def error(self, message: str):
+        message = message[:1].lower() + message[1:] if message else "bad arguments"
+        if "invalid choice" in message:  # "argument --x: invalid choice: 'y' (choose from ...)"
+            message = message.replace(" (choose from", "; choose from").rstrip(")")
+        self.exit(2, f"{self.prog}: error: {message.rstrip('.')} (see `{self.prog} --help`).\n")
 
 
 def add_options(parser: argparse.ArgumentParser, cls, title: str):
@@ -22,16 +40,38 @@ def add_options(parser: argparse.ArgumentParser, cls, title: str):
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type
+        if isinstance(kind, str):  # postponed annotation: "int | None"
+            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(
+                kind.split("|")[0].strip(), str)
         if isinstance(kind, types.UnionType):  # int | None -> int
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        default = "" if f.default is MISSING else f" (default: {_shown(f.default)})"
+        help_text = f"{f.metadata.get('help', '')}{default}"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
-            group.add_argument(flag, type=kind, choices=CHOICES.get(f.name), default=None,
+            group.add_argument(flag, type=_typed(kind, flag), choices=CHOICES.get(f.name),
+                               default=None,
                                metavar=None if f.name in CHOICES else kind.__name__.upper(),
                                help=help_text)
+
+
+def _shown(value) -> str:
+    return {True: "on", False: "off", None: "none"}.get(value, str(value)) \
+        if isinstance(value, bool | None) else str(value)
+
+
+def _typed(kind: type, flag: str) -> Callable[[str], object]:
+    """A converter whose error names the flag and the expected kind in one sentence."""
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            what = {int: "an integer", float: "a number"}.get(kind, "a value")
+            raise argparse.ArgumentTypeError(f"{flag} takes {what}, got {text!r}") from None
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def from_options(cls, args: argparse.Namespace, **defaults):
@@ -53,25 +93,150 @@ def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
     return from_options(DecodeConfig, args, **lengths, **fixed)
 
 
+# ---- checks that run before anything heavy is imported ----
+
+def check_prompt(text: str) -> str:
+    """A prompt from the shell: UTF-8 (argv bytes that are not arrive as surrogates), not
+    blank."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape")
+        raise StdecError(f"the prompt is not valid UTF-8 (byte 0x{bad.hex()} at character "
+                         f"{e.start}); pass UTF-8 text.") from None
+    if not text.strip():
+        raise StdecError("the prompt is empty; give some text to decode.")
+    return text
+
+
+def check_model(model: str) -> str:
+    """A local checkpoint folder, a Hub id (owner/name) or a bundled name must exist."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise StdecError(f"--model {model!r} is a file; pass the checkpoint folder that holds "
+                         "it (config.json, *.safetensors, tokenizer files).")
+    # owner/name as presets.is_hub_id spells it (importing stdec.models would load torch)
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
+    if not path.exists() and model != "testbed" and not hub_id:
+        raise StdecError(f"--model {model!r} is not a folder, a Hugging Face Hub id "
+                         "(owner/name) or testbed; pass a checkpoint folder.")
+    return model
+
+
+def check_new_file(path: str, flag: str, suffixes: tuple[str, ...], *,
+                   overwrite: bool = True) -> Path:
+    """`path` can be written as a new file: a known extension, an existing writable folder,
+    not a folder itself (and, unless `overwrite`, not there yet)."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() not in suffixes:
+        raise StdecError(f"{flag} {path!r} must end in {' or '.join(suffixes)}.")
+    if p.is_dir():
+        raise StdecError(f"{flag} {path!r} is a folder; pass a file name such as "
+                         f"{p / ('out' + suffixes[0])}.")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise StdecError(f"{flag} {path!r}: the folder {str(folder)!r} does not exist; create "
+                         "it first, or pick another path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StdecError(f"{flag} {path!r}: the folder {str(folder)!r} is not writable.")
+    if not overwrite and p.exists():
+        raise StdecError(f"{flag} {path!r} already exists; pass another path or move it away, "
+                         "so that no result is overwritten.")
+    return p
+
+
+def check_empty_folder(path: str, flag: str) -> Path:
+    """A folder to create, or an existing empty one."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise StdecError(f"{flag} {path!r} is a file; pass a folder.")
+    if p.is_dir() and any(p.iterdir()):
+        raise StdecError(f"{flag} {path!r} is not empty; pass a new or empty folder, so that "
+                         "nothing in it is overwritten.")
+    _check_creatable(p, flag)
+    return p
+
+
+def _check_creatable(p: Path, flag: str):
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StdecError(f"{flag} {str(p)!r}: {str(existing)!r} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StdecError(f"{flag} {str(p)!r}: the folder {str(existing)!r} is not writable.")
+
+
+def csv_list(text: str, flag: str, valid: Iterable[str] | None = None) -> tuple[str, ...]:
+    """A comma-separated list with at least one item; each among `valid` when given."""
+    items = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not items:
+        raise StdecError(f"{flag} needs at least one value, got {text!r}.")
+    if valid is not None:
+        valid = tuple(valid)
+        for v in items:
+            if v not in valid:
+                raise StdecError(f"{flag} got {v!r}; choose among {', '.join(valid)}.")
+    if len(set(items)) != len(items):
+        raise StdecError(f"{flag} names a value twice in {text!r}.")
+    return items
+
+
+def check_tasks(text: str, flag: str = "--tasks") -> tuple[str, ...]:
+    from stdec.tasks import get_task
+
+    specs = csv_list(text, flag)
+    for spec in specs:
+        name, _, where = spec.partition("=")
+        get_task(name.strip(), **({"path": where} if where else {}))
+    return specs
+
+
+def check_sandbox_for(specs: Iterable[str], allowed: bool):
+    """Refuse (one sentence) before any model work when a task runs model-written code and
+    the kernel sandbox cannot be set up, unless --allow-unsandboxed-code."""
+    if any(s.partition("=")[0] in CODE_TASKS for s in specs):
+        from stdec.tasks.sandbox import check_sandbox
+
+        check_sandbox(allowed)
+
+
+# ---- the commands ----
+
 def cmd_generate(args: argparse.Namespace):
     import stdec
-    from stdec.api import check_prompts
 
+    check_prompt(args.prompt)
+    check_model(args.model)
     config = decode_config(args)
-    check_prompts(args.prompt)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=_chat(args, tokenizer))
+    chat = _chat(args, tokenizer)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat)
     s = out.stats[0]
     print(out.texts[0])
     print(f"[{config.policy}, cache {config.cache}] {s.gen_tokens} tokens, {s.nfe} forwards, "
           f"{s.tpf:.2f} tokens/forward, {s.wall_time:.3f} s, {s.tokens_per_s:.1f} tokens/s",
           file=sys.stderr)
+    _explain_empty(out.texts[0], chat, tokenizer)
     if out.trace is not None:
         steps = out.trace.step[0, : s.gen_tokens].tolist()
         print("commit step of each token:", " ".join(map(str, steps)), file=sys.stderr)
 
 
+def _explain_empty(text: str, chat: bool, tokenizer):
+    if text.strip():
+        return
+    if not chat and getattr(tokenizer, "chat_template", None):
+        print("note: the answer is empty: this is an instruct model (its tokenizer has a chat "
+              "template), and --no-chat gave it the bare prompt, so it ended at once; drop "
+              "--no-chat.", file=sys.stderr)
+    else:
+        print("note: the answer is empty: the model committed its end token first; try a "
+              "longer --gen-length or another prompt.", file=sys.stderr)
+
+
 def cmd_random_model(args: argparse.Namespace):
+    check_empty_folder(args.out, "random-model OUT")
     from stdec.testing import random_checkpoint
 
     path = random_checkpoint(args.out, seed=args.seed)
@@ -79,6 +244,10 @@ def cmd_random_model(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace):
+    out = Path(args.out or "runs/testbed").expanduser()
+    if out.exists() and not out.is_dir():
+        raise StdecError(f"--out {str(out)!r} is a file; pass a folder for the checkpoints.")
+    _check_creatable(out, "--out")
     from stdec.train import TrainConfig, train
 
     config = from_options(TrainConfig, args)
@@ -87,68 +256,89 @@ def cmd_train(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace):
-    from stdec.bench import BenchConfig, run_bench
+    from stdec.bench import LENGTHS, BenchConfig, check_out, run_bench
 
+    check_model(args.model)
+    tasks = check_tasks(args.tasks)
     config = BenchConfig(
-        model=args.model, tasks=_csv(args.tasks), policies=tuple(args.policies),
-        caches=_csv(args.cache), lengths=_csv(args.lengths),
+        model=args.model, tasks=tasks, policies=_policies(args.policies),
+        caches=csv_list(args.cache, "--cache", CACHE_MODES),
+        lengths=csv_list(args.lengths, "--lengths", LENGTHS),
         stop_at_eos=_eos_settings(args.eos_stop),
         split=args.split, limit=args.limit, batch_size=args.batch_size,
         block_length=args.block_length, gen_length=args.gen_length,
         long_gen_length=args.long_gen_length, seed=args.seed, out=args.out,
-        device=args.device, dtype=args.dtype)
-    run_bench(config, progress=not args.quiet)
+        device=args.device, dtype=args.dtype, repeats=args.repeats,
+        allow_unsandboxed_code=args.allow_unsandboxed_code)
+    check_sandbox_for(tasks, args.allow_unsandboxed_code)
+    out = check_out(Path(config.out))
+    if out != Path(config.out).expanduser():
+        print(f"{config.out} already holds results; this run writes to {out}", file=sys.stderr)
+    run_bench(config, progress=not args.quiet, out=out)
 
 
 def cmd_tune(args: argparse.Namespace):
     import stdec
-    from stdec.api import resolve_model_path
     from stdec.bench import dist_setup, rank_device
-    from stdec.tasks import get_task
     from stdec.tasks.lengths import read_gen_lengths
     from stdec.tune import parse_grid, report, tune
 
+    check_model(args.model)
+    if args.out:
+        check_new_file(args.out, "--out", (".json",), overwrite=False)
+    for name, label in ((args.limit, "--limit"), (args.batch_size, "--batch-size"),
+                        (args.block_length, "--block-length")):
+        if name is not None and name < 1:
+            raise StdecError(f"{label} must be a positive integer, got {name}.")
+    if not 0 <= args.tolerance <= 100:
+        raise StdecError(f"--tolerance is in accuracy points, 0 to 100; got {args.tolerance}.")
     grid = parse_grid(args.policy, args.grid)
-    tasks = _csv(args.tasks)
-    for name in tasks:
-        get_task(name)
+    tasks = check_tasks(args.tasks)
+    if any("=" in t for t in tasks):
+        raise StdecError("tune reads the dev split of the testbed tasks; pass task names "
+                         "without =FILE.")
+    check_sandbox_for(tasks, args.allow_unsandboxed_code)
+    from stdec.api import resolve_model_path
+
     path = resolve_model_path(args.model)
     rank, _ = dist_setup()  # under torchrun/accelerate, rank 0 alone prints and writes
     model, tokenizer = stdec.load(path, dtype=args.dtype, device=rank_device(args.device))
     result = tune(model, tokenizer, args.policy, grid, list(tasks), cache=args.cache,
                   limit=args.limit, batch_size=args.batch_size, block_length=args.block_length,
                   tolerance=args.tolerance / 100, lengths=read_gen_lengths(path) or None,
-                  progress=not args.quiet and rank == 0)
+                  progress=not args.quiet and rank == 0,
+                  unsandboxed=args.allow_unsandboxed_code)
     if rank == 0:
         print(report(result, args.out))
 
 
 def cmd_viz(args: argparse.Namespace):
     import stdec
-    from stdec.api import check_prompts
-    from stdec.viz import color_text, decode_order_plot
 
+    check_prompt(args.prompt)
+    check_model(args.model)
+    out_path = check_new_file(args.out, "--out", (".png", ".svg", ".pdf"))
     config = decode_config(args, trace=True)
-    check_prompts(args.prompt)
+    from stdec.viz import color_text, decode_order_plot, use_colour
+
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=_chat(args, tokenizer))
+    chat = _chat(args, tokenizer)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat)
     s = out.stats[0]
     n = max(s.gen_tokens, 1)  # show at least one token, even an immediate EOS
     ids = out.ids[0, :n].tolist()
     steps = out.trace.step[0, :n].tolist()
     tokens = [tokenizer.decode([i]) for i in ids]
-    print(color_text(tokens, steps))
-    print(f"\n{s.gen_tokens} tokens in {s.nfe} steps ({s.tpf:.2f} tokens/forward); colour = "
-          "commit step, blue early, red late", file=sys.stderr)
+    colour = use_colour(sys.stdout)
+    print(color_text(tokens, steps) if colour else "".join(tokens))
+    legend = "colour = commit step, blue early, red late" if colour else \
+        "no colour: stdout is not a terminal, or NO_COLOR is set"
+    print(f"\n{s.gen_tokens} tokens in {s.nfe} steps ({s.tpf:.2f} tokens/forward); {legend}",
+          file=sys.stderr)
+    _explain_empty(out.texts[0], chat, tokenizer)
     title = f"{config.policy}, cache {config.cache}: {s.gen_tokens} tokens in {s.nfe} steps"
-    decode_order_plot(tokens, steps, args.out, title)
-    print(f"wrote {args.out}", file=sys.stderr)
-
-
-def _chat_option(parser: argparse.ArgumentParser):
-    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
-                        help="wrap the prompt in the tokenizer's chat template (default: when it "
-                        "has one, as instruct models such as the testbed and LLaDA-Instruct do)")
+    decode_order_plot(tokens, steps, out_path, title)
+    print(f"wrote {out_path}", file=sys.stderr)
 
 
 def _chat(args: argparse.Namespace, tokenizer) -> bool:
@@ -159,113 +349,210 @@ def _chat(args: argparse.Namespace, tokenizer) -> bool:
 
 def _eos_settings(text: str) -> tuple[bool, ...]:
     values = {"on": True, "off": False}
-    for v in _csv(text):
-        if v not in values:
-            raise StdecError(f"--eos-stop takes on, off or on,off; got {v!r}.")
-    return tuple(values[v] for v in _csv(text))
+    return tuple(values[v] for v in csv_list(text, "--eos-stop", values))
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+def _policies(specs: list[str]) -> tuple[str, ...]:
+    from stdec.bench import parse_policy
 
+    specs = [s.strip() for s in specs if s.strip()]
+    if not specs:
+        raise StdecError("--policies needs at least one policy setting, e.g. stdec.")
+    for spec in specs:
+        parse_policy(spec)
+    return tuple(specs)
+
+
+# ---- the parser: each command's options are built only when that command runs ----
 
 def _model_options(parser: argparse.ArgumentParser):
     parser.add_argument("--model", default="testbed",
-                        help="checkpoint folder, or a bundled model name (default: testbed)")
+                        help="checkpoint folder, Hugging Face Hub id, or a bundled model name "
+                        "(default: testbed)")
     parser.add_argument("--device", default=None,
-                        help="cpu, cuda or cuda:N (default: cuda if any)")
+                        help="cpu, cuda or cuda:N (default: cuda when there is one)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="default: float32 on the CPU, bfloat16 on CUDA")
+                        help="weights' type (default: float32 on the CPU, bfloat16 on CUDA)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stdec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _chat_option(parser: argparse.ArgumentParser):
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                        help="wrap the prompt in the tokenizer's chat template (default: when it "
+                        "has one, as instruct models such as the testbed and LLaDA-Instruct do)")
 
-    gen = sub.add_parser("generate", help="decode one prompt and print the text and its stats")
-    gen.add_argument("prompt", help="the prompt text")
-    _chat_option(gen)
-    _model_options(gen)
-    add_options(gen, DecodeConfig, "decoding (DecodeConfig)")
-    gen.set_defaults(run=cmd_generate)
 
-    viz = sub.add_parser("viz", help="picture the order in which one decode commits tokens")
-    viz.add_argument("prompt", help="the prompt text")
-    _chat_option(viz)
-    viz.add_argument("--out", default="decode_order.png", help="PNG to write")
-    _model_options(viz)
-    add_options(viz, DecodeConfig, "decoding (DecodeConfig)")
-    viz.set_defaults(run=cmd_viz)
+def _sandbox_option(parser: argparse.ArgumentParser):
+    parser.add_argument("--allow-unsandboxed-code", action="store_true",
+                        help="score code tasks even where the kernel sandbox cannot be set up "
+                        "(model-written code then runs with resource limits only; default: "
+                        "refuse)")
 
+
+def _positive(flag: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a positive integer, got {text!r}") \
+                from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} takes a positive integer, got {value}")
+        return value
+    convert.__name__ = "int"
+    return convert
+
+
+def _build_generate(p: argparse.ArgumentParser):
+    p.add_argument("prompt", help="the prompt text (UTF-8)")
+    _chat_option(p)
+    _model_options(p)
+    add_options(p, DecodeConfig, "decoding (DecodeConfig)")
+    p.set_defaults(run=cmd_generate)
+
+
+def _build_viz(p: argparse.ArgumentParser):
+    p.add_argument("prompt", help="the prompt text (UTF-8)")
+    _chat_option(p)
+    p.add_argument("--out", default="decode_order.png",
+                   help="picture to write: .png, .svg or .pdf (default: decode_order.png)")
+    _model_options(p)
+    add_options(p, DecodeConfig, "decoding (DecodeConfig)")
+    p.set_defaults(run=cmd_viz)
+
+
+def _bench_defaults() -> dict:
     from stdec.bench import BenchConfig
 
-    d = BenchConfig()
-    bench = sub.add_parser("bench", help="policies x caches x tasks: accuracy and speed")
-    _model_options(bench)
-    bench.add_argument("--tasks", default=",".join(d.tasks),
-                       help="comma-separated testbed tasks, or real benchmarks with their data "
-                       "(gsm8k=FILE, math500=FILE, humaneval[=FILE], mbpp=FILE)")
-    bench.add_argument("--policies", nargs="+", default=list(d.policies), metavar="SPEC",
-                       help="policy settings such as threshold:tau=0.9 stdec:tau_high=0.9,rho=0.8"
-                       " fixed:k=2 (k: tokens per step); fixed:k=1 (vanilla) always runs")
-    bench.add_argument("--cache", default=",".join(d.caches), help="comma-separated cache modes")
-    bench.add_argument("--lengths", default=",".join(d.lengths),
-                       help="standard (fits the answers) and/or long (4x the longest answer)")
-    bench.add_argument("--eos-stop", default=",".join("on" if e else "off" for e in d.stop_at_eos),
-                       help="EOS early stop: on, off or on,off")
-    bench.add_argument("--split", default=d.split)
-    bench.add_argument("--limit", type=int, default=d.limit,
-                       help=f"problems per task (default {d.limit}, the first of each split; "
-                       "raise it to run whole splits)")
-    bench.add_argument("--batch-size", type=int, default=d.batch_size)
-    bench.add_argument("--block-length", type=int, default=d.block_length)
-    bench.add_argument("--gen-length", type=int, default=None,
-                       help="override every task's standard generation length")
-    bench.add_argument("--long-gen-length", type=int, default=None,
-                       help="override every task's long generation length")
-    bench.add_argument("--seed", type=int, default=d.seed)
-    bench.add_argument("--out", default=d.out, help="folder for results.json/.md, pareto.png")
-    bench.add_argument("--quiet", action="store_true", help="no progress bar")
-    bench.set_defaults(run=cmd_bench)
+    return {f.name: f.default for f in fields(BenchConfig)}
 
-    tune = sub.add_parser("tune", help="pick a policy's parameters on the dev split")
-    tune.add_argument("policy", choices=POLICY_NAMES)
-    _model_options(tune)
-    tune.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
-                      help="values to sweep (default: a built-in grid per policy)")
-    tune.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks")
-    tune.add_argument("--cache", default="none", choices=CACHE_MODES)
-    tune.add_argument("--limit", type=int, default=None, help="dev problems per task")
-    tune.add_argument("--batch-size", type=int, default=d.batch_size)
-    tune.add_argument("--block-length", type=int, default=d.block_length)
-    tune.add_argument("--tolerance", type=float, default=1.0,
-                      help="accuracy points below vanilla that a setting may lose (default 1)")
-    tune.add_argument("--out", default=None, help="JSON file for the sweep")
-    tune.add_argument("--quiet", action="store_true", help="no progress bar")
-    tune.set_defaults(run=cmd_tune)
 
-    trn = sub.add_parser("train", help="train the testbed dLLM with the LLaDA objective")
-    trn.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                     help="continue from OUT/checkpoint when it exists (default: yes)")
+def _build_bench(p: argparse.ArgumentParser):
+    from stdec.tasks import SPLITS
+
+    d = _bench_defaults()
+    _model_options(p)
+    p.add_argument("--tasks", default=",".join(d["tasks"]),
+                   help="comma-separated testbed tasks, or real benchmarks with their data "
+                   "(gsm8k=FILE, math500=FILE, humaneval[=FILE], mbpp=FILE) (default: "
+                   f"{','.join(d['tasks'])})")
+    p.add_argument("--policies", nargs="+", default=list(d["policies"]), metavar="SPEC",
+                   help="policy settings such as threshold:tau=0.9 stdec:tau_high=0.9,rho=0.8 "
+                   "fixed:k=2 (k: tokens per step); fixed:k=1 (vanilla) always runs (default: "
+                   f"{' '.join(d['policies'])})")
+    p.add_argument("--cache", default=",".join(d["caches"]),
+                   help=f"comma-separated cache modes among {', '.join(CACHE_MODES)} (default: "
+                   f"{','.join(d['caches'])})")
+    p.add_argument("--lengths", default=",".join(d["lengths"]),
+                   help="standard (fits the answers) and/or long (4x the longest answer) "
+                   f"(default: {','.join(d['lengths'])})")
+    p.add_argument("--eos-stop", default=",".join("on" if e else "off" for e in d["stop_at_eos"]),
+                   help="EOS early stop: on, off or on,off (default: "
+                   f"{','.join('on' if e else 'off' for e in d['stop_at_eos'])})")
+    p.add_argument("--split", default=d["split"], choices=SPLITS,
+                   help=f"which split of each task (default: {d['split']})")
+    p.add_argument("--limit", type=_positive("--limit"), default=d["limit"],
+                   help="problems per task, the first of each split; raise it to run whole "
+                   f"splits (default: {d['limit']})")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=d["batch_size"],
+                   help=f"problems decoded together (default: {d['batch_size']})")
+    p.add_argument("--block-length", type=_positive("--block-length"),
+                   default=d["block_length"],
+                   help=f"semi-autoregressive block size (default: {d['block_length']})")
+    p.add_argument("--gen-length", type=_positive("--gen-length"), default=None,
+                   help="override every task's standard generation length (default: fitted "
+                   "to each task's answers)")
+    p.add_argument("--long-gen-length", type=_positive("--long-gen-length"), default=None,
+                   help="override every task's long generation length (default: 4x the "
+                   "longest answer)")
+    p.add_argument("--repeats", type=_positive("--repeats"), default=d["repeats"],
+                   help="timed passes over the grid, interleaved across policies; tables show "
+                   f"the median (default: {d['repeats']})")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"seed (default: {d['seed']})")
+    p.add_argument("--out", default=d["out"],
+                   help="folder for results.json, results.md and pareto.png; a folder that "
+                   "already holds results is left alone and the run goes to OUT-2, OUT-3, ... "
+                   f"(default: {d['out']})")
+    _sandbox_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_bench)
+
+
+def _build_tune(p: argparse.ArgumentParser):
+    d = _bench_defaults()
+    p.add_argument("policy", choices=POLICY_NAMES, help="the policy to tune")
+    _model_options(p)
+    p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
+                   help="values to sweep (default: a built-in grid per policy)")
+    p.add_argument("--tasks", default=",".join(d["tasks"]),
+                   help=f"comma-separated testbed tasks (default: {','.join(d['tasks'])})")
+    p.add_argument("--cache", default="none", choices=CACHE_MODES,
+                   help="KV cache mode (default: none)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="dev problems per task (default: the whole dev split)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help=f"problems decoded together (default: {d['batch_size']})")
+    p.add_argument("--block-length", type=int, default=d["block_length"],
+                   help=f"semi-autoregressive block size (default: {d['block_length']})")
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="accuracy points below vanilla that a setting may lose (default: 1)")
+    p.add_argument("--out", default=None,
+                   help="new .json file for the sweep (default: none, only printed)")
+    _sandbox_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_tune)
+
+
+def _build_train(p: argparse.ArgumentParser):
     from stdec.train import TrainConfig
 
-    add_options(trn, TrainConfig, "training (TrainConfig)")
-    trn.set_defaults(run=cmd_train)
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from OUT/checkpoint when it exists (default: on)")
+    add_options(p, TrainConfig, "training (TrainConfig)")
+    p.set_defaults(run=cmd_train)
 
-    rnd = sub.add_parser("random-model", help="write a tiny random checkpoint (for trying stdec)")
-    rnd.add_argument("out", help="folder to write")
-    rnd.add_argument("--seed", type=int, default=0)
-    rnd.set_defaults(run=cmd_random_model)
+
+def _build_random_model(p: argparse.ArgumentParser):
+    p.add_argument("out", help="new or empty folder to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights (default: 0)")
+    p.set_defaults(run=cmd_random_model)
+
+
+# name -> (one-line help, builder); a builder may import what its options need
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "generate": ("decode one prompt and print the text and its stats", _build_generate),
+    "viz": ("picture the order in which one decode commits tokens", _build_viz),
+    "bench": ("policies x caches x tasks: accuracy and speed", _build_bench),
+    "tune": ("pick a policy's parameters on the dev split", _build_tune),
+    "train": ("train the testbed dLLM with the LLaDA objective", _build_train),
+    "random-model": ("write a tiny random checkpoint (for trying stdec)", _build_random_model),
+}
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only `commands` (default: all) get their options."""
+    wanted = set(COMMANDS if commands is None else commands)
+    parser = Parser(prog="stdec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
+    for name, (help_text, build) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name in wanted:
+            build(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
         args.run(args)
     except StdecError as err:
         print(f"stdec: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stdec: interrupted.", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stdec.bench import VANILLA, PolicySetting, dist_setup, parse_policy, run_cell
+from stdec.bench import VANILLA, PolicySetting, dist_setup, parse_policy, run_cell, write_atomic
 from stdec.errors import StdecError
 
 __all__ = ["DEFAULT_GRIDS", "TuneResult", "parse_grid", "tune"]
@@ -57,7 +57,7 @@ def parse_grid(policy: str, items: list[str] | None) -> dict[str, list]:
 def tune(model, tokenizer, policy: str, grid: dict[str, list], tasks: list[str], *,
          cache: str = "none", limit: int | None = None, batch_size: int = 64,
          block_length: int = 32, tolerance: float = 0.01, lengths: dict | None = None,
-         progress: bool = True) -> TuneResult:
+         progress: bool = True, unsandboxed: bool = False) -> TuneResult:
     """Sweep `grid` for `policy` on the dev split of `tasks` (standard gen_length)."""
     from tqdm import tqdm
 
@@ -66,6 +66,8 @@ def tune(model, tokenizer, policy: str, grid: dict[str, list], tasks: list[str],
 
     rank, world = dist_setup()
     task_objs = {name: get_task(name) for name in tasks}
+    for task in task_objs.values():
+        task.unsandboxed = unsandboxed  # --allow-unsandboxed-code
     lengths = lengths or gen_lengths(tokenizer, task_objs, block_length)
     # data parallel: each rank decodes its share; run_cell sums the counts over ranks
     dev = {name: t.problems("dev")[:limit][rank::world] for name, t in task_objs.items()}
@@ -110,6 +112,8 @@ def report(result: TuneResult, out: str | Path | None = None) -> str:
     best = result.best["label"] if result.best else "none held accuracy"
     text = "\n".join(lines) + f"\n\nbest {result.policy} setting on dev: {best}"
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
+        out = Path(out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, (json.dumps(result.__dict__, indent=1) + "\n").encode())
+        text += f"\nwrote {out}"
     return text

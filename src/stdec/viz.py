@@ -1,10 +1,19 @@
 """Pictures: the order in which a decode commits tokens, and accuracy against speed."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["color_text", "decode_order_plot", "pareto_front", "pareto_plot"]
+__all__ = ["color_text", "decode_order_plot", "pareto_front", "pareto_plot", "use_colour"]
+
+
+def use_colour(stream) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
 
 
 def _pyplot():
@@ -73,7 +82,7 @@ def pareto_plot(records: list[dict], path: str | Path):
     plt = _pyplot()
     eos = any(r["stop_at_eos"] for r in records)
     rows = sorted({(r["task"], r["length"]) for r in records})
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(14, 3.6 * len(rows)), squeeze=False)
     labels = sorted({f"{r['label']} ({r['cache']})" for r in records})
     markers = "osD^v<>pP*hX"
     colours = plt.get_cmap("tab20")
@@ -96,8 +105,9 @@ def pareto_plot(records: list[dict], path: str | Path):
             ax.set_title(f"{task}, {length} length")
             ax.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.06 + 0.01 * len(names) / 4, 1, 1))
+    # the legend beside the plots (right), level with them, not below the last row
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(0.78, 0.5), fontsize=8,
+               title="policy (cache)", frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)

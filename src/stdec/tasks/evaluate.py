@@ -40,14 +40,14 @@ def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, conf
     Returns the records and the seconds spent inside generate (scoring excluded). With
     `progress`, a running accuracy line under that label goes to stderr after each batch.
     """
-    import stdec  # lazy: avoids an import cycle with the package root
+    from stdec.api import generate  # the harness sits above api (torch loads here, not before)
 
     records: list[EvalRecord] = []
     wall = 0.0
     for i in range(0, len(problems), batch_size):
         batch = problems[i : i + batch_size]
         t0 = time.perf_counter()
-        out = stdec.generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True)
+        out = generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True)
         wall += time.perf_counter() - t0
         for p, text, st, ok in zip(batch, out.texts, out.stats, task.score_many(batch, out.texts),
                                    strict=True):
