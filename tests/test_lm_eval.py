@@ -99,9 +99,9 @@ def test_bad_model_args_fail_before_loading(options, message):
         StdecLM(pretrained="/no/such/folder", **options)
 
 
-def write_task(folder, cache_dir) -> None:
+def write_task(folder, cache_dir, docs=DOCS) -> None:
     data = folder / "data.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
     (folder / "stdec_tiny.yaml").write_text(f"""\
 task: stdec_tiny
 dataset_path: json
@@ -128,16 +128,24 @@ def test_simple_evaluate_runs_a_local_task(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    write_task(tmp_path, tmp_path / "hf_cache")
+    # what stdec decodes for each question, cut at the task's stop string "\n"; the first
+    # doc's gold answer is that text, the others' are not: exact match must be 1/3
+    model, tokenizer = stdec.load(checkpoint)
+    want = [stdec.generate(model, tokenizer, p, **OPTIONS).texts[0].split("\n")[0]
+            for p in PROMPTS]
+    docs = [{**DOCS[0], "answer": want[0]}, *DOCS[1:]]
+    assert want[1:] != [d["answer"] for d in DOCS[1:]]
+    write_task(tmp_path, tmp_path / "hf_cache", docs)
     args = ",".join([f"pretrained={checkpoint}", *(f"{k}={v}" for k, v in OPTIONS.items())])
     out = lm_eval.simple_evaluate(model="stdec", model_args=args, tasks=["stdec_tiny"],
                                   task_manager=TaskManager(include_path=str(tmp_path)),
                                   batch_size=2, device="cpu", log_samples=True)
     assert out["results"]["stdec_tiny"]["sample_len"] == 3
-    assert 0 <= out["results"]["stdec_tiny"]["exact_match,none"] <= 1
     samples = sorted(out["samples"]["stdec_tiny"], key=lambda s: s["doc_id"])
     assert [s["doc"]["question"] for s in samples] == PROMPTS
-    assert all(isinstance(s["resps"][0][0], str) for s in samples)
+    assert [s["resps"][0][0] for s in samples] == want
+    assert [s["exact_match"] for s in samples] == [1.0, 0.0, 0.0]
+    assert out["results"]["stdec_tiny"]["exact_match,none"] == pytest.approx(1 / 3)
 
 
 def test_command_line_registers_the_model(checkpoint, tmp_path):
