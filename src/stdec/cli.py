@@ -10,6 +10,7 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.errors import StdecError
@@ -34,10 +35,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_options(parser: argparse.ArgumentParser, cls, title: str):
-    """One flag per field of the dataclass `cls`, with its documentation; unset flags keep
-    the defaults."""
+    """One flag per field of the dataclass `cls` (or a list of its fields), with its
+    documentation; unset flags keep the defaults."""
     group = parser.add_argument_group(title)
-    for f in fields(cls):
+    for f in (cls if isinstance(cls, list) else fields(cls)):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type
         if isinstance(kind, str):  # postponed annotation: "int | None"
@@ -82,11 +83,11 @@ def from_options(cls, args: argparse.Namespace, **defaults):
 def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
     """The options given, over the model's preset lengths (LLaDA/Dream: 256 and 32), over
     DecodeConfig's defaults; validated before any weights are read."""
+    from_options(DecodeConfig, args, **fixed)  # bad options fail before the model is touched
     from stdec.api import resolve_model_path
     from stdec.models import read_config
     from stdec.models.presets import preset_for
 
-    from_options(DecodeConfig, args, **fixed)  # bad options fail before the model is touched
     preset = preset_for(str(args.model), read_config(resolve_model_path(args.model)))
     lengths = dict(gen_length=preset.gen_length, block_length=preset.block_length) \
         if preset else {}
@@ -503,12 +504,43 @@ def _build_tune(p: argparse.ArgumentParser):
 
 
 def _build_train(p: argparse.ArgumentParser):
-    from stdec.train import TrainConfig
-
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/checkpoint when it exists (default: on)")
-    add_options(p, TrainConfig, "training (TrainConfig)")
+    add_options(p, train_config_fields(), "training (TrainConfig)")
     p.set_defaults(run=cmd_train)
+
+
+def train_config_fields() -> list[SimpleNamespace]:
+    """TrainConfig's fields (name, type, default, help) read from stdec/train.py's source:
+    importing that module loads torch and the model zoo (seconds), and --help or a refused
+    option must answer at once. tests/test_cli.py checks them against the real dataclass;
+    anything this reader does not understand falls back to the import."""
+    import ast
+    import importlib.util
+
+    try:
+        origin = importlib.util.find_spec("stdec.train").origin
+        tree = ast.parse(Path(origin).read_text())
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
+        out = []
+        for node in cls.body:
+            if not isinstance(node, ast.AnnAssign):
+                continue
+            call = node.value
+            assert isinstance(call, ast.Call) and call.func.id == "_opt"
+            try:
+                default = ast.literal_eval(call.args[0])
+            except ValueError:  # computed (the task list): shown without a default
+                default = MISSING
+            kind = {"int": int, "float": float, "str": str, "bool": bool}[
+                ast.unparse(node.annotation).split("|")[0].strip()]
+            out.append(SimpleNamespace(name=node.target.id, type=kind, default=default,
+                                       metadata={"help": ast.literal_eval(call.args[1])}))
+        return out
+    except Exception:  # noqa: BLE001 - a layout this reader does not know: import it
+        from stdec.train import TrainConfig
+
+        return list(fields(TrainConfig))
 
 
 def _build_random_model(p: argparse.ArgumentParser):

@@ -1,0 +1,133 @@
+"""The command line as a new user meets it, through a real subprocess: every refused input is
+one sentence on stderr with exit status 2 (no traceback, no usage dump), and --help and
+refused options do not load torch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stdec.decoding.config import POLICY_NAMES
+
+CASES = [
+    # (argv, words the one sentence must contain)
+    ([], "required: COMMAND"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["generate"], "required: prompt"),
+    (["generate", b"caf\xe9 \xff"], "not valid UTF-8 (byte 0xe9"),
+    (["generate", "   "], "prompt is empty"),
+    (["generate", "hi", "--policy", "greedy"], "invalid choice: 'greedy'"),
+    (["generate", "hi", "--tau", "x"], "--tau takes a number, got 'x'"),
+    (["generate", "hi", "--gen-length", "1.5"], "--gen-length takes an integer"),
+    (["generate", "hi", "--tau", "1.5"], "tau must be in (0, 1], got 1.5"),
+    (["generate", "hi", "--gen-length", "30"], "gen_length (30) must be a multiple"),
+    (["generate", "hi", "--model", "/no/such/model"], "is not a folder"),
+    (["generate", "hi", "--model", "{file}"], "is a file"),
+    (["generate", "hi", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["generate", "hi", "--dtype", "fp8"], "invalid choice: 'fp8'"),
+    (["bench", "--tasks", ""], "--tasks needs at least one value"),
+    (["bench", "--tasks", ","], "--tasks needs at least one value"),
+    (["bench", "--tasks", "chess"], "unknown task 'chess'"),
+    (["bench", "--tasks", "gsm8k={dir}/none.jsonl"], "does not exist"),
+    (["bench", "--cache", "full"], "--cache got 'full'"),
+    (["bench", "--lengths", "medium"], "--lengths got 'medium'"),
+    (["bench", "--eos-stop", "maybe"], "--eos-stop got 'maybe'"),
+    (["bench", "--limit", "0"], "--limit takes a positive integer, got 0"),
+    (["bench", "--repeats", "x"], "--repeats takes a positive integer, got 'x'"),
+    (["bench", "--split", "val"], "invalid choice: 'val'"),
+    (["bench", "--policies", "stdec:rho=2"], "rho must be in (0, 1]"),
+    (["bench", "--policies", "greedy"], "unknown policy 'greedy'"),
+    (["bench", "--out", "{file}"], "is a file"),
+    (["viz", "hi", "--out", "{dir}/picture.txt"], "must end in .png or .svg or .pdf"),
+    (["viz", "hi", "--out", "{dir}/missing/picture.png"], "does not exist"),
+    (["viz", "hi", "--out", "{dir}"], "must end in"),
+    (["tune", "greedy"], "invalid choice: 'greedy'"),
+    (["tune", "stdec", "--tasks", ","], "--tasks needs at least one value"),
+    (["tune", "stdec", "--out", "{file}"], "must end in .json"),
+    (["tune", "stdec", "--out", "{json}"], "already exists"),
+    (["tune", "stdec", "--tolerance", "-1"], "--tolerance is in accuracy points"),
+    (["tune", "stdec", "--grid", "tau_high=2"], "tau_high must be in (0, 1]"),
+    (["random-model", "{dir}"], "is not empty"),
+    (["random-model", "{file}"], "is a file"),
+    (["train", "--steps", "x"], "--steps takes an integer"),
+    (["train", "--out", "{file}"], "is a file"),
+]
+
+
+def run(argv, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "stdec", *argv], capture_output=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "a-file.txt").write_text("x")
+    (root / "old.json").write_text("{}")
+    return {"{dir}": str(root), "{file}": str(root / "a-file.txt"),
+            "{json}": str(root / "old.json")}
+
+
+def _fill(arg, places):
+    if isinstance(arg, bytes):
+        return arg
+    for key, value in places.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+@pytest.mark.parametrize("argv, words", CASES, ids=[" ".join(
+    a if isinstance(a, str) else repr(a) for a in c[0]) or "(nothing)" for c in CASES])
+def test_every_refusal_is_one_sentence_with_status_2(argv, words, places):
+    proc = run([_fill(a, places) for a in argv], cwd=places["{dir}"])
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err  # one sentence: no usage dump, no traceback
+    assert lines[0].startswith("stdec") and ": error: " in lines[0], err
+    assert lines[0].endswith((".", ").")), err
+    assert words in lines[0], err
+    assert proc.stdout == b""
+
+
+def test_help_and_refusals_do_not_load_torch():
+    code = ("import sys\nfrom stdec.cli import main\n"
+            "for argv in (['--help'], ['bench', '--help'], ['generate', '--help'],\n"
+            "             ['viz', '--help'], ['tune', '--help'], ['random-model', '--help'],\n"
+            "             ['bench', '--tasks', ','], ['generate', 'hi', '--tau', '2']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+
+
+def test_help_states_each_default_once():
+    proc = run(["bench", "--help"])
+    text = " ".join(proc.stdout.decode().split("options:", 1)[1].split())
+    assert proc.returncode == 0
+    for option in ("--limit", "--batch-size", "--out", "--repeats", "--split", "--seed"):
+        part = text.split(option, 1)[1].split(" --", 1)[0]
+        assert part.count("default") == 1, (option, part)
+
+
+def test_policy_names_match_the_registry():
+    from stdec.decoding.policies import POLICIES
+
+    assert tuple(POLICIES) == POLICY_NAMES
+
+
+def test_train_options_read_from_source_match_the_dataclass():
+    from dataclasses import MISSING, fields
+
+    from stdec.cli import train_config_fields
+    from stdec.train import TrainConfig
+
+    real = {f.name: f for f in fields(TrainConfig)}
+    read = {f.name: f for f in train_config_fields()}
+    assert list(read) == list(real)
+    for name, f in read.items():
+        assert f.metadata["help"] == real[name].metadata["help"]
+        assert f.default is MISSING or f.default == real[name].default
