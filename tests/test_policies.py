@@ -103,6 +103,10 @@ def test_at_least_one_commits_the_leftmost_most_confident():
 def test_every_policy_commits_at_least_one_per_unfinished_row():
     conf = torch.full((2, 5), 0.01)
     st = state([[True] * 5, [False, True, False, True, False]])
+    # what the engine gives the rules of policies.NEEDS: nothing certain, nothing calm
+    st.entropy, st.kl = torch.full((2, 5), 3.0), torch.full((2, 5), math.inf)
+    st.memory, st.token_conf = torch.zeros(2, 5), torch.zeros(2, 5)
+    st.drafted = torch.zeros(2, 5, dtype=torch.bool)
     for name in POLICIES:
         got = select(conf, conf, st, DecodeConfig(policy=name, gen_length=5, block_length=5))
         assert got.sum(1).tolist() == [1, 1], name

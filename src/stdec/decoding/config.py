@@ -49,6 +49,25 @@ class DecodeConfig:
     sigma: float = _opt(2.0, "stdec: width in tokens of the Gaussian that smooths the thresholds")
     rho: float = _opt(0.97, "stdec: relax factor for temporally stable predictions (1: off)")
     window: int = _opt(2, "stdec: steps a prediction must stay the same to be relaxed")
+    # eb (EB-sampler, Ben-Hamu et al. 2025): gamma as diffusers' EntropyBoundScheduler ships it
+    eb_gamma: float = _opt(
+        0.1, "eb: entropy budget (nats): commit the lowest-entropy positions while their "
+        "summed entropy less the largest stays <= eb_gamma")
+    # klass (Kim et al. 2025): the public code's defaults (conf 0.9, KL 0.01, history 2)
+    klass_tau: float = _opt(0.9, "klass: confidence a position must exceed")
+    klass_kl: float = _opt(
+        0.01, "klass: KL divergence between successive steps' distributions must stay below it")
+    klass_steps: int = _opt(2, "klass: consecutive steps the KL must stay below klass_kl")
+    # wino (Hong et al. 2025): the public code's wide-in 0.6, narrow-out 0.9
+    wino_draft: float = _opt(0.6, "wino: draft every masked position above this confidence")
+    wino_verify: float = _opt(
+        0.9, "wino: mask a drafted token again when its probability falls below this")
+    # credit (CreditDecoding, Wang et al. 2025): dInfer/SGLang's threshold 0.95, decay 0.65,
+    # fusion 0.7, exponent 0.5
+    credit_tau: float = _opt(0.95, "credit: commit when the credit-fused confidence reaches it")
+    credit_decay: float = _opt(0.65, "credit: factor a position's credit decays by each step")
+    credit_lambda: float = _opt(0.7, "credit: weight of log(1 + credit) added to the logit")
+    credit_alpha: float = _opt(0.5, "credit: a step adds confidence ** credit_alpha to the credit")
 
     def __post_init__(self):
         _one_of("policy", self.policy, POLICY_NAMES)
@@ -70,7 +89,8 @@ class DecodeConfig:
                     f"steps ({self.steps}) must be a multiple of the number of blocks ({blocks}) "
                     f"between {blocks} and gen_length ({self.gen_length})."
                 )
-        for name in ("tau", "leap_tau_hi", "leap_tau_lo", "tau_high", "tau_low", "rho"):
+        for name in ("tau", "leap_tau_hi", "leap_tau_lo", "tau_high", "tau_low", "rho",
+                     "klass_tau", "wino_draft", "wino_verify", "credit_tau", "credit_decay"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise StdecError(f"{name} must be in (0, 1], got {value}.")
@@ -89,6 +109,16 @@ class DecodeConfig:
         if not self.sigma > 0:
             raise StdecError(f"sigma must be > 0 tokens, got {self.sigma}.")
         _positive_int("window", self.window)
+        _positive_int("klass_steps", self.klass_steps)
+        for name in ("eb_gamma", "klass_kl", "credit_alpha"):
+            if not getattr(self, name) > 0:
+                raise StdecError(f"{name} must be > 0, got {getattr(self, name)}.")
+        if not self.credit_lambda >= 0:
+            raise StdecError(f"credit_lambda must be >= 0 (0: no credit), got "
+                             f"{self.credit_lambda}.")
+        if self.wino_draft > self.wino_verify:
+            raise StdecError(f"wino_draft ({self.wino_draft}) must not exceed wino_verify "
+                             f"({self.wino_verify}): drafts are verified at the higher threshold.")
         if not isinstance(self.leap_radius, int) or self.leap_radius < 0:
             raise StdecError(f"leap_radius must be an integer >= 0, got {self.leap_radius!r}.")
 

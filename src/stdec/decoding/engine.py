@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.policies import StepState, select
+from stdec.decoding.policies import NEEDS, StepState, select
 
 __all__ = ["Engine", "Request", "RowStats", "Trace", "confidence", "eos_stop"]
 
@@ -53,6 +53,7 @@ class Trace:
 
 
 _ids = itertools.count()
+REMASKS = ("wino",)  # rules that may mask a committed token of the active block again
 
 
 @dataclass(eq=False)
@@ -160,6 +161,11 @@ class Engine:
         self.prev = torch.full((S, W), -1, dtype=torch.long, device=dev)
         self.trace_step = torch.full((S, W), -1, dtype=torch.long, device=dev)  # by gen offset
         self.trace_conf = torch.full((S, W), math.nan, device=dev)
+        # rule state, by block offset (policies.NEEDS): memory of stateful rules, wino's
+        # drafts, klass's previous log-probabilities (allocated when a klass row arrives)
+        self.memory = torch.zeros(S, W, device=dev)
+        self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
+        self.prev_logp: Tensor | None = None
         self.cache = None  # allocated by the first request that asks for one
         self.slots: list[Request | None] = [None] * S
         self.waiting: deque[Request] = deque()
@@ -257,6 +263,8 @@ class Engine:
         self.x[slot, P:T] = self.mask_id
         self.stable[slot] = 0
         self.prev[slot] = -1
+        self.memory[slot] = 0
+        self.drafted[slot] = False
         self.trace_step[slot] = -1
         self.trace_conf[slot] = math.nan
         r.slot, r.state, r.block, r.step, r.nfe = slot, "running", P, 0, 0
@@ -352,23 +360,66 @@ class Engine:
         stable = torch.where(held, self.stable[rows_t, offsets] + 1, 1)
         self.prev[rows_t, offsets] = pred
         self.stable[rows_t, offsets] = stable
-        state = StepState(masked, self.x[slot_t] != self.mask_id, starts, stable,
-                          torch.tensor([r.step for r in rows], device=dev)[:, None],
+        step_t = torch.tensor([r.step for r in rows], device=dev)[:, None]
+        state = StepState(masked, self.x[slot_t] != self.mask_id, starts, stable, step_t,
                           seq_end=prompt + G)
+        needs = NEEDS.get(cfg.policy, frozenset())
+        if needs:
+            self._rule_inputs(needs, state, logits, current, rows_t, offsets)
         commit = select(conf, pred, state, cfg)
-        self.x[rows_t, cols] = torch.where(commit, pred, current)
+        new = torch.where(commit, pred, current)
+        remask = state.remask
+        if remask is not None:  # wino takes drafts back: masked again, out of the trace
+            new = new.masked_fill(remask, self.mask_id)
+        self.x[rows_t, cols] = new
+        if "memory" in needs:
+            self.memory[rows_t, offsets] = state.memory.float()
+        if "drafted" in needs:
+            drafted = state.drafted | commit
+            self.drafted[rows_t, offsets] = drafted if remask is None else drafted & ~remask
         for r in rows:
             r.nfe += 1
         nfe = torch.tensor([r.nfe for r in rows], device=dev)[:, None]
         g = cols - prompt  # block positions within the generated region
         self.trace_step[rows_t, g] = torch.where(commit, nfe, self.trace_step[rows_t, g])
         self.trace_conf[rows_t, g] = torch.where(commit, conf, self.trace_conf[rows_t, g])
+        if remask is not None:
+            self.trace_step[rows_t, g] = self.trace_step[rows_t, g].masked_fill(remask, -1)
+            self.trace_conf[rows_t, g] = self.trace_conf[rows_t, g].masked_fill(remask, math.nan)
         if cfg.stop_at_eos:
             gen_cols = prompt + torch.arange(G, device=dev)  # (n, G)
             gen = self.x[rows_t, gen_cols]
             fill = eos_stop(gen, self.eos, self.mask_id)
             self.x[rows_t, gen_cols] = gen.masked_fill(fill, self.eos_id)
             self.trace_step[slot_t, :G] = torch.where(fill, nfe, self.trace_step[slot_t, :G])
+
+    def _rule_inputs(self, needs: frozenset[str], state: StepState, logits: Tensor,
+                     current: Tensor, rows_t: Tensor, offsets: Tensor):
+        """Fill what the rule reads beyond confidence (policies.NEEDS) into `state`."""
+        if needs & {"entropy", "kl", "token_conf"}:
+            logits = logits.float()
+            logits[..., self.mask_id] = -math.inf  # as confidence(): never a prediction
+            logp = logits.log_softmax(-1)  # (n, L, V)
+            p = logp.exp()
+        if "entropy" in needs:
+            state.entropy = -torch.special.xlogy(p, p).sum(-1)
+        if "kl" in needs:
+            n, length, vocab = logp.shape
+            old = self.prev_logp
+            if old is None or old.shape[1] < length or old.shape[2] != vocab:
+                self.prev_logp = torch.zeros(self.max_batch, length, vocab, device=self.device)
+                if old is not None and old.shape[2] == vocab:  # rows mid-block keep theirs
+                    self.prev_logp[:, : old.shape[1]] = old
+            prev = self.prev_logp[rows_t, offsets]
+            kl = torch.where(p > 0, p * (logp - prev), 0.0).sum(-1)
+            state.kl = torch.where(state.step == 0, math.inf, kl)  # nothing before the block
+            self.prev_logp[rows_t, offsets] = logp
+        if "token_conf" in needs:
+            state.token_conf = logp.gather(-1, current[..., None])[..., 0].exp()
+        if "drafted" in needs:
+            state.drafted = self.drafted[rows_t, offsets]
+        if "memory" in needs:
+            state.memory = self.memory[rows_t, offsets]
 
     def _advance(self, rows: list[Request]):
         """One host sync: each row's first masked position gives its block, its committed
@@ -393,6 +444,8 @@ class Engine:
         for i, (r, f) in enumerate(zip(rows, first, strict=True)):
             P, T = len(r.prompt), r.length
             r.committed = min(f, T) - P
+            if r.config.policy in REMASKS and f < T:  # the active block may still change
+                r.committed = (f - P) // r.config.block_length * r.config.block_length
             if i in listening:
                 j = listening.index(i)
                 r.tokens, r.steps = view_x[j][P:T], view_s[j][: T - P]
@@ -410,6 +463,8 @@ class Engine:
         if reset:
             self.stable[reset] = 0
             self.prev[reset] = -1
+            self.memory[reset] = 0
+            self.drafted[reset] = False
 
     def _end(self, r: Request, state: str, error: str | None = None):
         """Finish a request: copy out its ids, stats and trace, free its slot, tell it."""

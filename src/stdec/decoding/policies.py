@@ -3,6 +3,12 @@
 Every rule sees only the active block: `conf` and `pred` are (B, L) for its L positions.
 Rules are vectorised over the batch and never synchronise with the host. A new rule is
 one function with the signature of `threshold` and one line in `POLICIES`.
+
+A stateful rule keeps per-position memory in `state.memory` (the engine stores it per slot
+and block offset, zero at each block start) and writes its new value back there; a rule
+that may take tokens back (wino) sets `state.remask`. What a rule needs beyond confidence
+(entropy, KL to the previous step, the probability of the tokens already in place) the
+engine computes only for the rules in NEEDS.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from stdec.decoding.config import DecodeConfig
 
-__all__ = ["POLICIES", "StepState", "at_least_one", "gaussian_kernel", "select", "stdec_thresholds"]
+__all__ = ["NEEDS", "POLICIES", "StepState", "at_least_one", "gaussian_kernel", "select",
+           "stdec_thresholds"]
 
 
 @dataclass
@@ -35,6 +42,14 @@ class StepState:
     stable:      (B, L) int, consecutive steps (this one included) the prediction has held
     step:        steps already taken in this block (0 at its first step); int or (B, 1)
     seq_end:     (B, 1) each row's sequence length when rows end before T; None: all end at T
+    entropy:     (B, L) float, entropy of each position's distribution (eb)
+    kl:          (B, L) float, KL(p_t || p_t-1) against the previous step of this block; inf
+                 at the block's first step (klass)
+    token_conf:  (B, L) float, the model's probability of the token now at each position (wino)
+    drafted:     (B, L) bool, positions this rule committed earlier in this block (wino)
+    memory:      (B, L) float, the rule's per-position memory from the previous step (klass:
+                 consecutive low-KL steps, credit: the credit); the rule writes the new one
+    remask:      (B, L) bool, set by a rule: decoded positions to mask again (wino)
     """
 
     masked: Tensor
@@ -43,6 +58,12 @@ class StepState:
     stable: Tensor
     step: int | Tensor
     seq_end: Tensor | None = None
+    entropy: Tensor | None = None
+    kl: Tensor | None = None
+    token_conf: Tensor | None = None
+    drafted: Tensor | None = None
+    memory: Tensor | None = None
+    remask: Tensor | None = None
 
 
 def fixed(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
@@ -83,12 +104,70 @@ def stdec(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Te
     return (conf >= tau) & state.masked
 
 
+def eb(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
+    """EB-sampler (Ben-Hamu et al. 2025): sort the masked positions by entropy, ascending, and
+    commit the longest prefix whose entropies sum, less the largest of them, to at most
+    eb_gamma: sum_{j<=k} H_(j) - H_(k) <= gamma, so the first always goes."""
+    ranked = torch.sort(state.entropy.masked_fill(~state.masked, math.inf), dim=1,
+                        stable=True).values
+    before = ranked.cumsum(dim=1) - ranked  # entropy of the positions ahead in the order
+    count = (before <= cfg.eb_gamma).sum(dim=1, keepdim=True)  # before is non-decreasing
+    return (_rank(-state.entropy, state.masked) < count) & state.masked
+
+
+def klass(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
+    """KLASS (Kim et al. 2025): commit positions with confidence above klass_tau whose
+    distribution moved less than klass_kl (KL to the previous step) for klass_steps steps
+    running. memory counts those steps."""
+    calm = torch.where(state.kl < cfg.klass_kl, state.memory + 1, 0)
+    state.memory = calm
+    return (conf > cfg.klass_tau) & (calm >= cfg.klass_steps) & state.masked
+
+
+def wino(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
+    """WINO (Hong et al. 2025), wide in: draft every masked position with confidence above
+    wino_draft; narrow out: in a step that drafts more than one token, mask again earlier
+    drafts of the block whose token the model now gives less than wino_verify, at most
+    (drafted now - 1) of them, least probable first, so every step gains a token."""
+    commit = (conf > cfg.wino_draft) & state.masked
+    drafted_now = commit.sum(dim=1, keepdim=True)  # (B, 1)
+    doubt = state.drafted & ~state.masked & (state.token_conf < cfg.wino_verify)
+    order = _rank(-state.token_conf, doubt)  # 0 = least probable doubted draft
+    state.remask = doubt & (order < drafted_now - 1)
+    return commit
+
+
+def credit(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
+    """CreditDecoding (Wang et al. 2025): a position's credit decays by credit_decay each step
+    and gains conf ** credit_alpha while its prediction holds (it restarts when the
+    prediction changes); the credit lifts the predicted token's logit by
+    credit_lambda * log(1 + credit), and the position commits when that fused probability
+    (or the plain one) reaches credit_tau."""
+    gain = conf.pow(cfg.credit_alpha)
+    held = state.stable > 1  # the same prediction as at the previous step
+    state.memory = torch.where(held, cfg.credit_decay * state.memory + gain, gain)
+    boost = torch.exp(cfg.credit_lambda * torch.log1p(state.memory))
+    fused = conf * boost / (1 - conf + conf * boost)  # softmax with one logit raised
+    return (torch.maximum(conf, fused) >= cfg.credit_tau) & state.masked
+
+
 POLICIES: dict[str, Callable[[Tensor, Tensor, StepState, DecodeConfig], Tensor]] = {
     "fixed": fixed,
     "threshold": threshold,
     "factor": factor,
     "localleap": localleap,
     "stdec": stdec,
+    "eb": eb,
+    "klass": klass,
+    "wino": wino,
+    "credit": credit,
+}
+# what the engine computes for a rule besides confidence (see StepState)
+NEEDS: dict[str, frozenset[str]] = {
+    "eb": frozenset({"entropy"}),
+    "klass": frozenset({"kl", "memory"}),
+    "wino": frozenset({"token_conf", "drafted"}),
+    "credit": frozenset({"memory"}),
 }
 
 
