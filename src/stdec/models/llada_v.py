@@ -286,6 +286,13 @@ class LLaDAVModel(nn.Module):
                 return prefix + name[len(ours):]
         return "model." + name  # image_newline
 
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state, strict=strict, assign=assign)
+        emb = self.vision_tower.embeddings  # its position_ids buffer is not in checkpoints:
+        if emb.position_ids.is_meta:  # built on the meta device by load_model, rebuild it
+            emb.position_ids = torch.arange(emb.num_positions, device=self.device)[None]
+        return out
+
     @property
     def device(self) -> torch.device:
         return self.language_model.device
