@@ -41,6 +41,10 @@ POLICY_PARAMS = {
     "factor": ("factor",),
     "localleap": ("leap_tau_hi", "leap_tau_lo", "leap_radius"),
     "stdec": ("tau_high", "tau_low", "sigma", "rho", "window"),
+    "eb": ("eb_gamma",),
+    "klass": ("klass_tau", "klass_kl", "klass_steps"),
+    "wino": ("wino_draft", "wino_verify"),
+    "credit": ("credit_tau", "credit_decay", "credit_lambda", "credit_alpha"),
 }
 LENGTHS = ("standard", "long")
 RECORD_FIELDS = ("task", "split", "length", "gen_length", "cache", "stop_at_eos", "policy",

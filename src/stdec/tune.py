@@ -23,6 +23,10 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "localleap": {"leap_tau_hi": [0.8, 0.9], "leap_tau_lo": [0.5, 0.6, 0.7]},
     "stdec": {"tau_high": [0.8, 0.9, 0.95], "tau_low": [0.5, 0.6, 0.7], "sigma": [1.0, 2.0],
               "rho": [0.8, 0.9], "window": [2]},
+    "eb": {"eb_gamma": [0.01, 0.1, 0.3, 1.0, 3.0]},
+    "klass": {"klass_tau": [0.6, 0.7, 0.8, 0.9], "klass_kl": [0.01, 0.1], "klass_steps": [1, 2]},
+    "wino": {"wino_draft": [0.4, 0.5, 0.6, 0.7], "wino_verify": [0.8, 0.9]},
+    "credit": {"credit_tau": [0.6, 0.7, 0.8, 0.9, 0.95]},
 }
 
 
