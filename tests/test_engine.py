@@ -117,7 +117,8 @@ def test_listener_sees_the_committed_prefix_grow():
     engine = Engine(model, max_batch=2, max_length=64)
     seen = []
     r = engine.submit([5, 6], config("stdec", "prefix", stop_at_eos=False),
-                      listener=lambda req: seen.append((req.committed, list(req.tokens))))
+                      listener=lambda req: seen.append((req.committed, list(req.tokens))),
+                      progress=True)
     engine.run()
     counts = [c for c, _ in seen]
     assert counts == sorted(counts) and counts[-1] == 24

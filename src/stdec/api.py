@@ -13,7 +13,7 @@ from stdec.errors import StdecError
 from stdec.models import load_model, read_config
 from stdec.models.presets import is_hub_id, resolve_model
 
-__all__ = ["Generation", "generate", "load", "resolve_model_path"]
+__all__ = ["Generation", "encode_chat", "generate", "load", "resolve_model_path"]
 
 ASSETS = Path(__file__).parent / "assets"
 MASK_TOKENS = ("<|mdm_mask|>", "<|mask|>")  # LLaDA's, Dream's
@@ -84,16 +84,18 @@ def end_token_ids(tokenizer) -> list[int]:
 
 def encode(tokenizer, prompts: Sequence[str], chat: bool) -> list[list[int]]:
     if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise StdecError("chat=True needs a tokenizer with a chat template; this one has "
-                             "none, so pass chat=False.")
-        prompts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True)
-            for p in prompts
-        ]
-        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template, ready for the
+    assistant's turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise StdecError("chat=True needs a tokenizer with a chat template; this one has "
+                         "none, so pass chat=False.")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def check_prompts(prompts) -> list[str]:
@@ -116,14 +118,30 @@ def with_options(config: DecodeConfig, options: dict) -> DecodeConfig:
     return replace(config, **options) if options else config
 
 
+def per_prompt_seeds(config: DecodeConfig, seed, n: int) -> list[DecodeConfig]:
+    if seed is None:
+        return [config] * n
+    seeds = [seed] * n if isinstance(seed, int) else list(seed)
+    if len(seeds) != n or not all(isinstance(s, int) and not isinstance(s, bool)
+                                  for s in seeds):
+        raise StdecError(f"seed must be an integer or a list of {n} integers, one per prompt; "
+                         f"got {seed!r}.")
+    return [replace(config, seed=s) for s in seeds]
+
+
 def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfig | None = None,
-             *, chat: bool = False, **options) -> Generation:
+             *, chat: bool = False, seed: int | Sequence[int] | None = None,
+             **options) -> Generation:
     """Decode `prompts` (a string or a list) with `config`; keyword options override it.
 
+    `seed` (used when temperature > 0) is one seed for every prompt or a list, one per
+    prompt: each prompt samples from its own generator, so the same (prompt, seed) gives
+    the same text alone or in any batch.
     Example: generate(model, tok, "2+3=", policy="stdec", cache="dual", gen_length=64)
     """
     config = with_options(config or DecodeConfig(), options)
     prompts = check_prompts(prompts)
+    configs = per_prompt_seeds(config, seed, len(prompts))
     mc = model.config
     tok_mask = mask_token_id(tokenizer)
     if tok_mask is None:
@@ -139,7 +157,7 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
                 f"prompt {i} has {len(p)} tokens; with gen_length {config.gen_length} that "
                 f"exceeds the model's max length {mc.max_sequence_length}: shorten one of them."
             )
-    out = decode(model, ids, config, eos_ids=end_token_ids(tokenizer))
+    out = decode(model, ids, configs, eos_ids=end_token_ids(tokenizer))
     texts = [
         tokenizer.decode(row[: s.gen_tokens], skip_special_tokens=True)
         for row, s in zip(out.ids.tolist(), out.stats, strict=True)
