@@ -60,15 +60,17 @@ REMASKS = ("wino",)  # rules that may mask a committed token of the active block
 class Request:
     """One prompt to decode, and everything the engine knows about it.
 
-    `listener`, when set, is called (on the engine's thread) after every step the request
-    takes part in and once when it ends; it reads `tokens`/`steps` (the generated region so
-    far: ids, mask id where still masked; commit step, -1 where not committed) and `state`.
+    `listener`, when set, is called (on the engine's thread) once when the request ends,
+    and with `progress` also after every step it takes part in (what streaming reads):
+    `tokens`/`steps` are then the generated region so far (ids, the mask id where still
+    masked; commit step, -1 where not committed) and `committed` its decoded prefix.
     """
 
     prompt: list[int]
     config: DecodeConfig
     listener: Callable[[Request], None] | None = None
     deadline: float | None = None  # time.monotonic() after which the request fails
+    progress: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     state: str = "waiting"  # waiting, running, done, failed, cancelled
     error: str | None = None
@@ -175,8 +177,11 @@ class Engine:
 
     def submit(self, prompt: Sequence[int], config: DecodeConfig, *,
                listener: Callable[[Request], None] | None = None,
-               deadline: float | None = None) -> Request:
-        request = Request(list(prompt), config, listener, deadline)
+               deadline: float | None = None, progress: bool = False) -> Request:
+        return self.add(Request(list(prompt), config, listener, deadline, progress))
+
+    def add(self, request: Request) -> Request:
+        """Queue a request built by the caller (the server builds them on its own thread)."""
         self.waiting.append(request)
         return request
 
@@ -433,7 +438,7 @@ class Engine:
         hi = torch.tensor([r.length for r in rows], device=dev)[:, None]
         open_ = (self.x[slot_t] == self.mask_id) & (pos >= lo) & (pos < hi)
         first = torch.where(open_, pos, W).min(dim=1).values
-        listening = [i for i, r in enumerate(rows) if r.listener is not None]
+        listening = [i for i, r in enumerate(rows) if r.progress and r.listener is not None]
         if listening:
             li = slot_t[listening]
             first, view_x, view_s = _host(first, self.x[li], self.trace_step[li])
@@ -458,7 +463,7 @@ class Engine:
                 reset.append(r.slot)
             else:
                 r.step += 1
-            if r.listener is not None:
+            if i in listening:
                 _notify(r)
         if reset:
             self.stable[reset] = 0
