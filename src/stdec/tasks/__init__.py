@@ -13,11 +13,13 @@ from stdec.tasks.gsm import GsmTask
 from stdec.tasks.lists import ListsTask
 from stdec.tasks.real import REAL_CLASSES, REAL_TASKS, RealTask
 from stdec.tasks.sandbox import SandboxResult, run_code
+from stdec.tasks.vision import VisionTask
 
 TASKS = ("gsm", "code", "lists")  # the suite, measured by the model card and the bench
 AUX_TASKS = ("arith",)  # training aids, trained on by default and evaluable, not measured
+VISION_TASKS = ("vision",)  # image prompts: for vision-language models only
 _CLASSES: dict[str, type[Task]] = {"gsm": GsmTask, "code": CodeTask, "lists": ListsTask,
-                                   "arith": ArithTask}
+                                   "arith": ArithTask, "vision": VisionTask}
 
 
 # the benchmarks read from local files: real.py's, and GPQA (a CSV)
@@ -33,7 +35,8 @@ def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kw
             raise StdecError(f"task {name!r} got unknown option(s) {bad}; it takes only path=.")
         return BENCHMARKS[name](sizes, seed, **kwargs)
     if name not in _CLASSES:
-        raise StdecError(f"unknown task {name!r}; the tasks are {', '.join(TASKS + AUX_TASKS)} "
+        names = ", ".join(TASKS + AUX_TASKS + VISION_TASKS)
+        raise StdecError(f"unknown task {name!r}; the tasks are {names} "
                          f"and the real benchmarks {', '.join(BENCHMARKS)}.")
     if kwargs:
         raise StdecError(f"task {name!r} is synthetic and takes no {', '.join(sorted(kwargs))}; "
@@ -44,5 +47,6 @@ def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kw
 __all__ = [
     "AUX_TASKS", "BENCHMARKS", "REAL_TASKS", "SPLITS", "TASKS", "ArithTask", "CodeTask",
     "EvalRecord", "EvalResult", "GpqaTask", "GsmTask", "ListsTask", "Problem", "RealTask",
-    "SandboxResult", "Task", "evaluate", "format_prompt", "get_task", "run_code", "split_of",
+    "SandboxResult", "Task", "VISION_TASKS", "VisionTask", "evaluate", "format_prompt",
+    "get_task", "run_code", "split_of",
 ]

@@ -1,0 +1,229 @@
+"""`vision`: questions about pictures the project draws itself with PIL: shapes (what, which
+colour, how many, where) and small bar charts with their values written on them.
+
+A problem's canonical key is its scene (every object, colour, cell, size; every bar's label and
+value), so a picture lives in one split only and the splits never share an image, nor an
+(image, question) pair. The picture is not stored: meta["scene"] holds the scene and
+`render(scene)` draws it, the same pixels every time. The prompt starts with "<image>" where
+the picture goes (LLaVA's convention).
+
+Answers are a sentence or two in several phrasings. Scoring: the answer's one fact (a number,
+a colour, a shape, a position or a bar label) must be the only fact of its kind the output
+mentions; wording around it is free, a second, conflicting fact fails.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import ClassVar
+
+from PIL import Image, ImageDraw, ImageFont
+
+from stdec.tasks.base import Problem, Task
+
+__all__ = ["COLORS", "SHAPES", "VisionTask", "mentions", "problem_images", "render"]
+
+COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),
+          "yellow": (230, 200, 30), "purple": (140, 60, 170), "orange": (240, 130, 20)}
+SHAPES = ("circle", "square", "triangle")
+ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SIZE = 64  # pixels a side
+CELL = SIZE // 3
+
+
+def position(row: int, col: int) -> str:
+    """A cell's name: "top left", ..., "center" for the middle one."""
+    return "center" if (row, col) == (1, 1) else f"{ROWS[row]} {COLS[col]}"
+
+
+POSITIONS = tuple(position(r, c) for r in range(3) for c in range(3))
+
+
+def render(scene: dict) -> Image.Image:
+    """Draw a scene: the same pixels for the same scene, on every machine with this Pillow."""
+    image = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    if scene["type"] == "shapes":
+        for shape, color, row, col, r in scene["objects"]:
+            cx, cy = col * CELL + CELL // 2, row * CELL + CELL // 2
+            box = (cx - r, cy - r, cx + r, cy + r)
+            if shape == "circle":
+                draw.ellipse(box, fill=COLORS[color])
+            elif shape == "square":
+                draw.rectangle(box, fill=COLORS[color])
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLORS[color])
+        return image
+    font = ImageFont.load_default(size=9)
+    n = len(scene["values"])
+    width = (SIZE - 8) // n
+    for i, (label, value, color) in enumerate(zip(scene["labels"], scene["values"],
+                                                  scene["colors"], strict=True)):
+        x0, base = 4 + i * width, SIZE - 12
+        top = base - 4 * value
+        draw.rectangle((x0 + 2, top, x0 + width - 3, base), fill=COLORS[color])
+        draw.text((x0 + width // 2, top - 1), str(value), fill=(0, 0, 0), font=font, anchor="mb")
+        draw.text((x0 + width // 2, base + 1), label, fill=(0, 0, 0), font=font, anchor="mt")
+    return image
+
+
+def problem_images(problem: Problem) -> list[Image.Image]:
+    """The pictures a problem's prompt refers to, one per "<image>": drawn from its scene, or
+    read from the file a real benchmark names."""
+    if "scene" in problem.meta:
+        return [render(problem.meta["scene"])]
+    if "image_path" in problem.meta:
+        from stdec.models.images import load_image
+
+        return [load_image(problem.meta["image_path"])]
+    return []
+
+
+def _plural(word: str, n: int) -> str:
+    return word if n == 1 else word + "s"
+
+
+def _count_phrase(n: int, what: str) -> str:
+    return f"{NUMBERS[n]} {_plural(what, n)}"
+
+
+def mentions(text: str, vocab: tuple[str, ...]) -> set[str]:
+    """Which entries of `vocab` a text names (whole words; plurals and digits for numbers)."""
+    low = text.lower()
+    found = set()
+    for item in sorted(vocab, key=len, reverse=True):  # "top left" before "left"
+        pattern = rf"\b{re.escape(item)}(e?s)?\b"
+        if re.search(pattern, low):
+            found.add(item)
+            low = re.sub(pattern, " ", low)
+    return found
+
+
+def _numbers(text: str) -> set[int]:
+    return {NUMBERS.index(w) for w in mentions(text, NUMBERS)} | \
+        {int(d) for d in re.findall(r"\b\d+\b", text)}
+
+
+class VisionTask(Task):
+    name = "vision"
+    gen_length = 32
+    default_sizes: ClassVar[dict[str, int]] = {"train": 20000, "dev": 200, "test": 400}
+
+    def sample(self, rng: random.Random) -> tuple[str, str, str, dict]:
+        scene = self._bars(rng) if rng.random() < 0.35 else self._shapes(rng)
+        ask = self._ask_bars if scene["type"] == "bars" else self._ask_shapes
+        question, answer, kind, gold = ask(scene, rng)
+        meta = {"scene": scene, "kind": kind, "gold": gold}
+        return json.dumps(scene, sort_keys=True), f"<image>\n{question}", answer, meta
+
+    @staticmethod
+    def key(problem: Problem) -> str:
+        """The canonical key (the scene) that decided the problem's split."""
+        return json.dumps(problem.meta["scene"], sort_keys=True)
+
+    # ---- scenes ----
+
+    @staticmethod
+    def _shapes(rng: random.Random) -> dict:
+        cells = rng.sample(range(9), rng.randint(1, 4))
+        objects = [[rng.choice(SHAPES), rng.choice(tuple(COLORS)), c // 3, c % 3,
+                    rng.randint(5, 8)] for c in sorted(cells)]
+        return {"type": "shapes", "objects": objects}
+
+    @staticmethod
+    def _bars(rng: random.Random) -> dict:
+        n = rng.randint(3, 4)
+        return {"type": "bars", "labels": list("ABCD"[:n]),
+                "values": [rng.randint(1, 9) for _ in range(n)],
+                "colors": [rng.choice(tuple(COLORS)) for _ in range(n)]}
+
+    # ---- questions: (question, answer, kind of fact, the fact) ----
+
+    @staticmethod
+    def _ask_shapes(scene: dict, rng: random.Random) -> tuple[str, str, str, str]:
+        objs = scene["objects"]
+        by_shape = {s: [o for o in objs if o[0] == s] for s in SHAPES}
+        by_color = {c: [o for o in objs if o[1] == c] for c in COLORS}
+        kinds = ["count_all", "count_shape", "count_color"]
+        kinds += ["color_of"] * any(len(v) == 1 for v in by_shape.values())
+        kinds += ["shape_of"] * any(len(v) == 1 for v in by_color.values())
+        unique = [o for o in objs if sum(p[:2] == o[:2] for p in objs) == 1]
+        kinds += ["where"] * (2 * bool(unique))
+        kind = rng.choice(kinds)
+        if kind == "count_all":
+            n = len(objs)
+            q = rng.choice(("How many shapes are in the picture?", "How many shapes do you see?",
+                            "Count the shapes in the picture."))
+            a = rng.choice((f"There {'is' if n == 1 else 'are'} {_count_phrase(n, 'shape')}.",
+                            f"I can see {_count_phrase(n, 'shape')} in the picture.",
+                            f"The picture shows {_count_phrase(n, 'shape')} in all."))
+            return q, a, "number", str(n)
+        if kind in ("count_shape", "count_color"):
+            if kind == "count_shape":
+                what = rng.choice([s for s in SHAPES if by_shape[s]])
+                n, noun = len(by_shape[what]), what
+            else:
+                what = rng.choice([c for c in COLORS if by_color[c]])
+                n, noun = len(by_color[what]), f"{what} shape"
+            q = rng.choice((f"How many {noun}s are there?", f"How many {noun}s can you see?",
+                            f"Count the {noun}s."))
+            a = rng.choice((f"There {'is' if n == 1 else 'are'} {_count_phrase(n, noun)}.",
+                            f"I count {_count_phrase(n, noun)}.",
+                            f"The picture has {_count_phrase(n, noun)}."))
+            return q, a, "number", str(n)
+        if kind == "color_of":
+            shape, color = next((s, v[0][1]) for s, v in rng.sample(list(by_shape.items()), 3)
+                                if len(v) == 1)
+            q = rng.choice((f"What color is the {shape}?", f"Which color does the {shape} have?"))
+            a = rng.choice((f"The {shape} is {color}.", f"It is {color}.",
+                            f"The {shape} in the picture is {color}."))
+            return q, a, "color", color
+        if kind == "shape_of":
+            color, shape = next((c, v[0][0]) for c, v in rng.sample(list(by_color.items()), 6)
+                                if len(v) == 1)
+            q = rng.choice((f"What shape is the {color} one?", f"Which shape is {color}?"))
+            a = rng.choice((f"The {color} one is a {shape}.", f"It is a {shape}.",
+                            f"The {color} shape is a {shape}."))
+            return q, a, "shape", shape
+        shape, color, row, col, _ = rng.choice(unique)  # "where" needs one of its kind
+        name = f"{color} {shape}"
+        where = position(row, col)
+        place = "the center" if where == "center" else f"the {where}"
+        q = rng.choice((f"Where is the {name}?", f"In which part of the picture is the {name}?"))
+        a = rng.choice((f"The {name} is in {place}.", f"It is in {place} of the picture.",
+                        f"You can find it in {place}."))
+        return q, a, "position", where
+
+    @staticmethod
+    def _ask_bars(scene: dict, rng: random.Random) -> tuple[str, str, str, str]:
+        labels, values = scene["labels"], scene["values"]
+        kinds = ["value", "value"]
+        kinds += ["tallest"] * (values.count(max(values)) == 1)
+        kinds += ["shortest"] * (values.count(min(values)) == 1)
+        kind = rng.choice(kinds)
+        if kind == "value":
+            i = rng.randrange(len(labels))
+            b, v = labels[i], values[i]
+            q = rng.choice((f"What is the value of bar {b}?", f"How high is bar {b}?",
+                            f"Read the value of bar {b} from the chart."))
+            a = rng.choice((f"Bar {b} has a value of {v}.", f"The value of bar {b} is {v}.",
+                            f"Bar {b} reaches {v}."))
+            return q, a, "number", str(v)
+        pick = max if kind == "tallest" else min
+        b = labels[values.index(pick(values))]
+        q = rng.choice((f"Which bar is the {kind}?", f"Which bar in the chart is the {kind}?"))
+        a = rng.choice((f"Bar {b} is the {kind}.", f"The {kind} bar is bar {b}.",
+                        f"It is bar {b}, the {kind} one."))
+        return q, a, "bar", b
+
+    def score(self, problem: Problem, output: str) -> bool:
+        kind, gold = problem.meta["kind"], problem.meta["gold"]
+        if kind == "number":
+            return _numbers(output) == {int(gold)}
+        if kind == "bar":
+            return {b.upper() for b in re.findall(r"\bbar ([a-z])\b", output, re.I)} == {gold}
+        vocab = {"color": tuple(COLORS), "shape": SHAPES, "position": POSITIONS}[kind]
+        return mentions(output, vocab) == {gold}
