@@ -81,17 +81,17 @@ def from_options(cls, args: argparse.Namespace, **defaults):
 
 
 def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
-    """The options given, over the model's preset lengths (LLaDA/Dream: 256 and 32), over
-    DecodeConfig's defaults; validated before any weights are read."""
+    """The options given, over the checkpoint's decoding defaults (its preset, then its
+    folder's decoding_defaults.json), over DecodeConfig's; validated before any weights are
+    read."""
     from_options(DecodeConfig, args, **fixed)  # bad options fail before the model is touched
     from stdec.api import resolve_model_path
+    from stdec.decoding.defaults import checkpoint_defaults
     from stdec.models import read_config
-    from stdec.models.presets import preset_for
 
-    preset = preset_for(str(args.model), read_config(resolve_model_path(args.model)))
-    lengths = dict(gen_length=preset.gen_length, block_length=preset.block_length) \
-        if preset else {}
-    return from_options(DecodeConfig, args, **lengths, **fixed)
+    path = resolve_model_path(args.model)
+    defaults = checkpoint_defaults(args.model, path, read_config(path))
+    return from_options(DecodeConfig, args, **{**defaults, **fixed})
 
 
 # ---- checks that run before anything heavy is imported ----
@@ -214,6 +214,16 @@ def cmd_generate(args: argparse.Namespace):
     chat = _chat(args, tokenizer)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat)
     s = out.stats[0]
+    if args.json:  # one object: the text, the stats and the settings it decoded with
+        import json
+        from dataclasses import asdict
+
+        record = {"text": out.texts[0], "stats": asdict(s), "settings": asdict(config),
+                  "chat": chat}
+        if out.trace is not None:
+            record["commit_steps"] = out.trace.step[0, : s.gen_tokens].tolist()
+        print(json.dumps(record))
+        return
     print(out.texts[0])
     print(f"[{config.policy}, cache {config.cache}] {s.gen_tokens} tokens, {s.nfe} forwards, "
           f"{s.tpf:.2f} tokens/forward, {s.wall_time:.3f} s, {s.tokens_per_s:.1f} tokens/s",
@@ -222,6 +232,21 @@ def cmd_generate(args: argparse.Namespace):
     if out.trace is not None:
         steps = out.trace.step[0, : s.gen_tokens].tolist()
         print("commit step of each token:", " ".join(map(str, steps)), file=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace):
+    check_model(args.model)
+    config = decode_config(args)
+    from stdec.api import load
+    from stdec.serve import ServerConfig, serve
+
+    name = args.served_model_name or Path(args.model).name
+    server = ServerConfig(name=name, defaults=config, max_batch=args.max_batch,
+                          max_queue=args.max_queue, timeout=args.timeout)
+    model, tokenizer = load(args.model, dtype=args.dtype, device=args.device)
+    print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
+          file=sys.stderr)
+    serve(model, tokenizer, server, host=args.host, port=args.port, drain_s=args.drain)
 
 
 def _explain_empty(text: str, chat: bool, tokenizer):
@@ -405,6 +430,8 @@ def _positive(flag: str) -> Callable[[str], int]:
 
 def _build_generate(p: argparse.ArgumentParser):
     p.add_argument("prompt", help="the prompt text (UTF-8)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: text, stats and the effective settings")
     _chat_option(p)
     _model_options(p)
     add_options(p, DecodeConfig, "decoding (DecodeConfig)")
@@ -549,6 +576,26 @@ def _build_random_model(p: argparse.ArgumentParser):
     p.set_defaults(run=cmd_random_model)
 
 
+def _build_serve(p: argparse.ArgumentParser):
+    _model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
+                   "127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-batch", type=_positive("--max-batch"), default=8,
+                   help="engine slots: requests decoded together (default: 8)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for a slot before new ones get 429 (default: 64)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds a request may take, queueing included (default: 600)")
+    p.add_argument("--drain", type=float, default=30.0,
+                   help="seconds a shutdown lets in-flight requests finish before it cancels "
+                   "them (default: 30)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model name clients send (default: the --model folder's name)")
+    add_options(p, DecodeConfig, "decoding defaults of requests (DecodeConfig)")
+    p.set_defaults(run=cmd_serve)
+
+
 # name -> (one-line help, builder); a builder may import what its options need
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "generate": ("decode one prompt and print the text and its stats", _build_generate),
@@ -557,6 +604,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "tune": ("pick a policy's parameters on the dev split", _build_tune),
     "train": ("train the testbed dLLM with the LLaDA objective", _build_train),
     "random-model": ("write a tiny random checkpoint (for trying stdec)", _build_random_model),
+    "serve": ("an OpenAI-compatible HTTP server with continuous batching", _build_serve),
 }
 
 
