@@ -14,6 +14,7 @@ from stdec.tasks.lists import ListsTask
 from stdec.tasks.real import REAL_CLASSES, REAL_TASKS, RealTask
 from stdec.tasks.sandbox import SandboxResult, run_code
 from stdec.tasks.vision import VisionTask
+from stdec.tasks.vision_real import VISION_BENCHMARKS
 
 TASKS = ("gsm", "code", "lists")  # the suite, measured by the model card and the bench
 AUX_TASKS = ("arith",)  # training aids, trained on by default and evaluable, not measured
@@ -22,8 +23,8 @@ _CLASSES: dict[str, type[Task]] = {"gsm": GsmTask, "code": CodeTask, "lists": Li
                                    "arith": ArithTask, "vision": VisionTask}
 
 
-# the benchmarks read from local files: real.py's, and GPQA (a CSV)
-BENCHMARKS: dict[str, type[RealTask]] = {**REAL_CLASSES, "gpqa": GpqaTask}
+# the benchmarks read from local files: real.py's, GPQA (a CSV), the multimodal ones
+BENCHMARKS: dict[str, type[RealTask]] = {**REAL_CLASSES, "gpqa": GpqaTask, **VISION_BENCHMARKS}
 
 
 def get_task(name: str, sizes: dict[str, int] | None = None, seed: int = 0, **kwargs) -> Task:
