@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Mutation testing as a habit, not in CI: mutmut (pip install -e '.[mutation]') over one
+# area of stdec, in a scratch copy of the committed tree (the working tree is never touched).
+# Each area runs a fast, targeted test selection; mutmut then runs, for every mutant, only
+# the selected tests that reach the mutated function.
+#
+#   benchmarks/mutation.sh AREA [BUDGET_S]     AREA: models | decoding | scorers | tune | all
+#
+# Prints the survival rate (survived / (killed + survived); a mutant no selected test reaches
+# counts as survived, a timeout as killed) and writes every survivor's diff to
+# $MUTATION_DIR/AREA/survivors.diff. A run that hits BUDGET_S (default 1800 s) reports the
+# mutants it checked. Error-message wording (raise ... statements) and the tqdm progress
+# labels are not mutated: changing a sentence is not a bug a test should pin letter by letter.
+# Runs under nice -n 19 with two workers: it is CPU-heavy.
+set -euo pipefail
+
+area=${1:?usage: benchmarks/mutation.sh models|decoding|scorers|tune|all [budget_s]}
+budget=${2:-1800}
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+base=${MUTATION_DIR:-/tmp/stdec-mutation}
+
+if [ "$area" = all ]; then
+    for a in models scorers tune decoding; do "$0" "$a" "$budget"; done
+    exit 0
+fi
+
+case $area in
+models)
+    mutate=(src/stdec/models/*.py)
+    tests=(tests/test_llada.py tests/test_dream.py tests/test_precision.py -k
+           "not testbed and not decodes_mostly");;
+decoding)
+    mutate=(src/stdec/decoding/*.py)
+    tests=(tests/test_policies.py tests/test_decoding.py tests/test_eos_stop.py
+           tests/test_confidence.py tests/test_api.py::test_bad_decode_options_fail_with_one_sentence);;
+scorers)
+    mutate=(src/stdec/tasks/base.py src/stdec/tasks/lists.py src/stdec/tasks/arith.py
+            src/stdec/tasks/gsm.py src/stdec/tasks/real.py src/stdec/tasks/math_equiv.py)
+    tests=(tests/test_scorers.py tests/test_tasks.py tests/test_real_tasks.py -k
+           "scorer or score or arith or gsm or math or splits or registry or loaders");;
+tune)
+    mutate=(src/stdec/tune.py src/stdec/bench.py)
+    tests=(tests/test_tune_choice.py tests/test_bench.py -k
+           "tune or policy_specs or bad_bench or pareto or complete_results");;
+*)
+    echo "unknown area $area; choose models, decoding, scorers, tune or all" >&2
+    exit 2;;
+esac
+
+work=$base/$area
+rm -rf "$work"
+mkdir -p "$work"
+git -C "$root" archive HEAD | tar -x -C "$work"
+cd "$work"
+{
+    echo "[mutmut]"
+    echo "source_paths = src"
+    echo "only_mutate ="
+    for f in "${mutate[@]}"; do echo "    $f"; done
+    echo "do_not_mutate ="
+    echo "    src/stdec/models/presets.py"  # a table of checkpoint ids and numbers
+    echo "do_not_mutate_patterns ="
+    echo "    raise [A-Za-z]*Error\\("
+    echo "    desc="
+    echo "pytest_add_cli_args_test_selection ="
+    for t in "${tests[@]}"; do echo "    $t"; done
+    echo "pytest_add_cli_args ="
+    printf '    %s\n' -x -q -p no:cacheprovider
+    echo "process_isolation = forkserver"  # torch is not fork-safe
+    echo "use_git_change_detection = false"
+    echo "track_dependencies = false"
+} > setup.cfg
+
+export OMP_NUM_THREADS=1  # two workers on two cores
+status=0
+nice -n 19 timeout "$budget" python -m mutmut run --max-children 2 > run.log 2>&1 || status=$?
+[ "$status" = 124 ] && echo "$area: stopped at the ${budget} s budget; partial figures" >&2
+
+python -m mutmut results --all true > results.txt 2>/dev/null || true
+python - "$area" <<'EOF'
+import re, subprocess, sys
+from collections import Counter
+
+area = sys.argv[1]
+rows = [ln.strip().rsplit(": ", 1) for ln in open("results.txt") if ": " in ln]
+count = Counter(status for _, status in rows)
+killed = count["killed"] + count["timeout"]
+survived = count["survived"] + count["no tests"]
+checked = killed + survived
+rate = survived / checked if checked else 0.0
+print(f"{area}: {checked} of {len(rows)} mutants checked, {killed} killed, {survived} survived "
+      f"(survival rate {100 * rate:.1f} %); {dict(count)}")
+with open("survivors.diff", "w") as out:
+    for name, status in rows:
+        if status in ("survived", "no tests"):
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name],
+                                  capture_output=True, text=True).stdout
+            out.write(f"# {name}: {status}\n{diff}\n")
+            print(f"  {status}: {name}")
+EOF
+echo "survivor diffs: $work/survivors.diff"
