@@ -1,0 +1,212 @@
+"""Training for the vision testbed: a small LLaDA-V (the layout the loader reads) trained with
+LLaDA's masked-diffusion objective on the `vision` task's pictures.
+
+Each example is the chat-templated question with its "<image>" (one placeholder id, expanded
+into the picture's vectors by the model), the gold answer closed by <|eot_id|> and padded with
+EOS to gen_length. A mask ratio t ~ U(eps, 1) per sequence (stratified over the batch), each
+response token masked with probability t, cross-entropy on masked tokens weighted by 1/t
+(train.py's objective); the vision tower and projector are trained with the language model.
+Checkpoints are resumable (weights in LLaDA-V layout, optimizer moments, step, log).
+
+    python -m stdec.train_vision --out /root/stdec-runs/vision --steps 20000
+"""
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stdec.models import load_model, save_model
+from stdec.models.images import tokenize_with_images
+from stdec.models.llada import LLaDAConfig
+from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
+from stdec.tasks.vision import VisionTask, render
+from stdec.train import STATE, load_state, lr_at, make_optimizer, save_state
+
+__all__ = ["VisionTrainConfig", "dev_accuracy", "train_vision"]
+
+
+@dataclass(frozen=True)
+class VisionTrainConfig:
+    out: str = "runs/testbed-vision"
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 300
+    weight_decay: float = 0.1
+    vocab_size: int = 512
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_hidden_size: int = 384
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    patch_size: int = 8
+    gen_length: int = 32
+    train_size: int = 20000
+    eval_every: int = 1000
+    eval_limit: int = 100
+    save_every: int = 250
+    seed: int = 0
+    threads: int = 1
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    return tokenize_with_images(text, tokenizer, text.count("<image>"), IMAGE_TOKEN_INDEX)
+
+
+def new_model(cfg: VisionTrainConfig, tokenizer) -> LLaDAVModel:
+    text = LLaDAConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                       mlp_hidden_size=cfg.mlp_hidden_size, vocab_size=len(tokenizer),
+                       max_sequence_length=512, rope_theta=10000.0,
+                       mask_token_id=tokenizer.mask_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    # one 64-pixel tile per picture (the "square" path of LLaDA-V's preprocessing): 8x8
+    # vectors and the newline
+    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=64,
+                  patch_size=cfg.patch_size)
+    model = LLaDAVModel(LLaDAVConfig(text, vision, image_aspect_ratio="square"))
+    for name, p in model.named_parameters():  # small init, as in LLaDA
+        if p.dim() >= 2 and name.startswith("language_model"):
+            torch.nn.init.normal_(p, std=0.02)
+    with torch.no_grad():
+        model.image_newline.normal_(0, cfg.d_model ** -0.5)
+    return model
+
+
+def encode(tokenizer, problems) -> list[tuple[list[int], list[int]]]:
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    return [(prompt_ids(tokenizer, p.prompt),
+             tokenizer(p.answer, add_special_tokens=False).input_ids + [eot]) for p in problems]
+
+
+def batch_inputs(model: LLaDAVModel, rows: list[tuple[list[int], list[int]]], scenes: list,
+                 pad: int, eos: int, R: int):
+    """(ids with image rows expanded, positions, key mask, P) for left-padded prompts and
+    EOS-padded responses, and the feature table of the batch's pictures (with grad)."""
+    pixels = torch.stack([to_pixels(render(s)) for s in scenes])
+    feats = model.encode_images(pixels)  # (B, 64, d)
+    newline = model.image_newline.expand(len(rows), 1, -1)
+    table = torch.cat([feats, newline], 1)  # (B, 65, d): base + newline, as LLaDA-V lays it
+    n = table.shape[1]
+    prompts = []
+    for b, (p, _) in enumerate(rows):
+        k = p.index(IMAGE_TOKEN_INDEX)
+        prompts.append(p[:k] + list(range(-1 - b * n, -1 - (b + 1) * n, -1)) + p[k + 1:])
+    P = max(map(len, prompts))
+    x = torch.full((len(rows), P + R), eos)
+    for b, (p, (_, a)) in enumerate(zip(prompts, rows, strict=True)):
+        x[b, P - len(p):P] = torch.tensor(p)
+        x[b, :P - len(p)] = pad
+        x[b, P:P + min(R, len(a))] = torch.tensor(a[:R])
+    n_pad = torch.tensor([P - len(p) for p in prompts])[:, None]
+    cols = torch.arange(P + R)[None]
+    return x, (cols - n_pad).clamp(min=0), cols >= n_pad, P, table.flatten(0, 1)
+
+
+def loss_at(model, rows, scenes, ids: dict, R: int, gen: torch.Generator) -> torch.Tensor:
+    x, pos, keys, P, table = batch_inputs(model, rows, scenes, ids["pad"], ids["eos"], R)
+    B = len(rows)
+    u = (torch.arange(B) + torch.rand(B, generator=gen))[torch.randperm(B, generator=gen)] / B
+    t = ((1 - 1e-3) * u + 1e-3)[:, None]
+    masked = torch.rand(B, R, generator=gen) < t
+    target = x[:, P:].clone()
+    x[:, P:] = target.masked_fill(masked, ids["mask"])
+    logits = model(x, image_features=table, position_ids=pos, attention_mask=keys,
+                   logits_slice=slice(P, None))
+    ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
+    return (ce.view_as(target) * masked / t).sum() / target.numel()
+
+
+@torch.no_grad()
+def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "dev",
+                 limit: int = 100, gen_length: int = 32, **decode_options) -> float:
+    """Accuracy on `split` with vanilla decoding (fixed, one token a step) unless told."""
+    from stdec.decoding.config import DecodeConfig
+    from stdec.decoding.loop import decode
+
+    problems = task.problems(split)[:limit]
+    opts = {"policy": "fixed", "cache": "dual", "steps": gen_length, **decode_options}
+    cfg = DecodeConfig(gen_length=gen_length, block_length=gen_length, **opts)
+    rows, table = model.encode_prompts([prompt_ids(tokenizer, p.prompt) for p in problems],
+                                       [[render(p.meta["scene"])] for p in problems])
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    out = decode(model.bind(table), rows, cfg, eos_ids=[eot])
+    texts = [tokenizer.decode(r.tolist(), skip_special_tokens=True) for r in out.ids]
+    return sum(task.score(p, t) for p, t in zip(problems, texts, strict=True)) / len(problems)
+
+
+def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
+    from stdec.tokenizer import train_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
+    task = VisionTask({"train": cfg.train_size})
+    train = task.problems("train")
+    if (ckpt / f"{STATE}.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        model = load_model(ckpt, device="cpu")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(ckpt))
+    else:
+        tokenizer = train_tokenizer([t for p in train for t in (p.prompt, p.answer)],
+                                    vocab_size=cfg.vocab_size)
+        model = new_model(cfg, tokenizer)
+    examples = encode(tokenizer, train)
+    ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id,
+           "mask": tokenizer.mask_token_id}
+    optimizer = make_optimizer(model, cfg)
+    step, log = load_state(ckpt, model, optimizer) if (ckpt / f"{STATE}.json").is_file() \
+        else (0, [])
+    model.train()
+    start, losses = time.perf_counter() - (log[-1]["elapsed_s"] if log else 0.0), []
+    while step < cfg.steps:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        pick = torch.randint(len(train), (cfg.batch_size,), generator=gen).tolist()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = loss_at(model, [examples[i] for i in pick], [train[i].meta["scene"] for i in pick],
+                       ids, cfg.gen_length, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
+            acc = dev_accuracy(model, tokenizer, task, limit=cfg.eval_limit,
+                               gen_length=cfg.gen_length)
+            model.train()
+            log.append({"step": step, "loss": sum(losses[-200:]) / len(losses[-200:]),
+                        "dev": acc, "elapsed_s": time.perf_counter() - start})
+            log_to(json.dumps(log[-1]))
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_state(ckpt, model, optimizer, step, cfg, log)
+            tokenizer.save_pretrained(str(ckpt))
+    save_model(model, out)
+    tokenizer.save_pretrained(str(out))
+    (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in fields(VisionTrainConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
+                            default=f.default)
+    train_vision(VisionTrainConfig(**vars(parser.parse_args(argv))),
+                 log_to=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    main()
