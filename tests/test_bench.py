@@ -10,7 +10,7 @@ from stdec.cli import main
 from stdec.viz import pareto_front
 
 SMALL = dict(tasks=("lists",), limit=5, gen_length=32, long_gen_length=64, batch_size=4,
-             caches=("none", "dual"), stop_at_eos=(True, False))
+             caches=("none", "dual"), stop_at_eos=(True, False), repeats=2)
 
 
 def test_bench_writes_complete_results(checkpoint, tmp_path):
@@ -25,13 +25,21 @@ def test_bench_writes_complete_results(checkpoint, tmp_path):
         assert set(r) == set(RECORD_FIELDS)
         assert r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["nfe"] > 0 and r["tpf"] > 0
         assert r["tokens_per_s"] > 0 and r["latency_s"] > 0 and r["hardware"]
+        assert len(r["wall_s"]) == 2 and r["spread"] >= 0 and r["timed_n"] == 4
+        assert r["threads"] >= 1 and r["cpu_count"] >= 1 and r["repeats"] == 2
         assert r["versions"]["torch"] and r["git_commit"]
     vanilla = [r for r in saved if r["label"] == "fixed:k=1"]
     assert all(r["speedup_nfe"] == 1 and r["speedup_tokens_per_s"] == 1 for r in vanilla)
     fast = [r for r in saved if r["label"] == "fixed:k=4" and not r["stop_at_eos"]]
     assert all(r["speedup_nfe"] == 4 and r["tpf"] == 4 for r in fast)
     assert {r["gen_length"] for r in saved} == {32, 64}
-    assert "| lists |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| lists |" in md
+    # a legend line for every column of the table
+    head = next(line for line in md.splitlines() if line.startswith("| task"))
+    for column in head.strip("| ").split(" | "):
+        assert f"- **{column}**: " in md, column
+    assert not list(tmp_path.glob(".*tmp")) and not list(tmp_path.glob(".pareto*"))
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
 
 
@@ -145,3 +153,57 @@ def test_tune_grid_checks_whole_settings():
     assert grid == {"tau_high": [0.99], "tau_low": [0.95, 0.97], "window": [2]}
     with pytest.raises(StdecError, match="tau_low"):
         parse_grid("stdec", ["tau_high=0.9,0.99", "tau_low=0.95"])
+
+
+def test_a_folder_with_results_is_never_written_into(tmp_path):
+    from stdec.bench import check_out
+
+    out = tmp_path / "bench"
+    assert check_out(out) == out and out.is_dir()  # created now, before any model work
+    (out / "results.json").write_text("[1]")
+    assert check_out(out) == tmp_path / "bench-2"
+    (tmp_path / "bench-2" / "pareto.png").write_text("x")
+    assert check_out(out) == tmp_path / "bench-3"
+    assert (out / "results.json").read_text() == "[1]"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StdecError, match="is a file"):
+        check_out(tmp_path / "file")
+
+
+def test_a_failure_mid_run_keeps_the_finished_cells(checkpoint, tmp_path, monkeypatch, capsys):
+    import stdec.bench as bench
+
+    real, calls = bench._measure_group, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_measure_group", second_fails)
+    cfg = BenchConfig(model=str(checkpoint), out=str(tmp_path), policies=("stdec",),
+                      lengths=("standard",), **{**SMALL, "stop_at_eos": (True,)})
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_bench(cfg, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["cache"] for r in saved] == ["none", "none"]  # the first group, both settings
+    err = capsys.readouterr().err
+    assert f"stopped after 2 of 4 cells: {tmp_path / 'results.json'} holds the finished" in err
+
+
+def test_timing_is_flagged_when_spread_is_wide_or_the_machine_busy():
+    from stdec.bench import table, timing_flag
+
+    rec = dict(task="lists", length="standard", gen_length=32, cache="dual", stop_at_eos=True,
+               label="stdec", accuracy=1.0, nfe=4.0, tpf=8.0, tokens_per_s=100.0,
+               latency_s=0.1, speedup_tokens_per_s=2.0, speedup_nfe=4.0, spread=0.05,
+               load_avg=0.5, cpu_count=2)
+    assert timing_flag(rec) == ""
+    assert timing_flag({**rec, "spread": 0.6}) == "spread 60%"
+    assert timing_flag({**rec, "load_avg": 3.2}) == "load 3.2 > 2 cores"
+    quiet = table([{**rec, "timing_flag": ""}])
+    assert "!" not in quiet
+    busy = table([{**rec, "timing_flag": timing_flag({**rec, "load_avg": 3.2})}])
+    assert "100.0! |" in busy and "2.00x! |" in busy and "4.00x |" in busy
+    assert "! load 3.2 > 2 cores" in busy and "unreliable" in busy
