@@ -250,6 +250,10 @@ def test_official_names_and_config_are_read(tmp_path):
     raw["mm_hidden_size"] = 7
     with pytest.raises(StdecError, match="mm_hidden_size 7"):
         LLaDAVConfig.from_dict(raw)
+    # LaViDa shares model_type llava_llada but not the layout: refused by name
+    raw["architectures"] = ["LlavaLladaForMaskedDiffusion"]
+    with pytest.raises(StdecError, match="LaViDa checkpoint"):
+        LLaDAVConfig.from_dict(raw)
 
 
 def test_placeholders_must_match_images(vl):

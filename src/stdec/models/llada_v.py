@@ -123,14 +123,14 @@ class LLaDAVConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "LLaDAVConfig":
-        if "d_model" in raw:  # LLaDA's own key names
-            text = LLaDAConfig.from_dict(raw)
-        else:
-            kw = {TEXT_KEYS[k]: v for k, v in raw.items() if k in TEXT_KEYS and v is not None}
-            if isinstance(kw.get("eos_token_id"), list):
-                kw["eos_token_id"] = kw["eos_token_id"][0]
-            kw.setdefault("pad_token_id", kw.get("eos_token_id", 126081))
-            text = LLaDAConfig(**kw)
+        if "LlavaLladaForMaskedDiffusion" in (raw.get("architectures") or []):
+            raise StdecError("this is a LaViDa checkpoint (LlavaLladaForMaskedDiffusion, "
+                             "model_type llava_llada too); stdec loads LLaDA-V only so far.")
+        kw = {TEXT_KEYS[k]: v for k, v in raw.items() if k in TEXT_KEYS and v is not None}
+        if isinstance(kw.get("eos_token_id"), list):
+            kw["eos_token_id"] = kw["eos_token_id"][0]
+        kw.setdefault("pad_token_id", kw.get("eos_token_id", 126081))
+        text = LLaDAConfig(**kw)
         vision = {k: v for k, v in raw.get("vision_config", {}).items() if k in SIGLIP_SO400M}
         cfg = cls(text, vision, raw.get("mm_projector_type", "mlp2x_gelu"),
                   raw.get("image_aspect_ratio", "anyres_max_4"),
