@@ -144,13 +144,14 @@ def decode_config(request: _Common, defaults: DecodeConfig, max_length: int,
     if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
         raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.",
                        param="max_tokens")
+    block = options.get("block_length", defaults.block_length)
+    if max_tokens is not None and isinstance(block, int) and block > 0:
+        blocks = math.ceil(max_tokens / block)  # a whole number of blocks
+        options["gen_length"] = blocks * block
+        if "steps" not in options and defaults.steps is not None:  # the default steps per block
+            options["steps"] = defaults.steps // defaults.num_blocks * blocks
     try:
         config = replace(defaults, **options)
-        if max_tokens is not None:  # a whole number of blocks
-            blocks = math.ceil(max_tokens / config.block_length)
-            config = replace(config, gen_length=blocks * config.block_length,
-                             steps=None if config.steps is None else
-                             config.steps // config.num_blocks * blocks)
     except StdecError as err:
         raise ApiError(400, str(err)) from None
     except TypeError as err:  # a wrongly typed option that the dataclass trips on

@@ -1,0 +1,251 @@
+"""Load on `stdec serve`: N concurrent clients x M requests each over loopback, for several
+--max-batch values, beside the same requests through a static-batch loop.
+
+Bounded (a fixed set of requests; every call has a timeout) and it stops by itself. For each
+max-batch it starts `stdec serve` in a subprocess on a free loopback port, sends the
+requests with the real openai client (streamed, so time to first token is seen), checks
+every answer against stdec.generate of that prompt alone, and prints throughput (generated
+tokens/s), p50/p95 latency and p50/p95 time to first streamed token. The static-batch loop
+decodes the same requests in arrival order, `max_batch` at a time, each batch starting when
+the previous one has finished (the engine with no admission mid-batch). Then clients that
+hang up mid-stream: /metrics must show 0 active slots afterwards.
+
+    python benchmarks/serve_load.py                       # testbed: 16 clients x 4 requests
+    python benchmarks/serve_load.py --clients 4 --per-client 2 --batches 1,4
+"""
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import torch
+
+from stdec.api import encode, end_token_ids, generate, load
+from stdec.decoding.config import DecodeConfig
+from stdec.decoding.engine import Engine
+from stdec.tasks import get_task
+from stdec.tasks.base import format_prompt
+
+TASKS = {"gsm": 96, "code": 96, "lists": 64}  # the testbed's standard gen_length per task
+SETTINGS = [  # mixed rules and caches; fixed commits 2 tokens a step
+    {"policy": "stdec", "cache": "dual"},
+    {"policy": "threshold", "cache": "prefix"},
+    {"policy": "fixed", "cache": "none", "k": 2},
+    {"policy": "stdec", "cache": "none"},
+    {"policy": "factor", "cache": "dual"},
+    {"policy": "localleap", "cache": "prefix"},
+]
+BLOCK = 32
+
+
+def requests(n: int) -> list[tuple[str, int, dict]]:
+    """(prompt, max_tokens, decoding options): gsm, code and lists test prompts in turn."""
+    problems = {name: get_task(name).problems("test") for name in TASKS}
+    out = []
+    for i in range(n):
+        name = list(TASKS)[i % len(TASKS)]
+        setting = dict(SETTINGS[i % len(SETTINGS)])
+        if "k" in setting:
+            setting["steps"] = TASKS[name] // setting.pop("k")
+        out.append((format_prompt(problems[name][i // len(TASKS)]), TASKS[name], setting))
+    return out
+
+
+def config(max_tokens: int, options: dict) -> DecodeConfig:
+    return DecodeConfig(gen_length=max_tokens, block_length=BLOCK, **options)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stdec", "serve", "--port", str(port), "--max-batch",
+         str(max_batch), "--max-queue", "1024", "--gen-length", "64", "--block-length",
+         str(BLOCK), "--drain", "2"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("the server did not come up within 120 s")
+
+
+def stop_server(proc: subprocess.Popen):
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def ask(client: openai.OpenAI, prompt: str, max_tokens: int, options: dict, t0: float) -> dict:
+    """One streamed chat request: text, tokens, latency and time to first content."""
+    start, first, pieces, tokens = time.perf_counter(), None, [], 0
+    stream = client.chat.completions.create(
+        model="testbed", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+        stream=True, stream_options={"include_usage": True}, extra_body=options)
+    for chunk in stream:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        for choice in chunk.choices:
+            if choice.delta.content:
+                first = first or time.perf_counter()
+                pieces.append(choice.delta.content)
+    end = time.perf_counter()
+    return {"text": "".join(pieces), "tokens": tokens, "latency": end - start,
+            "ttft": (first or end) - start, "end": end - t0}
+
+
+def run_server(url: str, work: list, clients: int) -> tuple[list[dict], float]:
+    """`clients` threads, each sending its share of `work` one after the other."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    shares = [work[i::clients] for i in range(clients)]
+    results: list = [None] * len(work)
+    t0 = time.perf_counter()
+
+    def worker(c: int):
+        for j, (prompt, max_tokens, options) in enumerate(shares[c]):
+            results[c + j * clients] = ask(client, prompt, max_tokens, options, t0)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    return results, time.perf_counter() - t0
+
+
+def run_static(model, tokenizer, work: list, max_batch: int) -> tuple[list[dict], float]:
+    """The same requests, max_batch at a time, each batch after the previous one."""
+    eos = end_token_ids(tokenizer)
+    ids = encode(tokenizer, [p for p, _, _ in work], chat=True)
+    results = []
+    t0 = time.perf_counter()
+    for i in range(0, len(work), max_batch):
+        engine = Engine(model, max_batch=max_batch, eos_ids=eos)
+        jobs = [engine.submit(ids[j], config(m, o))
+                for j, (_, m, o) in enumerate(work[i : i + max_batch], start=i)]
+        engine.run()
+        end = time.perf_counter() - t0
+        results += [{"tokens": j.stats.gen_tokens, "latency": end, "ttft": end, "end": end,
+                     "text": tokenizer.decode(j.ids[: j.stats.gen_tokens],
+                                              skip_special_tokens=True)} for j in jobs]
+    return results, time.perf_counter() - t0
+
+
+def summary(label: str, results: list[dict], wall: float, streamed: bool = True) -> str:
+    tokens = sum(r["tokens"] for r in results)
+    lat = sorted(r["latency"] for r in results)
+    ttft = sorted(r["ttft"] for r in results)
+
+    def q(xs, f):
+        return xs[min(len(xs) - 1, int(f * len(xs)))]
+
+    ttft_text = f"{q(ttft, .5):6.2f} {q(ttft, .95):6.2f}" if streamed else f"{'-':>6} {'-':>6}"
+    return (f"{label:<22} {tokens / wall:9.1f} {q(lat, .5):7.2f} {q(lat, .95):7.2f} "
+            f"{ttft_text} {wall:7.1f}")
+
+
+def drop_test(url: str, work: list, drops: int) -> str:
+    """`drops` clients hang up after their first streamed token while others finish."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    long = {"policy": "fixed", "cache": "none", "stop_at_eos": False}
+
+    def hang_up(prompt):
+        stream = client.chat.completions.create(
+            model="testbed", messages=[{"role": "user", "content": prompt}], max_tokens=96,
+            stream=True, extra_body=long)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        stream.close()
+
+    with ThreadPoolExecutor(drops + 4) as pool:
+        hung = [pool.submit(hang_up, work[i][0]) for i in range(drops)]
+        kept = [pool.submit(ask, client, *work[i], time.perf_counter()) for i in range(4)]
+        for f in hung:
+            f.result()
+        completed = sum(bool(f.result()["tokens"] >= 0) for f in kept)
+    deadline, active = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        text = httpx.get(url + "/metrics").text
+        active = next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("stdec_active_slots"))
+        if active == "0":
+            break
+        time.sleep(0.2)
+    cancelled = next(line.split()[1] for line in text.splitlines()
+                     if 'outcome="cancelled"' in line)
+    return (f"{drops} clients hung up mid-stream: active slots after drain {active}, "
+            f"cancelled {cancelled}, other requests completed {completed}/4")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--per-client", type=int, default=4)
+    ap.add_argument("--batches", default="1,4,16", help="max-batch values, comma-separated")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch threads of the server and of the static loop")
+    ap.add_argument("--drops", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    work = requests(args.clients * args.per_client)
+    model, tokenizer = load("testbed", device="cpu")
+    print(f"# {len(work)} requests ({', '.join(TASKS)} prompts; {len(SETTINGS)} rule/cache "
+          f"settings) from {args.clients} clients; testbed on {platform.processor() or 'cpu'}, "
+          f"{args.threads} threads, torch {torch.__version__}, python "
+          f"{platform.python_version()}")
+    t = time.perf_counter()
+    alone = [generate(model, tokenizer, p, config(m, o), chat=True).texts[0]
+             for p, m, o in work]
+    print(f"# reference: each request alone through stdec.generate, "
+          f"{time.perf_counter() - t:.0f} s")
+    print(f"{'':<22} {'tok/s':>9} {'p50 s':>7} {'p95 s':>7} {'ttft50':>6} {'ttft95':>6} "
+          f"{'wall s':>7}")
+    rows = {}
+    for b in batches:
+        proc, url = start_server(b, args.threads)
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+            ask(client, *work[0], time.perf_counter())  # warm-up, discarded
+            results, wall = run_server(url, work, args.clients)
+            same = sum(r["text"] == a for r, a in zip(results, alone, strict=True))
+            rows[b] = sum(r["tokens"] for r in results) / wall
+            print(summary(f"serve --max-batch {b}", results, wall) +
+                  f"   {same}/{len(work)} == generate alone", flush=True)
+            static, swall = run_static(model, tokenizer, work, b)
+            same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
+            rows[("static", b)] = sum(r["tokens"] for r in static) / swall
+            print(summary(f"static batch {b}", static, swall, streamed=False) +
+                  f"   {same}/{len(work)} == generate alone", flush=True)
+            if b == max(batches) and args.drops:
+                print(drop_test(url, work, args.drops), flush=True)
+        finally:
+            stop_server(proc)
+    if 1 in rows and len(batches) > 1:
+        top = max(batches)
+        print(f"throughput: max-batch {top} / max-batch 1 = {rows[top] / rows[1]:.2f}x; "
+              f"/ static batch {top} = {rows[top] / rows[('static', top)]:.2f}x")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "serve_load"
+    main()
