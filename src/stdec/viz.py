@@ -99,7 +99,8 @@ def pareto_plot(records: list[dict], path: str | Path):
             front = pareto_front(pts)
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1,
                     alpha=0.6)
-            ax.set_xlabel(name)
+            flagged = key == "tokens_per_s" and any(r.get("timing_flag") for r in cell)
+            ax.set_xlabel(f"{name} (! timing flagged: see results.md)" if flagged else name)
             ax.set_ylabel("accuracy %")
             ax.set_ylim(-3, 103)
             ax.set_title(f"{task}, {length} length")
