@@ -166,11 +166,12 @@ class _FolderBenchmark(RealTask):
                          f"its released data ({' or '.join(self.files)} and the images).")
 
     def _image(self, where: str, name: str) -> str:
-        path = self.root / name
-        if not path.is_file():
-            raise StdecError(f"{self.name} item at {where} names image {name!r}, which is not "
-                             f"in {self.root}; unpack the benchmark's images there.")
-        return str(path)
+        # the name is relative to the folder, or to its images/ (where an images.zip unpacks)
+        for path in (self.root / name, self.root / "images" / name):
+            if path.is_file():
+                return str(path)
+        raise StdecError(f"{self.name} item at {where} names image {name!r}, which is not "
+                         f"in {self.root}; unpack the benchmark's images there.")
 
 
 class MathVistaTask(_FolderBenchmark):
