@@ -1,0 +1,71 @@
+"""Model configs and caches by value: what config.json keys are refused, and half-precision
+caches that give the uncached logits (written to kill mutants that benchmarks/mutation.sh
+found surviving in models/)."""
+
+import pytest
+import torch
+
+from stdec.errors import StdecError
+from stdec.models.dream import DreamConfig
+from stdec.models.llada import LLaDAConfig
+from stdec.testing import random_dream_model, random_model, tiny_config, tiny_dream_config
+
+DREAM = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 300,
+         "mask_token_id": 2, "pad_token_id": 1, "eos_token_id": 1, "bos_token_id": None}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"use_sliding_window": True}, "sliding-window"),
+    ({"rope_scaling": {"type": "yarn"}}, "rope_scaling"),
+])
+def test_dream_config_refuses_what_it_does_not_implement(extra, message):
+    assert DreamConfig.from_dict({**DREAM, "hidden_act": "silu", "use_sliding_window": False,
+                                  "rope_scaling": None}).hidden_size == 64
+    with pytest.raises(StdecError, match=message):
+        DreamConfig.from_dict({**DREAM, **extra})
+
+
+def test_dream_config_reads_its_values():
+    c = DreamConfig.from_dict({**DREAM, "eos_token_id": [1, 7], "rope_theta": 1e6,
+                               "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                               "max_position_embeddings": 4096, "unused": 3,
+                               "sliding_window": None})
+    assert (c.eos_token_id, c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings) == (
+        1, 1e6, 1e-6, True)
+    assert (c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.max_sequence_length) == (
+        2, 4, 2, 16, 4096)
+    assert c.bos_token_id == DreamConfig.bos_token_id  # a null in config.json: the default
+
+
+@pytest.mark.parametrize("key, value", [("block_type", "sequential"),
+                                        ("layer_norm_type", "default"),
+                                        ("activation_type", "gelu"), ("alibi", True),
+                                        ("rope", False)])
+def test_llada_config_refuses_what_it_does_not_implement(key, value):
+    base = tiny_config().to_dict()
+    assert LLaDAConfig.from_dict(base) == tiny_config()
+    with pytest.raises(StdecError):
+        LLaDAConfig.from_dict({**base, key: value})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: random_model(tiny_config(), peak=16.0),
+    lambda: random_dream_model(tiny_dream_config(), peak=16.0),
+], ids=["llada", "dream"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cache_holds_the_models_dtype_and_gives_uncached_logits(make, dtype):
+    model = make().to(dtype)
+    ids = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(2, 24)
+    with torch.no_grad():
+        full = model(ids)
+        refreshed = model(ids, cache=cache)
+        shift = getattr(model, "logits_shift", 0)
+        step = model(ids[:, 8 - shift : 16], cache=cache, cache_start=8 - shift,
+                     logits_slice=slice(shift, shift + 8))
+    assert refreshed.dtype == dtype and step.dtype == dtype
+    assert torch.equal(refreshed, full)
+    torch.testing.assert_close(step, full[:, 8:16], atol=0.05 if dtype != torch.float32 else
+                               1e-5, rtol=0)
