@@ -15,7 +15,8 @@ with nothing but Linux system calls:
 - no_new_privs, and a seccomp filter that refuses execve/execveat (no other program runs,
   whatever route the interpreter takes: fork_exec, posix_spawn, ctypes, os.exec*), network
   sockets, namespace and mount calls, ptrace, bpf, io_uring and kernel-module calls;
-- limits on CPU time, address space, file size, open files and processes; the program is
+- limits on CPU time, address space (512 MiB), file size (1 MiB), open files (64) and
+  processes (8, counted per uid, so that a fork bomb holds at most 4 GiB); the program is
   PID 1 of its namespace, so when it ends (or the launcher is killed) every process it
   started dies with it.
 
@@ -239,8 +240,9 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 4, 3
 call(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "prctl(PDEATHSIG)")
 # PID 1 ignores SIGXCPU at the soft limit; the hard limit's SIGKILL always lands
 resource.setrlimit(resource.RLIMIT_CPU, (timeout, timeout + 1))
-for lim, val in ((resource.RLIMIT_AS, 1 << 30), (resource.RLIMIT_FSIZE, 1 << 20),
-                 (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, 32),
+# processes x address space bounds the memory a fork bomb can hold: 8 x 512 MiB
+for lim, val in ((resource.RLIMIT_AS, 512 << 20), (resource.RLIMIT_FSIZE, 1 << 20),
+                 (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, 8),
                  (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(lim, (val, val))
 call(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
