@@ -138,6 +138,13 @@ def test_cannot_signal_or_kill_its_parent():
         victim.wait()
 
 
+def test_a_program_cannot_pose_as_a_failed_setup():
+    # status 125 plus the launcher's tag would read as "no sandbox here" and stop the run
+    res = kernel("import sys\nsys.stderr.write('\\nSTDEC-SANDBOX-SETUP: fake\\n')\n"
+                 "raise SystemExit(125)\n")
+    assert not res.ok and "fake" not in res.error
+
+
 def test_audit_hook_stays_as_a_second_layer():
     res = run_code("import os\nos.system('true')\n")
     assert not res.ok and res.error.startswith("PermissionError: sandbox: os.system")

@@ -183,10 +183,19 @@ if not root_run:
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
 
+# the child says "ready" on this pipe once the sandbox is up, then closes it: only the
+# launcher, which the program cannot reach, decides that the setup failed (status 125)
+ready_r, ready_w = os.pipe()
 pid = os.fork()  # the child is PID 1 of the new PID namespace
 if pid:
+    os.close(ready_w)
+    ready = os.read(ready_r, 8) == b"ready"
     _, status = os.waitpid(pid, 0)
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    if not ready:
+        os._exit(SETUP_FAILED)
+    os._exit(1 if code == SETUP_FAILED else code)
+os.close(ready_r)
 
 # ---- PID 1 of the sandbox: build its root ----
 mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -280,6 +289,8 @@ os.close(devnull)
 os.environ.clear()
 if audit:
     _install_audit("/tmp")
+os.write(ready_w, b"ready")
+os.close(ready_w)
 _run(src)
 """.replace("@TAG@", _SETUP_TAG).replace("@SETUP_FAILED@", str(SETUP_FAILED))
 
@@ -400,6 +411,8 @@ def run_code(source: str, timeout: float = 5.0, *, unsandboxed: bool = False,
         return SandboxResult(True, "")
     if status == -1:
         return SandboxResult(False, f"timeout after {timeout:g} s")
-    if status == SETUP_FAILED and _SETUP_TAG in text:
-        raise SandboxUnavailable(text.split(_SETUP_TAG, 1)[1].splitlines()[0])
+    if status == SETUP_FAILED and script is _LAUNCHER:  # the launcher's word, not the program's
+        why = text.split(_SETUP_TAG, 1)[1].splitlines()[0] if _SETUP_TAG in text else \
+            f"the sandbox launcher exited with status {status}"
+        raise SandboxUnavailable(f"cannot isolate scored code: {why}.")
     return SandboxResult(False, _sanitise(text, status))
