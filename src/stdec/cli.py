@@ -630,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     except StdecError as err:
         print(f"stdec: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine's answer (disk full, permission denied): no bug
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"stdec: error: {err.strerror or err}{where}.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("stdec: interrupted.", file=sys.stderr)
         return 130
