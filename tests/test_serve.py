@@ -199,3 +199,18 @@ def test_dropped_streams_free_their_slots_and_full_queue_says_429(testbed):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_shutdown_cancels_what_does_not_drain_with_a_clear_error(testbed):
+    server, thread, url = start(testbed, max_batch=2, timeout=60)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+    stream = client.chat.completions.create(
+        model="testbed", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=256,
+        stream=True, extra_body={"policy": "fixed", "cache": "none", "stop_at_eos": False})
+    next(iter(stream))
+    server.should_exit = True  # drain_s=1: this decode needs 256 steps, so it is cancelled
+    with pytest.raises(openai.APIError, match="shutting down"):
+        for _ in stream:
+            pass
+    thread.join(10)
+    assert not thread.is_alive()

@@ -47,8 +47,8 @@ class Runner:
         self.inbox: list[Job] = []  # submitted, not yet handed to the engine
         self.lock = threading.Lock()
         self.wake = threading.Event()
+        self.draining = False  # a shutdown began: no new requests
         self.stopping = False
-        self.error: str | None = None
         self.thread = threading.Thread(target=self._loop, name="stdec-engine", daemon=True)
 
     def start(self):
@@ -88,7 +88,15 @@ class Runner:
             except Exception as err:  # not a row's fault (those fail alone): end them all
                 self.engine.cancel_all(f"the engine failed ({type(err).__name__}: {err})")
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.inbox) or self.engine.has_work
+
     def stop(self, reason: str = SHUTDOWN):
+        """Stop stepping and end what is left with `reason` (idempotent)."""
+        self.draining = True
+        if self.stopping:
+            return
         self.stopping = True
         self.wake.set()
         self.thread.join(timeout=30)
@@ -117,7 +125,7 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         engine = Engine(model, max_batch=config.max_batch, max_length=max_length,
                         eos_ids=sorted(eos))
-        state["runner"] = runner = Runner(engine)
+        state["runner"] = app.state.runner = runner = Runner(engine)
         runner.start()
         yield
         runner.stop()  # whatever did not drain in uvicorn's graceful period ends with SHUTDOWN
@@ -191,8 +199,9 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
     async def run(request: Request, body, ids: list[int], chat: bool):
         cfg = p.decode_config(body, config.defaults, max_length, len(ids))
         runner: Runner = state["runner"]
-        if runner.stopping:
-            raise p.ApiError(503, SHUTDOWN, "server_error")
+        if runner.draining:
+            raise p.ApiError(503, "the server is shutting down; send the request elsewhere.",
+                             "server_error")
         if runner.queued >= config.max_queue:
             raise p.ApiError(429, f"the queue is full ({config.max_queue} requests waiting); "
                              "retry in a second.", "rate_limit_error", headers={"Retry-After": "1"})
