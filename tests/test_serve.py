@@ -214,3 +214,15 @@ def test_shutdown_cancels_what_does_not_drain_with_a_clear_error(testbed):
             pass
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_request_past_its_timeout_gets_504(testbed):
+    server, thread, url = start(testbed, max_batch=1, timeout=0.5)
+    try:
+        slow = {"model": "testbed", "messages": [{"role": "user", "content": PROMPTS[0]}],
+                "max_tokens": 256, "policy": "fixed", "cache": "none", "stop_at_eos": False}
+        r = httpx.post(url + "/v1/chat/completions", json=slow, timeout=60)
+        assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
+    finally:
+        server.should_exit = True
+        thread.join(10)
