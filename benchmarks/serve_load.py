@@ -7,7 +7,8 @@ requests with the real openai client (streamed, so time to first token is seen),
 every answer against stdec.generate of that prompt alone, and prints throughput (generated
 tokens/s), p50/p95 latency and p50/p95 time to first streamed token. The static-batch loop
 decodes the same requests in arrival order, `max_batch` at a time, each batch starting when
-the previous one has finished (the engine with no admission mid-batch). Then clients that
+the previous one has finished (the engine with no admission mid-batch; at batch 1 that is
+stdec.generate of each request alone, the reference). Then clients that
 hang up mid-stream: /metrics must show 0 active slots afterwards.
 
     python benchmarks/serve_load.py                       # testbed: 16 clients x 4 requests
@@ -213,14 +214,20 @@ def main():
           f"settings) from {args.clients} clients; testbed on {platform.processor() or 'cpu'}, "
           f"{args.threads} threads, torch {torch.__version__}, python "
           f"{platform.python_version()}")
-    t = time.perf_counter()
-    alone = [generate(model, tokenizer, p, config(m, o), chat=True).texts[0]
-             for p, m, o in work]
-    print(f"# reference: each request alone through stdec.generate, "
-          f"{time.perf_counter() - t:.0f} s")
     print(f"{'':<22} {'tok/s':>9} {'p50 s':>7} {'p95 s':>7} {'ttft50':>6} {'ttft95':>6} "
           f"{'wall s':>7}")
-    rows = {}
+    # the reference, and the static loop at batch 1: each request alone, stdec.generate
+    generate(model, tokenizer, *work[0][:1], config(*work[0][1:]), chat=True)  # warm-up
+    alone, t0 = [], time.perf_counter()
+    for p, m, o in work:
+        out = generate(model, tokenizer, p, config(m, o), chat=True)
+        end = time.perf_counter() - t0
+        alone.append({"text": out.texts[0], "tokens": out.stats[0].gen_tokens,
+                      "latency": end, "ttft": end, "end": end})
+    rows = {("static", 1): sum(r["tokens"] for r in alone) / (time.perf_counter() - t0)}
+    print(summary("generate alone (1)", alone, time.perf_counter() - t0, streamed=False),
+          flush=True)
+    alone = [r["text"] for r in alone]
     for b in batches:
         proc, url = start_server(b, args.threads)
         try:
@@ -231,16 +238,17 @@ def main():
             rows[b] = sum(r["tokens"] for r in results) / wall
             print(summary(f"serve --max-batch {b}", results, wall) +
                   f"   {same}/{len(work)} == generate alone", flush=True)
-            static, swall = run_static(model, tokenizer, work, b)
-            same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
-            rows[("static", b)] = sum(r["tokens"] for r in static) / swall
-            print(summary(f"static batch {b}", static, swall, streamed=False) +
-                  f"   {same}/{len(work)} == generate alone", flush=True)
+            if b > 1:
+                static, swall = run_static(model, tokenizer, work, b)
+                same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
+                rows[("static", b)] = sum(r["tokens"] for r in static) / swall
+                print(summary(f"static batch {b}", static, swall, streamed=False) +
+                      f"   {same}/{len(work)} == generate alone", flush=True)
             if b == max(batches) and args.drops:
                 print(drop_test(url, work, args.drops), flush=True)
         finally:
             stop_server(proc)
-    if 1 in rows and len(batches) > 1:
+    if 1 in rows and len(batches) > 1 and ("static", max(batches)) in rows:
         top = max(batches)
         print(f"throughput: max-batch {top} / max-batch 1 = {rows[top] / rows[1]:.2f}x; "
               f"/ static batch {top} = {rows[top] / rows[('static', top)]:.2f}x")
