@@ -69,3 +69,62 @@ def test_cache_holds_the_models_dtype_and_gives_uncached_logits(make, dtype):
     assert torch.equal(refreshed, full)
     torch.testing.assert_close(step, full[:, 8:16], atol=0.05 if dtype != torch.float32 else
                                1e-5, rtol=0)
+
+
+def read_json(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float32, "float32"), (torch.bfloat16, "bfloat16")])
+def test_saved_config_says_what_the_checkpoint_is(tmp_path, dtype, name):
+    from safetensors import safe_open
+
+    from stdec.models import save_model
+
+    folder = tmp_path / "nested" / "llada"  # parents are made
+    save_model(random_model(tiny_config()).to(dtype), folder)
+    cfg = read_json(folder / "config.json")
+    assert (cfg["architectures"], cfg["model_type"], cfg["torch_dtype"]) == (
+        ["LLaDAModelLM"], "llada", name)
+    assert (cfg["block_type"], cfg["layer_norm_type"], cfg["activation_type"], cfg["rope"],
+            cfg["alibi"]) == ("llama", "rms", "silu", True, False)
+    assert cfg["d_model"] == 64 and cfg["mask_token_id"] == 2
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+    dream = tmp_path / "dream"
+    save_model(random_dream_model(tiny_dream_config()).to(dtype), dream)
+    cfg = read_json(dream / "config.json")
+    assert (cfg["architectures"], cfg["model_type"], cfg["torch_dtype"], cfg["hidden_act"],
+            cfg["use_sliding_window"]) == (["DreamModel"], "Dream", name, "silu", False)
+    assert "rope_scaling" in cfg and cfg["rope_scaling"] is None
+
+
+def test_shards_split_by_bytes_in_order(tmp_path):
+    from safetensors import safe_open
+
+    from stdec.models import save_model
+
+    model = random_model(tiny_config())
+    state = model.state_dict()
+    sizes = {k: v.numel() * 4 for k, v in state.items()}  # float32: 4 bytes a number
+    limit = 40_000
+    # the expected split, by hand: fill a shard in state order until the next would overflow
+    shards, used = [[]], 0
+    for k, n in sizes.items():
+        if shards[-1] and used + n > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(k)
+        used += n
+    assert len(shards) > 2
+    save_model(model, tmp_path, max_shard_bytes=limit)
+    index = read_json(tmp_path / "model.safetensors.index.json")
+    assert index["metadata"]["total_size"] == sum(sizes.values())
+    names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    assert index["weight_map"] == {k: names[i] for i, keys in enumerate(shards) for k in keys}
+    for name, keys in zip(names, shards, strict=True):
+        with safe_open(tmp_path / name, "pt") as f:
+            assert sorted(f.keys()) == sorted(keys) and f.metadata() == {"format": "pt"}
