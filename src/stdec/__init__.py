@@ -11,6 +11,7 @@ __all__ = [
     "StdecError",
     "Trace",
     "decode",
+    "decoding_defaults",
     "generate",
     "load",
     "load_model",
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 # `stdec --help`) does not pay for torch
 _HOME = {
     "Generation": "stdec.api", "generate": "stdec.api", "load": "stdec.api",
+    "decoding_defaults": "stdec.api",
     "CACHE_MODES": "stdec.decoding.config", "POLICY_NAMES": "stdec.decoding.config",
     "DecodeConfig": "stdec.decoding.config", "RowStats": "stdec.decoding.loop",
     "Trace": "stdec.decoding.loop", "decode": "stdec.decoding.loop",

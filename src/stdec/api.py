@@ -8,12 +8,14 @@ import torch
 from torch import Tensor
 
 from stdec.decoding.config import DecodeConfig
+from stdec.decoding.defaults import FILE, as_dict, checkpoint_defaults, effective
 from stdec.decoding.loop import RowStats, Trace, decode
 from stdec.errors import StdecError
 from stdec.models import load_model, read_config
-from stdec.models.presets import is_hub_id, resolve_model
+from stdec.models.presets import PRESETS, _offline, is_hub_id, resolve_model
 
-__all__ = ["Generation", "encode_chat", "generate", "load", "resolve_model_path"]
+__all__ = ["Generation", "decoding_defaults", "encode_chat", "generate", "load",
+           "model_defaults", "resolve_model_path"]
 
 ASSETS = Path(__file__).parent / "assets"
 MASK_TOKENS = ("<|mdm_mask|>", "<|mask|>")  # LLaDA's, Dream's
@@ -47,7 +49,8 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
     from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     path = resolve_model_path(model)
-    read_config(path)  # fail on a bad folder before touching the tokenizer
+    raw = read_config(path)  # fail on a bad folder before touching the tokenizer
+    defaults = checkpoint_defaults(model, path, raw)  # a bad decoding_defaults.json fails too
     if (path / "tokenizer.json").is_file():
         cls = PreTrainedTokenizerFast
     elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
@@ -59,7 +62,36 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
         tokenizer = cls.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
         raise StdecError(f"the tokenizer in {str(path)!r} could not be read ({err}).") from None
-    return load_model(path, dtype=dtype, device=device), tokenizer
+    loaded = load_model(path, dtype=dtype, device=device)
+    loaded.decoding_defaults = defaults  # what generate() lays the user's options over
+    return loaded, tokenizer
+
+
+def model_defaults(model) -> dict:
+    """The decoding defaults a loaded model carries (preset < its folder's file); {} for a
+    model built in memory, which decodes with DecodeConfig's own."""
+    return dict(getattr(model, "decoding_defaults", None) or {})
+
+
+def decoding_defaults(model: str | Path) -> dict:
+    """The effective decoding defaults of a checkpoint folder, Hugging Face Hub id or bundled
+    model name, as a dict of DecodeConfig options: code < preset < the folder's
+    decoding_defaults.json. A hub id not on disk fetches only its config.json and that file;
+    a known hub id that cannot be fetched gets its preset."""
+    path = Path(model)
+    if not path.exists() and isinstance(model, str) and is_hub_id(model):
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(model, allow_patterns=["config.json", FILE],
+                                          local_files_only=_offline()))
+        except Exception:  # offline, gated or unknown: a known id still has its preset
+            if model in PRESETS:
+                return as_dict(effective(PRESETS[model].decoding))
+            path = resolve_model_path(model)  # raises the one-sentence error
+    else:
+        path = resolve_model_path(model)
+    return as_dict(effective(checkpoint_defaults(model, path, read_config(path))))
 
 
 def mask_token_id(tokenizer) -> int | None:
@@ -139,7 +171,7 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     the same text alone or in any batch.
     Example: generate(model, tok, "2+3=", policy="stdec", cache="dual", gen_length=64)
     """
-    config = with_options(config or DecodeConfig(), options)
+    config = with_options(config or effective(model_defaults(model)), options)
     prompts = check_prompts(prompts)
     configs = per_prompt_seeds(config, seed, len(prompts))
     mc = model.config

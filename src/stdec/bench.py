@@ -71,12 +71,14 @@ class PolicySetting:
         args = ",".join(f"{k}={v}" for k, v in self.params)
         return f"{self.policy}:{args}" if args else self.policy
 
-    def config(self, gen_length: int, block_length: int, **options) -> DecodeConfig:
+    def config(self, gen_length: int, block_length: int, base: dict | None = None,
+               **options) -> DecodeConfig:
+        """The setting's DecodeConfig over `base`, the checkpoint's decoding defaults."""
         params = dict(self.params)
         if self.policy == "fixed":
             params["steps"] = gen_length // params.pop("k", 1)
-        return DecodeConfig(policy=self.policy, gen_length=gen_length,
-                            block_length=block_length, **params, **options)
+        return DecodeConfig(**{**(base or {}), "policy": self.policy, "gen_length": gen_length,
+                               "block_length": block_length, **params, **options})
 
 
 def parse_policy(spec: str) -> PolicySetting:
@@ -374,7 +376,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
     check_out(cfg.out))."""
     import torch
 
-    from stdec.api import generate, load, resolve_model_path
+    from stdec.api import generate, load, model_defaults, resolve_model_path
     from stdec.tasks.sandbox import check_sandbox
 
     rank, world = dist_setup()
@@ -409,8 +411,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
         for name, length, cache, eos in groups:
             problems = tasks[name].problems(cfg.split)[: cfg.limit][rank::world]
             gen = lengths[name][length]
-            configs = [s.config(gen, cfg.block_length, cache=cache, stop_at_eos=eos,
-                                seed=cfg.seed) for s in settings]
+            configs = [s.config(gen, cfg.block_length, model_defaults(model), cache=cache,
+                                stop_at_eos=eos, seed=cfg.seed) for s in settings]
             cells = _measure_group(model, tokenizer, tasks[name], problems, configs, cfg, world,
                                    bar)
             group = []

@@ -65,6 +65,7 @@ def tune(model, tokenizer, policy: str, grid: dict[str, list], tasks: list[str],
     """Sweep `grid` for `policy` on the dev split of `tasks` (standard gen_length)."""
     from tqdm import tqdm
 
+    from stdec.api import model_defaults
     from stdec.tasks import get_task
     from stdec.tasks.lengths import gen_lengths
 
@@ -85,7 +86,7 @@ def tune(model, tokenizer, policy: str, grid: dict[str, list], tasks: list[str],
                "tpf": {}}
         for name, task in task_objs.items():
             gen = lengths[name]["gen_length"]
-            config = setting.config(gen, block_length, cache=cache)
+            config = setting.config(gen, block_length, model_defaults(model), cache=cache)
             r = run_cell(model, tokenizer, task, dev[name], config, batch_size, world)
             row["accuracy"][name] = r.correct / r.n
             row["tpf"][name] = r.gen_tokens / r.nfe

@@ -41,13 +41,13 @@ class DecodeConfig:
     leap_tau_hi: float = _opt(0.9, "localleap: confidence that makes a position an anchor")
     leap_tau_lo: float = _opt(0.75, "localleap: confidence needed next to an anchor")
     leap_radius: int = _opt(4, "localleap: how far from an anchor the lower threshold applies")
-    # stdec: the setting `stdec tune stdec --cache dual --limit 200` picked on the testbed's
-    # dev split (the highest TPF within 1 point of vanilla on every task): README, "On the
-    # bundled testbed"
-    tau_high: float = _opt(0.99, "stdec: threshold deep inside masked regions")
-    tau_low: float = _opt(0.95, "stdec: threshold next to decoded tokens (= tau_high: no spatial)")
+    # stdec: model-neutral defaults, the real models' setting (tau_high = the global threshold
+    # 0.9; models/presets.py says why). A checkpoint carries its own: the testbed's tuned
+    # setting is in assets/testbed/decoding_defaults.json (decoding/defaults.py)
+    tau_high: float = _opt(0.9, "stdec: threshold deep inside masked regions")
+    tau_low: float = _opt(0.75, "stdec: threshold next to decoded tokens (= tau_high: no spatial)")
     sigma: float = _opt(2.0, "stdec: width in tokens of the Gaussian that smooths the thresholds")
-    rho: float = _opt(0.97, "stdec: relax factor for temporally stable predictions (1: off)")
+    rho: float = _opt(0.9, "stdec: relax factor for temporally stable predictions (1: off)")
     window: int = _opt(2, "stdec: steps a prediction must stay the same to be relaxed")
     # eb (EB-sampler, Ben-Hamu et al. 2025): gamma as diffusers' EntropyBoundScheduler ships it
     eb_gamma: float = _opt(

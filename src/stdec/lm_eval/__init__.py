@@ -85,14 +85,16 @@ def _coerce(name: str, value, kind):
         raise StdecError(f"{name} must be {what}, got {value!r}.") from None
 
 
-def decode_config(options: dict) -> DecodeConfig:
-    """A validated DecodeConfig from model_args entries (strings or lm-eval-parsed values)."""
+def decode_config(options: dict, base: dict | None = None) -> DecodeConfig:
+    """A validated DecodeConfig from model_args entries (strings or lm-eval-parsed values),
+    over `base`, the checkpoint's decoding defaults."""
     kinds = {f.name: f.type for f in fields(DecodeConfig)}
     for name in options:
         if name not in kinds:
             valid = ", ".join(["pretrained", "batch_size", "device", "dtype", "chat", *kinds])
             raise StdecError(f"unknown stdec model_args key {name!r}; the valid keys are {valid}.")
-    return DecodeConfig(**{k: _coerce(k, v, kinds[k]) for k, v in options.items()})
+    typed = {k: _coerce(k, v, kinds[k]) for k, v in options.items()}
+    return DecodeConfig(**{**(base or {}), **typed})
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -135,6 +137,9 @@ class StdecLM(LM):
         self.pretrained = str(pretrained)
         self.model, self.tokenizer = stdec.load(self.pretrained, dtype=dtype,
                                                 device=_device(device))
+        from stdec.api import model_defaults
+
+        self.config = decode_config(options, model_defaults(self.model))  # over the checkpoint's
         self._device = self.model.device
         self._warned: set[str] = set()
 

@@ -2,7 +2,7 @@
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stdec.errors import StdecError
@@ -13,6 +13,29 @@ __all__ = ["PRESETS", "Preset", "is_hub_id", "preset_for", "resolve_model"]
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
+# Each rule's setting on the real 7-8B dLLMs, from its paper or public code (all of them were
+# published on LLaDA-8B-Instruct and Dream-7B): Fast-dLLM's global threshold 0.9 (threshold,
+# factor 1), LocalLeap 0.9/0.75/4, EB-sampler gamma 0.1, KLASS 0.9/0.01/2, WINO 0.6/0.9,
+# CreditDecoding 0.95/0.65/0.7/0.5.
+# STDec: tau_high is the model's published global threshold, 0.9, so that at every position
+# and step STDec's threshold is at most Fast-dLLM's and it commits at least what Fast-dLLM
+# would. tau_low 0.75 is the threshold LocalLeap publishes for positions next to committed
+# anchors on these models: the same evidence (decoded neighbours) judged the same way. sigma 2
+# keeps the lowering within about 6 tokens of decoded text (the testbed's tuned width).
+# rho 0.9 with window 2: a prediction that held for two steps needs 0.81 deep in masks and
+# ~0.68 next to decoded text, no looser than LocalLeap's neighbours; the testbed's tuned
+# rho 0.97 was for its own over-confident small model.
+REAL_MODEL_RULES = (
+    ("tau", 0.9), ("factor", 1.0),
+    ("leap_tau_hi", 0.9), ("leap_tau_lo", 0.75), ("leap_radius", 4),
+    ("tau_high", 0.9), ("tau_low", 0.75), ("sigma", 2.0), ("rho", 0.9), ("window", 2),
+    ("eb_gamma", 0.1),
+    ("klass_tau", 0.9), ("klass_kl", 0.01), ("klass_steps", 2),
+    ("wino_draft", 0.6), ("wino_verify", 0.9),
+    ("credit_tau", 0.95), ("credit_decay", 0.65), ("credit_lambda", 0.7), ("credit_alpha", 0.5),
+)
+
+
 @dataclass(frozen=True)
 class Preset:
     model_class: str  # the stdec class load_model builds for it
@@ -20,11 +43,20 @@ class Preset:
     eos_token_ids: tuple[int, ...]  # every end token: EOS and the end of a chat turn
     gen_length: int = 256
     block_length: int = 32
+    rules: tuple[tuple[str, float | int], ...] = field(default=REAL_MODEL_RULES)
+
+    @property
+    def decoding(self) -> dict:
+        """The checkpoint's decoding defaults: lengths and each rule's setting."""
+        return {"gen_length": self.gen_length, "block_length": self.block_length,
+                **dict(self.rules)}
 
 
 PRESETS = {
     # <|endoftext|> pads, <|eot_id|> ends a turn
     "GSAI-ML/LLaDA-8B-Instruct": Preset("LLaDAModelLM", 126336, (126081, 126348)),
+    # LLaDA-8B-Instruct after VRPO: the same tokenizer, ids and published decoding lengths
+    "GSAI-ML/LLaDA-1.5": Preset("LLaDAModelLM", 126336, (126081, 126348)),
     # <|endoftext|>
     "Dream-org/Dream-v0-Instruct-7B": Preset("DreamModel", 151666, (151643,)),
 }

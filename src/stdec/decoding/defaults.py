@@ -1,0 +1,56 @@
+"""Decoding defaults belong to the checkpoint. Precedence, lowest first: DecodeConfig's code
+defaults, the preset of a known checkpoint (models/presets.py), the checkpoint folder's
+decoding_defaults.json, what the user passes. This module merges the middle two; the
+entrances (stdec.generate, the CLI, bench, tune, lm-eval, the server) lay the user's
+options over the result."""
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from stdec.decoding.config import DecodeConfig
+from stdec.errors import StdecError
+from stdec.models.presets import preset_for
+
+__all__ = ["FILE", "checkpoint_defaults", "effective", "read_defaults_file"]
+
+FILE = "decoding_defaults.json"  # in a checkpoint folder: {"option": value, ...}
+
+
+def read_defaults_file(path: str | Path) -> dict:
+    """A folder's decoding_defaults.json as DecodeConfig options, checked by DecodeConfig."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise StdecError(f"{str(path)!r} is not valid JSON ({err}).") from None
+    if not isinstance(raw, dict):
+        raise StdecError(f"{str(path)!r} must hold one JSON object of decoding options.")
+    known = {f.name for f in fields(DecodeConfig)}
+    for name in raw:
+        if name not in known:
+            raise StdecError(f"{str(path)!r} sets unknown decoding option {name!r}; the "
+                             f"options are {', '.join(sorted(known))}.")
+    DecodeConfig(**raw)  # bad values fail here, naming the option
+    return raw
+
+
+def checkpoint_defaults(name: str | Path, folder: Path | None, config: dict) -> dict:
+    """The preset of a known checkpoint (by hub id `name` or by its config.json), overlaid
+    with the folder's decoding_defaults.json: the options that differ from the code's."""
+    out: dict = {}
+    preset = preset_for(str(name), config)
+    if preset is not None:
+        out.update(preset.decoding)
+    if folder is not None and (Path(folder) / FILE).is_file():
+        out.update(read_defaults_file(Path(folder) / FILE))
+    return out
+
+
+def effective(defaults: dict, options: dict | None = None) -> DecodeConfig:
+    """The user's options over a checkpoint's defaults over the code's."""
+    return DecodeConfig(**{**defaults, **(options or {})})
+
+
+def as_dict(config: DecodeConfig) -> dict:
+    return asdict(config)
