@@ -37,7 +37,9 @@ class Parser(argparse.ArgumentParser):
 def add_options(parser: argparse.ArgumentParser, cls, title: str):
     """One flag per field of the dataclass `cls` (or a list of its fields), with its
     documentation; unset flags keep the defaults."""
-    group = parser.add_argument_group(title)
+    note = ("a default shown is the code's; a known checkpoint's preset and the "
+            "decoding_defaults.json in its folder take its place") if cls is DecodeConfig else None
+    group = parser.add_argument_group(title, note)
     for f in (cls if isinstance(cls, list) else fields(cls)):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type
