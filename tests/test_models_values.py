@@ -128,3 +128,66 @@ def test_shards_split_by_bytes_in_order(tmp_path):
     for name, keys in zip(names, shards, strict=True):
         with safe_open(tmp_path / name, "pt") as f:
             assert sorted(f.keys()) == sorted(keys) and f.metadata() == {"format": "pt"}
+
+
+@pytest.mark.parametrize("raw, cls", [
+    ({"model_type": "llada"}, "LLaDAModelLM"),
+    ({"architectures": ["LLaDAModelLM"]}, "LLaDAModelLM"),
+    ({"model_type": "Dream"}, "DreamModel"),
+    ({"model_type": "dream"}, "DreamModel"),
+    ({"architectures": ["DreamModel"]}, "DreamModel"),
+    ({"model_type": "llava_llada"}, "LLaDAVModel"),
+    ({"architectures": ["LlavaLLaDAModelLM"]}, "LLaDAVModel"),
+])
+def test_model_class_from_model_type_or_architectures(raw, cls):
+    from stdec.models import model_class
+
+    assert model_class(raw).__name__ == cls
+
+
+@pytest.mark.parametrize("raw", [{"model_type": "qwen2"}, {"architectures": ["LlamaForCausalLM"]},
+                                 {}])
+def test_model_class_refuses_other_models(raw):
+    from stdec.models import model_class
+
+    with pytest.raises(StdecError, match="stdec loads"):
+        model_class(raw)
+
+
+def test_llada_config_without_the_optional_keys_is_llama_rms_silu():
+    raw = {k: v for k, v in tiny_config().to_dict().items()
+           if k not in ("block_type", "layer_norm_type", "activation_type", "rope", "alibi")}
+    assert LLaDAConfig.from_dict(raw) == tiny_config()
+
+
+def test_weights_under_any_safetensors_name_load(tmp_path):
+    """Without model.safetensors or an index, every *.safetensors file is read."""
+    from safetensors.torch import load_file, save_file
+
+    from stdec.models import load_model, save_model
+
+    model = random_model(tiny_config())
+    save_model(model, tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    keys = sorted(state)
+    (tmp_path / "model.safetensors").unlink()
+    save_file({k: state[k] for k in keys[:5]}, tmp_path / "part-a.safetensors")
+    save_file({k: state[k] for k in keys[5:]}, tmp_path / "part-b.safetensors")
+    loaded = load_model(tmp_path, device="cpu")
+    assert all(torch.equal(loaded.state_dict()[k], state[k]) for k in keys)
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "model.pth", "w.ckpt"])
+def test_pickled_weights_get_the_convert_hint(tmp_path, name):
+    from stdec.models import load_model
+
+    (tmp_path / "config.json").write_text(tiny_config().to_dict().__repr__().replace("'", '"')
+                                          .replace("True", "true").replace("False", "false")
+                                          .replace("None", "null"))
+    (tmp_path / name).write_bytes(b"pickle")
+    with pytest.raises(StdecError, match=f"found {name}: convert it to safetensors first"):
+        load_model(tmp_path)
+    (tmp_path / name).unlink()
+    with pytest.raises(StdecError) as err:
+        load_model(tmp_path)
+    assert "no .safetensors weights." in str(err.value) and "convert" not in str(err.value)
