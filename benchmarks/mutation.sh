@@ -7,7 +7,8 @@
 #   benchmarks/mutation.sh AREA [BUDGET_S]     AREA: models | decoding | scorers | tune | all
 #   MUTANT_GLOB='*__mutmut_*[37]' benchmarks/mutation.sh decoding   a fifth of the mutants
 #
-# MUTANT_GLOB picks mutants by name (fnmatch); ending in a digit class it samples every
+# MUTANT_GLOB picks mutants by name (fnmatch; several, space-separated: e.g. the survivors of
+# an earlier run, to check new tests against them); ending in a digit class it samples every
 # function's mutants by their number, about a tenth per digit, for a quick estimate on a
 # busy machine (functions with fewer mutants than the smallest digit are then skipped).
 # Prints the survival rate (survived / (killed + survived); a mutant no selected test reaches
@@ -32,7 +33,8 @@ case $area in
 models)
     # the text models (the vision files, llada_v.py and images.py, have their own tests)
     mutate=(src/stdec/models/{__init__,cache,dream,layers,llada}.py)
-    tests=(tests/test_llada.py tests/test_dream.py tests/test_precision.py -k
+    tests=(tests/test_llada.py tests/test_dream.py tests/test_precision.py
+           tests/test_models_values.py tests/test_api.py::test_bad_checkpoints -k
            "not testbed and not decodes_mostly");;
 decoding)
     mutate=(src/stdec/decoding/{config,engine,loop,policies}.py)
@@ -76,8 +78,9 @@ cd "$work"
 
 export OMP_NUM_THREADS=1  # two workers on two cores
 status=0
-glob=()
-[ -n "${MUTANT_GLOB:-}" ] && glob=("$MUTANT_GLOB")
+set -f  # MUTANT_GLOB: space-separated names or patterns, never expanded as file names
+glob=(${MUTANT_GLOB:-})
+set +f
 nice -n 19 timeout "$budget" python -m mutmut run --max-children 2 "${glob[@]}" > run.log 2>&1 \
     || status=$?
 [ "$status" = 124 ] && echo "$area: stopped at the ${budget} s budget; partial figures" >&2
