@@ -10,7 +10,7 @@ __all__ = ["CACHE_MODES", "POLICY_NAMES", "DecodeConfig"]
 # needs no torch; tests/test_cli.py checks that the two agree
 POLICY_NAMES = ("fixed", "threshold", "factor", "localleap", "stdec", "eb", "klass", "wino",
                 "credit")
-CACHE_MODES = ("none", "prefix", "dual")
+CACHE_MODES = ("none", "prefix", "dual", "dkv")
 
 
 def _opt(default, help: str):
@@ -31,6 +31,9 @@ class DecodeConfig:
     temperature: float = _opt(0.0, "0 is greedy; > 0 samples with Gumbel-max noise in float64")
     seed: int = _opt(0, "seed of the sampling noise (used only when temperature > 0)")
     trace: bool = _opt(False, "record the step at which each position was committed")
+    # dkv (dKV-Cache, Ma et al. 2025): its public generate()'s cache_reloading_step
+    dkv_interval: int = _opt(
+        4, "dkv: a full forward refreshes every K/V every dkv_interval steps of a block")
     # fixed (LLaDA)
     steps: int | None = _opt(
         None, "fixed: total steps over gen_length, split evenly over blocks (default gen_length)"
@@ -112,6 +115,7 @@ class DecodeConfig:
             raise StdecError(f"sigma must be > 0 tokens, got {self.sigma}.")
         _positive_int("window", self.window)
         _positive_int("klass_steps", self.klass_steps)
+        _positive_int("dkv_interval", self.dkv_interval)
         for name in ("eb_gamma", "klass_kl", "credit_alpha"):
             if not getattr(self, name) > 0:
                 raise StdecError(f"{name} must be > 0, got {getattr(self, name)}.")

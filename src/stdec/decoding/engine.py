@@ -218,10 +218,13 @@ class Engine:
             return False
         if self.counters["steps"] == 0:
             _sync(self.device)
-        groups: dict[str, list[Request]] = {"full": [], "prefix": [], "dual": []}
+        groups: dict[str, list[Request]] = {"full": [], "prefix": [], "dual": [], "dkv": []}
         for r in rows:
             cached = r.config.cache != "none" and self.cache is not None
-            groups["full" if not cached or r.step == 0 else r.config.cache].append(r)
+            # dkv also refreshes every dkv_interval steps of a block
+            refresh = r.step == 0 or (r.config.cache == "dkv"
+                                      and r.step % r.config.dkv_interval == 0)
+            groups["full" if not cached or refresh else r.config.cache].append(r)
         for kind, members in groups.items():
             if members:
                 self._run(kind, members)
@@ -314,7 +317,7 @@ class Engine:
         ends = [r.length for r in rows]
         if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
             starts, stops = [0] * len(rows), ends
-        elif kind == "prefix":  # the block and everything after it
+        elif kind in ("prefix", "dkv"):  # the block and everything after it
             starts, stops = [r.block - self.shift for r in rows], ends
         else:  # dual: the block alone, over the cached prefix and suffix
             starts = [r.block - self.shift for r in rows]
@@ -334,7 +337,16 @@ class Engine:
         if self.cache is not None and (kind != "full" or
                                        any(r.config.cache != "none" for r in rows)):
             # padding writes its K/V into the scratch column past max_length
-            cache = self.cache.slots(slots, torch.where(valid, cols, W), keys)
+            write = torch.where(valid, cols, W)
+            if kind == "dkv":  # dKV-Cache's delay: a token decoded two or more forwards ago
+                # keeps the K/V cached at the forward after its commit (or at the refresh)
+                blocks_t = torch.tensor([r.block for r in rows], device=dev)[:, None]
+                prompt_t = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None]
+                nfe_t = torch.tensor([r.nfe for r in rows], device=dev)[:, None]
+                at = self.trace_step[slot_t[:, None], (cols - prompt_t).clamp(min=0)]
+                stale = (cols >= blocks_t) & (ids != self.mask_id) & (at >= 1) & (at < nfe_t)
+                write = torch.where(stale, W, write)
+            cache = self.cache.slots(slots, write, keys)
         # which fed positions' logits: the block, s .. s + block_length (relative to starts)
         blocks = [r.block - a for r, a in zip(rows, starts, strict=True)]
         lengths = [r.config.block_length for r in rows]
