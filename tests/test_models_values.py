@@ -191,3 +191,33 @@ def test_pickled_weights_get_the_convert_hint(tmp_path, name):
     with pytest.raises(StdecError) as err:
         load_model(tmp_path)
     assert "no .safetensors weights." in str(err.value) and "convert" not in str(err.value)
+
+
+@pytest.mark.parametrize("flags, biased", [
+    ({}, set()),
+    ({"include_qkv_bias": True}, {"q_proj", "k_proj", "v_proj"}),
+    ({"include_bias": True}, {"q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj",
+                              "ff_out"}),
+])
+def test_llada_bias_switches(flags, biased):
+    from stdec.models.llada import LLaDAModelLM
+
+    keys = LLaDAModelLM(tiny_config(n_layers=1, **flags)).state_dict().keys()
+    got = {k.split(".")[-2] for k in keys if k.endswith(".bias")}
+    assert got == biased  # the output head (transformer.ff_out) never has a bias
+    assert "model.transformer.ff_out.bias" not in keys
+
+
+@pytest.mark.parametrize("make", [
+    lambda: random_model(tiny_config(), peak=16.0),
+    lambda: random_dream_model(tiny_dream_config(), peak=16.0),
+], ids=["llada", "dream"])
+def test_logits_index_picks_each_rows_positions(make):
+    model = make()
+    ids = torch.randint(3, 300, (2, 20), generator=torch.Generator().manual_seed(5))
+    index = torch.tensor([[3, 4, 5, 6], [10, 11, 12, 13]])  # rows at different blocks
+    with torch.no_grad():
+        full = model(ids)
+        got = model(ids, logits_index=index)
+    want = torch.stack([full[0, 3:7], full[1, 10:14]])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
