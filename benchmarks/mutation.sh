@@ -39,7 +39,8 @@ models)
 decoding)
     mutate=(src/stdec/decoding/{config,engine,loop,policies}.py)
     tests=(tests/test_policies.py tests/test_decoding.py tests/test_eos_stop.py
-           tests/test_confidence.py tests/test_api.py::test_bad_decode_options_fail_with_one_sentence);;
+           tests/test_confidence.py tests/test_engine.py
+           tests/test_api.py::test_bad_decode_options_fail_with_one_sentence);;
 scorers)
     mutate=(src/stdec/tasks/base.py src/stdec/tasks/lists.py src/stdec/tasks/arith.py
             src/stdec/tasks/gsm.py src/stdec/tasks/real.py src/stdec/tasks/math_equiv.py)
