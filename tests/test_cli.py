@@ -131,3 +131,20 @@ def test_train_options_read_from_source_match_the_dataclass():
     for name, f in read.items():
         assert f.metadata["help"] == real[name].metadata["help"]
         assert f.default is MISSING or f.default == real[name].default
+
+
+@pytest.mark.parametrize("flag, note", [
+    (["--no-chat"], "--no-chat gave it the bare prompt"), ([], "committed its end token first")])
+def test_an_empty_answer_says_why(checkpoint, monkeypatch, capsys, flag, note):
+    from types import SimpleNamespace
+
+    import stdec
+    from stdec.cli import main
+
+    stats = stdec.RowStats(nfe=1, gen_tokens=0, tpf=0.0, wall_time=0.1, tokens_per_s=0.0)
+    monkeypatch.setattr(stdec, "load", lambda *a, **k: (
+        SimpleNamespace(), SimpleNamespace(chat_template="{{ messages }}")))
+    monkeypatch.setattr(stdec, "generate", lambda *a, **k: SimpleNamespace(
+        texts=[""], stats=[stats], trace=None))
+    assert main(["generate", "Sort [2, 1].", "--model", str(checkpoint), *flag]) == 0
+    assert note in capsys.readouterr().err
