@@ -35,7 +35,7 @@ CASES = [
     (["bench", "--eos-stop", "maybe"], "--eos-stop got 'maybe'"),
     (["bench", "--limit", "0"], "--limit takes a positive integer, got 0"),
     (["bench", "--repeats", "x"], "--repeats takes a positive integer, got 'x'"),
-    (["bench", "--split", "val"], "invalid choice: 'val'"),
+    (["bench", "--split", "val"], "unknown split 'val'"),
     (["bench", "--policies", "stdec:rho=2"], "rho must be in (0, 1]"),
     (["bench", "--policies", "greedy"], "unknown policy 'greedy'"),
     (["bench", "--out", "{file}"], "is a file"),

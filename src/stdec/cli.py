@@ -302,6 +302,11 @@ def cmd_bench(args: argparse.Namespace):
     out = check_out(Path(config.out))
     if out != Path(config.out).expanduser():
         print(f"{config.out} already holds results; this run writes to {out}", file=sys.stderr)
+    if args.table == "paper":  # the paper's rows and columns; --policies/--cache unused
+        from stdec.paper import run_paper
+
+        print(run_paper(config, progress=not args.quiet, out=out))
+        return
     run_bench(config, progress=not args.quiet, out=out)
 
 
@@ -457,8 +462,6 @@ def _bench_defaults() -> dict:
 
 
 def _build_bench(p: argparse.ArgumentParser):
-    from stdec.tasks import SPLITS
-
     d = _bench_defaults()
     _model_options(p)
     p.add_argument("--tasks", default=",".join(d["tasks"]),
@@ -478,8 +481,9 @@ def _build_bench(p: argparse.ArgumentParser):
     p.add_argument("--eos-stop", default=",".join("on" if e else "off" for e in d["stop_at_eos"]),
                    help="EOS early stop: on, off or on,off (default: "
                    f"{','.join('on' if e else 'off' for e in d['stop_at_eos'])})")
-    p.add_argument("--split", default=d["split"], choices=SPLITS,
-                   help=f"which split of each task (default: {d['split']})")
+    # checked by BenchConfig: importing the task suite for its names would slow --help
+    p.add_argument("--split", default=d["split"],
+                   help=f"which split of each task: train, dev or test (default: {d['split']})")
     p.add_argument("--limit", type=_positive("--limit"), default=d["limit"],
                    help="problems per task, the first of each split; raise it to run whole "
                    f"splits (default: {d['limit']})")
@@ -497,6 +501,11 @@ def _build_bench(p: argparse.ArgumentParser):
     p.add_argument("--repeats", type=_positive("--repeats"), default=d["repeats"],
                    help="timed passes over the grid, interleaved across policies; tables show "
                    f"the median (default: {d['repeats']})")
+    p.add_argument("--table", choices=("grid", "paper"), default="grid",
+                   help="grid: policies x caches; paper: the STDec paper's table (Vanilla, "
+                   "Half-Step, dKV-Cache, Fast-dLLM, LocalLeap, STDec, then EB, KLASS, WINO, "
+                   "credit; TPS, speedup and score per task), --policies and --cache unused "
+                   "(default: grid)")
     p.add_argument("--seed", type=int, default=d["seed"], help=f"seed (default: {d['seed']})")
     p.add_argument("--out", default=d["out"],
                    help="folder for results.json, results.md and pareto.png; a folder that "
