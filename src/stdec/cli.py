@@ -343,6 +343,8 @@ def cmd_tune(args: argparse.Namespace):
                   unsandboxed=args.allow_unsandboxed_code)
     if rank == 0:
         print(report(result, args.out))
+        if args.out:
+            print(f"wrote {args.out}", file=sys.stderr)
 
 
 def cmd_viz(args: argparse.Namespace):

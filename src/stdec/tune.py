@@ -120,5 +120,4 @@ def report(result: TuneResult, out: str | Path | None = None) -> str:
         out = Path(out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, (json.dumps(result.__dict__, indent=1) + "\n").encode())
-        text += f"\nwrote {out}"
     return text
