@@ -34,6 +34,7 @@ __all__ = ["BenchConfig", "PolicySetting", "check_out", "hardware", "parse_polic
            "run_bench"]
 
 VANILLA = "fixed:k=1"
+HALF_STEP = ("halfstep", "fixed:half")  # spellings of fixed:k=2, the paper's Half-Step
 # the parameters each policy reads; fixed takes k, tokens per step, for DecodeConfig.steps
 POLICY_PARAMS = {
     "fixed": ("k",),
@@ -82,7 +83,10 @@ class PolicySetting:
 
 
 def parse_policy(spec: str) -> PolicySetting:
-    """`name` or `name:key=value,key=value` into a validated PolicySetting."""
+    """`name` or `name:key=value,key=value` into a validated PolicySetting. `halfstep` (or
+    `fixed:half`) is the STDec paper's Half-Step baseline: fixed at half vanilla's steps."""
+    if spec in HALF_STEP:
+        spec = "fixed:k=2"
     name, _, rest = spec.partition(":")
     if name not in POLICY_PARAMS:
         raise StdecError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_PARAMS)}.")
