@@ -53,9 +53,9 @@ def test_random_arrivals_decode_as_alone(arch):
 
 def test_sampling_belongs_to_the_request():
     model = MODELS["llada"]()
-    prompts = [[5, 9, 33], [7, 101, 54, 8], [77]]
+    prompts = [[5, 9, 33], [7, 101, 54, 8], [77], [12, 13]]
     cfgs = [config("threshold", cache, temperature=1.0, seed=s)
-            for cache, s in zip(CACHE_MODES, (3, 4, 5), strict=True)]
+            for cache, s in zip(CACHE_MODES, (3, 4, 5, 6), strict=True)]
     alone = [decode(model, [p], c).ids[0].tolist() for p, c in zip(prompts, cfgs, strict=True)]
     engine = Engine(model, max_batch=2, max_length=64)
     filler = engine.submit([40, 41], replace(cfgs[0], seed=9))  # takes slot 0 first
@@ -64,7 +64,7 @@ def test_sampling_belongs_to_the_request():
     assert filler.state == "done"
     assert [r.ids for r in reqs[::-1]] == alone
     # one seed per row through decode(): the same as each alone
-    together = decode(model, prompts, [replace(cfgs[0], seed=s) for s in (3, 4, 5)])
+    together = decode(model, prompts, [replace(cfgs[0], seed=s) for s in (3, 4, 5, 6)])
     assert together.ids[0].tolist() == alone[0]
 
 
