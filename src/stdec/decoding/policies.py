@@ -128,7 +128,13 @@ def wino(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Ten
     """WINO (Hong et al. 2025), wide in: draft every masked position with confidence above
     wino_draft; narrow out: in a step that drafts more than one token, mask again earlier
     drafts of the block whose token the model now gives less than wino_verify, at most
-    (drafted now - 1) of them, least probable first, so every step gains a token."""
+    (drafted now - 1) of them, least probable first, so every step gains a token.
+
+    WINO reads that probability from a shadow copy of the block, all masks, appended to the
+    forward with an attention pattern of its own; here it is the block's own distribution at
+    the drafted position, where the model sees the token (one forward, every cache mode
+    unchanged, but a weaker check: a model that copies its input never doubts). WINO's cap
+    on drafts per step (at most 20) is left out."""
     commit = (conf > cfg.wino_draft) & state.masked
     drafted_now = commit.sum(dim=1, keepdim=True)  # (B, 1)
     doubt = state.drafted & ~state.masked & (state.token_conf < cfg.wino_verify)
