@@ -53,7 +53,7 @@ def test_generate_until_matches_direct_decoding(lm, checkpoint):
 def test_order_stops_and_batches(lm, monkeypatch):
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, config, *, chat):
+    def fake_generate(model, tokenizer, prompts, config, *, chat, seed=None):
         calls.append((list(prompts), config.temperature))
         return stdec.Generation([f"{p} -> ok\n\nrest STOP" for p in prompts], None, [], None)
 

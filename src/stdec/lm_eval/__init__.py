@@ -21,6 +21,7 @@ Diffusion LMs give no token log-likelihoods here, so loglikelihood and multiple-
 fail with a clear error.
 """
 
+import hashlib
 import logging
 import types
 import typing
@@ -121,6 +122,13 @@ def _device(value: str | None) -> str | None:
     return value
 
 
+def request_seed(seed: int, prompt: str) -> int:
+    """A request's sampling seed from the run's seed and its prompt (lm-eval gives requests
+    no id): reproducible however requests are batched or sharded."""
+    digest = hashlib.blake2b(f"{seed}|{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
 @register_model("stdec")
 class StdecLM(LM):
     """A stdec model and decoding config behind lm-eval's generate_until."""
@@ -188,8 +196,12 @@ class StdecLM(LM):
             idx.sort(key=lambda i: -len(requests[i].args[0]))
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
-                out = stdec.generate(self.model, self.tokenizer,
-                                     [requests[i].args[0] for i in chunk], config, chat=self.chat)
+                prompts = [requests[i].args[0] for i in chunk]
+                # a sampling request draws from its own seed: the same text however batched
+                seeds = {"seed": [request_seed(config.seed, p) for p in prompts]} \
+                    if config.temperature > 0 else {}
+                out = stdec.generate(self.model, self.tokenizer, prompts, config, chat=self.chat,
+                                     **seeds)
                 for i, text in zip(chunk, out.texts, strict=True):
                     texts[i] = cut_at_stop(text, stops[i])
                     self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
