@@ -18,10 +18,13 @@
 # labels are not mutated: changing a sentence is not a bug a test should pin letter by letter.
 # Runs under nice -n 19 with two workers: it is CPU-heavy.
 set -euo pipefail
+# the body is one function, read whole before it runs: editing this file during a long run
+# cannot change the run
 
+main() {
 area=${1:?usage: benchmarks/mutation.sh models|decoding|scorers|tune|all [budget_s]}
 budget=${2:-1800}
-root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+root=${STDEC_ROOT:-$(git -C "$(dirname "$0")" rev-parse --show-toplevel)}
 base=${MUTATION_DIR:-/tmp/stdec-mutation}
 
 if [ "$area" = all ]; then
@@ -112,3 +115,7 @@ with open("survivors.diff", "w") as out:
             print(f"  {status}: {name}")
 EOF
 echo "survivor diffs: $work/survivors.diff"
+}
+
+main "$@"
+exit
