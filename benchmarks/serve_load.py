@@ -29,8 +29,9 @@ import httpx
 import openai
 import torch
 
-from stdec.api import encode, end_token_ids, generate, load
+from stdec.api import encode, end_token_ids, generate, load, model_defaults
 from stdec.decoding.config import DecodeConfig
+from stdec.decoding.defaults import effective
 from stdec.decoding.engine import Engine
 from stdec.tasks import get_task
 from stdec.tasks.base import format_prompt
@@ -60,8 +61,12 @@ def requests(n: int) -> list[tuple[str, int, dict]]:
     return out
 
 
+CHECKPOINT: dict = {}  # the testbed's decoding defaults, which the server starts from
+
+
 def config(max_tokens: int, options: dict) -> DecodeConfig:
-    return DecodeConfig(gen_length=max_tokens, block_length=BLOCK, **options)
+    """What the server decodes a request with: its options over the checkpoint's defaults."""
+    return effective(CHECKPOINT, {"gen_length": max_tokens, "block_length": BLOCK, **options})
 
 
 def free_port() -> int:
@@ -118,7 +123,7 @@ def ask(client: openai.OpenAI, prompt: str, max_tokens: int, options: dict, t0: 
 
 def run_server(url: str, work: list, clients: int) -> tuple[list[dict], float]:
     """`clients` threads, each sending its share of `work` one after the other."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
     shares = [work[i::clients] for i in range(clients)]
     results: list = [None] * len(work)
     t0 = time.perf_counter()
@@ -165,7 +170,7 @@ def summary(label: str, results: list[dict], wall: float, streamed: bool = True)
 
 def drop_test(url: str, work: list, drops: int) -> str:
     """`drops` clients hang up after their first streamed token while others finish."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
     long = {"policy": "fixed", "cache": "none", "stop_at_eos": False}
 
     def hang_up(prompt):
@@ -210,6 +215,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     work = requests(args.clients * args.per_client)
     model, tokenizer = load("testbed", device="cpu")
+    CHECKPOINT.update(model_defaults(model))
     print(f"# {len(work)} requests ({', '.join(TASKS)} prompts; {len(SETTINGS)} rule/cache "
           f"settings) from {args.clients} clients; testbed on {platform.processor() or 'cpu'}, "
           f"{args.threads} threads, torch {torch.__version__}, python "
