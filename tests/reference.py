@@ -24,12 +24,20 @@ def reference_decode(model, prompt: list[int], cfg: DecodeConfig, forward,
     """(generated ids, NFE). `forward(model, ids, a, b, frozen)` gives the logits of the
     rows fed (a..b) and every layer's K/V; with `shift`, position i is read from row i - 1."""
     x, P, nfe = prompt + [MASK] * cfg.gen_length, len(prompt), 0
+    born: dict[int, int] = {}  # position -> the forward (from 1) that committed it
     for s in range(P, len(x), cfg.block_length):
         e, frozen, step = s + cfg.block_length, None, 0
         while MASK in x[s:e]:
-            if cfg.cache == "none" or step == 0:  # a full forward; it also refreshes K/V
-                logits, frozen = forward(model, x, 0, len(x), None)
+            dkv = cfg.cache == "dkv"
+            if cfg.cache == "none" or step == 0 or (dkv and step % cfg.dkv_interval == 0):
+                logits, frozen = forward(model, x, 0, len(x), None)  # also refreshes K/V
                 logits = logits[s - shift : e - shift]
+            elif dkv:  # block tokens committed two or more forwards ago keep cached K/V
+                keep = torch.tensor([p >= s and x[p] != MASK and born.get(p, nfe) < nfe
+                                     for p in range(len(x))])
+                logits, frozen = forward(model, x, s - shift, len(x),
+                                         [(k, v, keep) for k, v in frozen])
+                logits = logits[: e - s]
             else:
                 end = e if cfg.cache == "dual" else len(x)
                 logits = forward(model, x, s - shift, end, frozen)[0][: e - s]
@@ -41,6 +49,7 @@ def reference_decode(model, prompt: list[int], cfg: DecodeConfig, forward,
                 picks = [max(todo, key=lambda i: probs[i - s].max())]
             for i in picks:
                 x[i] = int(probs[i - s].argmax())
+                born[i] = nfe + 1
             nfe, step = nfe + 1, step + 1
     return x[P:], nfe
 
@@ -62,9 +71,12 @@ def ref_attention(q, k, v, frozen, a: int, b: int, kv_list: list):
     """Attention of the fed rows a..b; K/V outside a..b come from `frozen` (the refresh).
     Appends this layer's full K/V to kv_list. q (1, H, L, D); k, v (1, H_kv, L, D)."""
     if frozen is not None:
-        fk, fv = frozen
+        fk, fv, *keep = frozen  # keep (dkv): positions fed whose cached K/V stand
         k = torch.cat([fk[:, :, :a], k, fk[:, :, b:]], dim=2)
         v = torch.cat([fv[:, :, :a], v, fv[:, :, b:]], dim=2)
+        if keep:
+            k = torch.where(keep[0][:, None], fk, k)
+            v = torch.where(keep[0][:, None], fv, v)
     kv_list.append((k, v))
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
