@@ -1,0 +1,105 @@
+"""Decode speed of two git revisions side by side, on the same problems and rules.
+
+Each revision runs in a worktree of its own (made under /tmp, reused), in a fresh process
+per pass. Passes alternate between the revisions and swap their order each time, so that
+machine noise hits both alike; each pass discards a warm-up decode. It prints, per rule,
+accuracy, mean NFE and TPF (which must agree: the decode is greedy) and the median
+tokens/s of each revision with their ratio.
+
+    python benchmarks/compare_revisions.py b73654f HEAD --task lists --limit 40
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = {  # label -> DecodeConfig options, spelled out so that no revision's defaults matter
+    "fixed:k=1": {"policy": "fixed"},
+    "threshold:tau=0.9": {"policy": "threshold", "tau": 0.9},
+    "stdec": {"policy": "stdec", "tau_high": 0.99, "tau_low": 0.95, "sigma": 2.0,
+              "rho": 0.97, "window": 2},
+}
+WORKER = r"""
+import json, sys
+from stdec.api import load
+from stdec.decoding.config import DecodeConfig
+from stdec.tasks import evaluate
+model_path, task, limit, gen, batch, cache, rules = sys.argv[1:8]
+model, tokenizer = load(model_path)
+out = {}
+for label, opts in json.loads(rules).items():
+    cfg = DecodeConfig(gen_length=int(gen), block_length=32, cache=cache, **opts)
+    evaluate(model, tokenizer, task, "test", cfg, limit=4, batch_size=int(batch))  # warm-up
+    r = evaluate(model, tokenizer, task, "test", cfg, limit=int(limit), batch_size=int(batch))
+    out[label] = {"accuracy": r.accuracy, "nfe": r.mean_nfe, "tpf": r.mean_tpf,
+                  "tokens_per_s": r.tokens_per_s}
+print(json.dumps(out))
+"""
+
+
+def worktree(rev: str) -> tuple[str, Path]:
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", rev], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    path = Path(f"/tmp/stdec-rev-{sha}")
+    if not path.is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), sha],
+                       check=True, capture_output=True)
+    return sha, path
+
+
+def run(tree: Path, args) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    model = str(ROOT / "src" / "stdec" / "assets" / "testbed")  # one model for both
+    cmd = [sys.executable, "-c", WORKER, model, args.task, str(args.limit), str(args.gen_length),
+           str(args.batch_size), args.cache, json.dumps(RULES)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{tree}: the decode failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--task", default="lists")
+    ap.add_argument("--limit", type=int, default=40)
+    ap.add_argument("--gen-length", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--cache", default="dual")
+    ap.add_argument("--passes", type=int, default=3)
+    args = ap.parse_args()
+    trees = dict(worktree(rev) for rev in (args.old, args.new))
+    results: dict[str, list[dict]] = {sha: [] for sha in trees}
+    for p in range(args.passes):
+        order = list(trees) if p % 2 == 0 else list(trees)[::-1]
+        for sha in order:
+            results[sha].append(run(trees[sha], args))
+            print(f"pass {p + 1}: {sha} done", file=sys.stderr)
+    old, new = list(trees)
+    print(f"{args.task}, first {args.limit} test problems, gen_length {args.gen_length}, cache "
+          f"{args.cache}, batch {args.batch_size}; medians of {args.passes} interleaved passes")
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"| rule | acc old/new | NFE old/new | TPF old/new | tok/s {old} | tok/s {new} | "
+          "new/old |")
+    print("|---|---|---|---|---|---|---|")
+    for label in RULES:
+        a, b = results[old][0][label], results[new][0][label]
+        speed = {sha: statistics.median(r[label]["tokens_per_s"] for r in results[sha])
+                 for sha in trees}
+        print(f"| {label} | {100 * a['accuracy']:.1f}/{100 * b['accuracy']:.1f} | "
+              f"{a['nfe']:.2f}/{b['nfe']:.2f} | {a['tpf']:.2f}/{b['tpf']:.2f} | "
+              f"{speed[old]:.1f} | {speed[new]:.1f} | {speed[new] / speed[old]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
