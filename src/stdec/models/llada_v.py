@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
@@ -244,6 +243,10 @@ class LLaDAVModel(nn.Module):
         self.config = cfg
         d, mm = cfg.text.d_model, cfg.vision["hidden_size"]
         self.language_model = LLaDAModelLM(cfg.text)
+        # imported here: transformers' SigLIP takes seconds to import, which a text-only
+        # decode should not pay
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
         tower = SiglipVisionModel(SiglipVisionConfig(**cfg.vision, vision_use_head=False))
         # transformers 4 wraps the SigLIP transformer in .vision_model, 5 does not
         self.vision_tower = getattr(tower, "vision_model", tower)
