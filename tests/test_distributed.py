@@ -61,3 +61,33 @@ def test_tune_two_ranks_print_once(checkpoint, tmp_path):
     a = json.loads((tmp_path / "one.json").read_text())
     b = json.loads((tmp_path / "dp.json").read_text())
     assert a["rows"] == b["rows"] and a["vanilla"] == b["vanilla"]
+
+
+def test_sampled_bench_is_the_same_however_problems_are_batched_or_sharded(checkpoint, tmp_path):
+    # temperature 0.7: each problem samples from a seed of its own (run seed, problem id), so
+    # one process with batch 5, one with batch 2 and two ranks give the same texts
+    import shutil
+
+    from stdec.tasks.evaluate import problem_seed
+
+    sampled = tmp_path / "sampled"  # the checkpoint, its decoding defaults set to sample
+    shutil.copytree(checkpoint, sampled)
+    (sampled / "decoding_defaults.json").write_text(json.dumps({"temperature": 0.7}))
+    args = ["bench", "--model", str(sampled), "--tasks", "lists", "--limit", "5",
+            "--gen-length", "32", "--lengths", "standard", "--cache", "dual", "--eos-stop", "on",
+            "--policies", "threshold:tau=0.5", "--repeats", "1", "--quiet"]
+    runs = {"b5": launch([*args, "--batch-size", "5", "--out", str(tmp_path / "b5")], tmp_path),
+            "b2": launch([*args, "--batch-size", "2", "--out", str(tmp_path / "b2")], tmp_path),
+            "dp": launch([*args, "--batch-size", "2", "--out", str(tmp_path / "dp")], tmp_path,
+                         nproc=2)}
+    key = ("label", "n", "accuracy", "nfe", "tpf", "gen_tokens")
+    results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in runs}
+    rows = {name: [[r.get(k) for k in key] for r in res] for name, res in results.items()}
+    assert rows["b5"] == rows["b2"] == rows["dp"]
+    greedy = launch([*args, "--batch-size", "5", "--out", str(tmp_path / "greedy"),
+                     "--model", str(checkpoint)], tmp_path)
+    assert greedy.returncode == 0
+    greedy_rows = [[r.get(k) for k in key]
+                   for r in json.loads((tmp_path / "greedy" / "results.json").read_text())]
+    assert greedy_rows != rows["b5"]  # the defaults file did make the run sample
+    assert problem_seed(0, "lists-1") == problem_seed(0, "lists-1") != problem_seed(1, "lists-1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,10 +34,19 @@ class EvalResult:
     records: list[EvalRecord] = field(default_factory=list)
 
 
+def problem_seed(run_seed: int, problem_id: str) -> int:
+    """The sampling seed of one problem in a run: the same however the run is batched,
+    ordered or sharded over ranks (only used when the temperature is above 0)."""
+    digest = hashlib.blake2b(f"{run_seed}|{problem_id}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "big")
+
+
 def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, config: Any, *,
                     batch_size: int = 16, progress: str = "") -> tuple[list[EvalRecord], float]:
     """Decode `problems` in batches through the chat template and score them.
 
+    With a temperature, each problem samples from its own seed (problem_seed), so its text
+    does not depend on the batch it lands in or on the rank that decodes it.
     Returns the records and the seconds spent inside generate (scoring excluded). With
     `progress`, a running accuracy line under that label goes to stderr after each batch.
     """
@@ -47,7 +57,11 @@ def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, conf
     for i in range(0, len(problems), batch_size):
         batch = problems[i : i + batch_size]
         t0 = time.perf_counter()
-        out = generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True)
+        # greedy rows share one config, so the engine commits them in one rule call
+        seeds = [problem_seed(config.seed, p.id) for p in batch] if config.temperature > 0 \
+            else None
+        out = generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True,
+                       seed=seeds)
         wall += time.perf_counter() - t0
         for p, text, st, ok in zip(batch, out.texts, out.stats, task.score_many(batch, out.texts),
                                    strict=True):
