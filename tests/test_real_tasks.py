@@ -10,6 +10,7 @@ import pytest
 
 import stdec
 import stdec.api
+from stdec.decoding.config import DecodeConfig
 from stdec.tasks import REAL_TASKS, TASKS, evaluate, get_task
 from stdec.tasks.math_equiv import extract_answer, is_equiv, last_boxed
 
@@ -220,13 +221,14 @@ def test_evaluate_real_task_with_fake_generate(tasks, monkeypatch):
         task = tasks[name]
         gold = {p.prompt: p.answer for p in task.problems("test")}
 
-        def fake_generate(model, tokenizer, prompts, config, *, chat=False, gold=gold):
+        def fake_generate(model, tokenizer, prompts, config, *, chat=False, seed=None,
+                          gold=gold):
             stats = [stdec.RowStats(nfe=4, gen_tokens=8, tpf=2.0, wall_time=0.1,
                                     tokens_per_s=80.0) for _ in prompts]
             return SimpleNamespace(texts=[gold[p] for p in prompts], stats=stats)
 
         monkeypatch.setattr(stdec.api, "generate", fake_generate)
-        res = evaluate("model", "tok", task, "test", object(), batch_size=2)
+        res = evaluate("model", "tok", task, "test", DecodeConfig(), batch_size=2)
         assert res.task == name and res.n == COUNTS[name] and res.accuracy == 1.0
         assert [r.id for r in res.records] == [p.id for p in task.problems("test")]
         assert res.mean_nfe == 4.0 and res.mean_tpf == 2.0

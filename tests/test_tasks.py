@@ -9,6 +9,7 @@ import pytest
 
 import stdec
 import stdec.api
+from stdec.decoding.config import DecodeConfig
 from stdec.tasks import AUX_TASKS, SPLITS, TASKS, evaluate, get_task, run_code
 from stdec.tasks.code import FAMILIES, build
 from stdec.tasks.gsm import NAMES, STEP_PHRASINGS, TEMPLATES
@@ -148,17 +149,18 @@ def test_evaluate_with_fake_generate(tasks, monkeypatch):
     gold = {p.prompt: p.answer for p in task.problems("dev")}
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, config, *, chat=False):
-        calls.append((len(prompts), config, chat))
+    def fake_generate(model, tokenizer, prompts, config, *, chat=False, seed=None):
+        calls.append((len(prompts), config, chat, seed))
         stats = [stdec.RowStats(nfe=4, gen_tokens=10 + i % 2, tpf=(10 + i % 2) / 4,
                                 wall_time=0.1, tokens_per_s=100.0) for i in range(len(prompts))]
         return SimpleNamespace(texts=[gold[p] for p in prompts], stats=stats)
 
     monkeypatch.setattr(stdec.api, "generate", fake_generate)
-    config = object()
+    config = DecodeConfig()
     res = evaluate("model", "tok", task, "dev", config, limit=37, batch_size=16)
     assert [c[0] for c in calls] == [16, 16, 5]
-    assert all(c[1] is config and c[2] is True for c in calls)
+    # greedy: no per-problem seeds, so the rows share one config
+    assert all(c[1] is config and c[2] is True and c[3] is None for c in calls)
     assert res.n == 37 and res.accuracy == 1.0 and all(r.correct for r in res.records)
     assert [r.id for r in res.records] == [p.id for p in task.problems("dev")[:37]]
     assert res.mean_nfe == 4.0
