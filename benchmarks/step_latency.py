@@ -19,7 +19,7 @@ import time
 import torch
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.loop import confidence, eos_stop
+from stdec.decoding.engine import confidence, eos_stop
 from stdec.decoding.policies import StepState, select
 from stdec.models import load_model, resolve_device, resolve_dtype
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM

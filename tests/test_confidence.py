@@ -5,7 +5,7 @@ import pytest
 from scripted import Scripted
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import decode
 
 # every position: five candidate ids with these probabilities under the model, 0 elsewhere
 P = {3: 0.4, 4: 0.3, 5: 0.15, 6: 0.1, 7: 0.05}

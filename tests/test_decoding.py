@@ -7,7 +7,7 @@ import torch
 from reference import MASK, config, ref_attention, ref_rope, reference_decode
 
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import decode
 from stdec.testing import tiny_config
 
 # ---- a plain reference: one row, Python loops, attention written out with explicit K/V ----

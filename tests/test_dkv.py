@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.engine import Engine
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import Engine, decode
 from stdec.testing import random_dream_model, random_model, tiny_config, tiny_dream_config
 
 MODELS = {

@@ -10,7 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 import stdec
 from stdec.api import resolve_model_path
 from stdec.decoding.config import CACHE_MODES
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import decode
 from stdec.errors import StdecError
 from stdec.models import DreamConfig, DreamModel, LLaDAModelLM, load_model, save_model
 from stdec.models.presets import PRESETS, resolve_model

@@ -9,8 +9,7 @@ from reference import config
 
 from stdec.decoding import policies
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES
-from stdec.decoding.engine import Engine
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import Engine, decode
 from stdec.testing import random_dream_model, random_model, tiny_config, tiny_dream_config
 
 MODELS = {

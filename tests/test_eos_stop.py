@@ -9,7 +9,7 @@ import pytest
 from scripted import EOS, Scripted, peaked
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import decode
 
 PREDS = [5, 6, EOS, 7, 8, 9, 10, 11]
 CFG = DecodeConfig(policy="threshold", gen_length=8, block_length=8, tau=0.9, trace=True,

@@ -14,7 +14,7 @@ from reference import config, ref_attention, ref_rope, reference_decode
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from stdec.decoding.config import CACHE_MODES
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import decode
 from stdec.errors import StdecError
 from stdec.models import LLaDAVModel, load_model
 from stdec.models.images import load_image, require_vision, tokenize_with_images

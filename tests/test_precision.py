@@ -144,7 +144,7 @@ def test_random_model_decodes_mostly_agree_in_half_precision(dtype, share):
     """A random model has near-ties, where rounding may flip a prediction and the rest of the
     block follows it; the share of positions that agree is the tolerance (measured: 0.96 in
     bfloat16, 0.98 in float16)."""
-    from stdec.decoding.loop import decode
+    from stdec.decoding.engine import decode
 
     prompts = [[5, 9, 33], [7, 101, 54, 8, 12, 40, 41], [77], [60, 61, 62, 63, 64]]
     cfg = DecodeConfig(policy="threshold", tau=0.6, cache="dual", gen_length=32,

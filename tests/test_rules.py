@@ -6,8 +6,7 @@ import torch
 from scripted import Scripted, peaked
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.engine import Engine
-from stdec.decoding.loop import decode
+from stdec.decoding.engine import Engine, decode
 from stdec.decoding.policies import POLICIES, StepState, select
 
 

@@ -25,8 +25,8 @@ _HOME = {
     "Generation": "stdec.api", "generate": "stdec.api", "load": "stdec.api",
     "decoding_defaults": "stdec.api",
     "CACHE_MODES": "stdec.decoding.config", "POLICY_NAMES": "stdec.decoding.config",
-    "DecodeConfig": "stdec.decoding.config", "RowStats": "stdec.decoding.loop",
-    "Trace": "stdec.decoding.loop", "decode": "stdec.decoding.loop",
+    "DecodeConfig": "stdec.decoding.config", "RowStats": "stdec.decoding.engine",
+    "Trace": "stdec.decoding.engine", "decode": "stdec.decoding.engine",
     "StdecError": "stdec.errors", "load_model": "stdec.models", "save_model": "stdec.models",
 }
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.defaults import FILE, as_dict, checkpoint_defaults, effective
-from stdec.decoding.loop import RowStats, Trace, decode
+from stdec.decoding.engine import RowStats, Trace, decode
 from stdec.errors import StdecError
 from stdec.models import load_model, read_config
 from stdec.models.presets import PRESETS, _offline, is_hub_id, resolve_model

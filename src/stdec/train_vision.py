@@ -131,7 +131,7 @@ def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "
                  limit: int = 100, gen_length: int = 32, **decode_options) -> float:
     """Accuracy on `split` with vanilla decoding (fixed, one token a step) unless told."""
     from stdec.decoding.config import DecodeConfig
-    from stdec.decoding.loop import decode
+    from stdec.decoding.engine import decode
 
     problems = task.problems(split)[:limit]
     opts = {"policy": "fixed", "cache": "dual", "steps": gen_length, **decode_options}

@@ -16,7 +16,9 @@ Every slot's sequence starts at column 0 of its row of `x` (positions = columns)
 one forward are padded on the right, padding is masked out of attention, and each row's
 K/V lives in its own row of one preallocated KVCache, written by position. So a row
 decodes as it would alone, whatever else is in flight. The engine knows no task and no
-HTTP: it is driven by a plain loop (`run`, or a server thread calling `step`).
+HTTP: it is driven by a plain loop (`run`, or a server thread calling `step`). `decode()`,
+at the end, is its batch face for stdec.generate, bench, tune and lm-eval: every prompt
+gets a slot, the engine runs to completion, the rows come back in order.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from torch import Tensor
 
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.policies import NEEDS, StepState, select
+from stdec.errors import StdecError
 
-__all__ = ["Engine", "Request", "RowStats", "Trace", "confidence", "eos_stop"]
+__all__ = ["DecodeOutput", "Engine", "Request", "RowStats", "Trace", "confidence", "decode",
+           "eos_stop"]
 
 
 @dataclass
@@ -532,3 +536,40 @@ def _describe(err: Exception) -> str:
 def _sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ---- the batch face: stdec.generate, bench, tune and lm-eval ----
+
+@dataclass
+class DecodeOutput:
+    ids: Tensor  # (B, G) generated ids
+    stats: list[RowStats]
+    trace: Trace | None
+
+
+def decode(model, prompt_ids: Sequence[Sequence[int]],
+           cfg: DecodeConfig | Sequence[DecodeConfig], *,
+           eos_ids: Sequence[int] = ()) -> DecodeOutput:
+    """Generate gen_length tokens after each prompt (token ids, any lengths).
+
+    `cfg` is one DecodeConfig for every row, or one per row (e.g. each with its own seed;
+    they must share gen_length). The model's config gives the mask, pad and EOS ids;
+    `eos_ids` adds end tokens (e.g. <|eot_id|>). Inputs are assumed validated
+    (stdec.generate does it). Every row gets a slot, so all decode at once.
+    """
+    configs = [cfg] * len(prompt_ids) if isinstance(cfg, DecodeConfig) else list(cfg)
+    if len(configs) != len(prompt_ids) or len({c.gen_length for c in configs}) != 1:
+        raise StdecError("decode needs one DecodeConfig, or one per prompt with one gen_length.")
+    longest = max(len(p) + c.gen_length for p, c in zip(prompt_ids, configs, strict=True))
+    engine = Engine(model, max_batch=len(prompt_ids), max_length=longest, eos_ids=eos_ids)
+    requests = [engine.submit(p, c) for p, c in zip(prompt_ids, configs, strict=True)]
+    engine.run()
+    for r in requests:
+        if r.state != "done":
+            raise StdecError(f"decoding prompt {requests.index(r)} failed: {r.error}.")
+    ids = torch.tensor([r.ids for r in requests], dtype=torch.long, device=model.device)
+    trace = None
+    if configs[0].trace:
+        trace = Trace(torch.cat([r.trace.step for r in requests]),
+                      torch.cat([r.trace.confidence for r in requests]))
+    return DecodeOutput(ids, [r.stats for r in requests], trace)
