@@ -249,6 +249,14 @@ def fit_to_budget(cfg: TrainConfig, step: int, probe: tuple[int, float],
                    save_every=min(cfg.save_every, every))
 
 
+def optimizer_step(model, optimizer, loss: torch.Tensor):
+    """Backward, clip the gradient norm to 1 and step: one update of the testbeds' recipes."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -370,10 +378,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
             group["lr"] = lr_at(step, cfg)
         with autocast:
             loss = diffusion_loss(model, batches(step, device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(model, optimizer, loss)
         step += 1
         pending.append(loss.detach())
         bar.update(1)

@@ -25,7 +25,7 @@ from stdec.models.images import tokenize_with_images
 from stdec.models.llada import LLaDAConfig
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
 from stdec.tasks.vision import VisionTask, render
-from stdec.train import STATE, load_state, lr_at, make_optimizer, save_state
+from stdec.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
 
 __all__ = ["VisionTrainConfig", "dev_accuracy", "train_vision"]
 
@@ -176,10 +176,7 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
             group["lr"] = lr_at(step, cfg)
         loss = loss_at(model, [examples[i] for i in pick], [train[i].meta["scene"] for i in pick],
                        ids, cfg.gen_length, gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(model, optimizer, loss)
         step += 1
         losses.append(loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
