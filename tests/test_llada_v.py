@@ -164,24 +164,27 @@ def test_vl_forward_equals_the_reference_forward(vl):
     assert len(row) == 6 + 52 + 56 and sum(i < 0 for i in row) == 108  # 1x2: 16 + 8 * 5
     torch.testing.assert_close(table, ref_table, atol=1e-5, rtol=0)
     x = row + [2] * 8
-    ours = vl.bind(table)(torch.tensor([x]))[0]
+    ours = vl(torch.tensor([x]), image_features=table)[0]
     theirs, _ = ref_forward(vl, ref_table)(None, x, 0, len(x), None)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     embeds, ids = vl.embed_prompt([5, 9, IMG, 33], [picture(64, 32, seed=1)])
     assert embeds.shape == (1, 4 - 1 + 52, 64) and ids.shape == (1, 55)
-    torch.testing.assert_close(vl(ids, inputs_embeds=embeds), vl.bind(table)(ids), atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(vl(ids, inputs_embeds=embeds), vl(ids, image_features=table),
+                               atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 @torch.no_grad()
 def test_cached_logits_equal_uncached_with_an_image_prefix(vl, mode):
     row, table, _ = image_prompt(vl)
-    model = vl.bind(table)
+
+    def model(ids, **kw):
+        return vl(ids, image_features=table, **kw)
+
     ids = torch.tensor([row + [2] * 16])
     s, e = len(row), len(row) + 8
     full = model(ids)
-    cache = model.new_cache(1, ids.shape[1])
+    cache = vl.new_cache(1, ids.shape[1])
     torch.testing.assert_close(model(ids, cache=cache), full, atol=1e-5, rtol=0)
     if mode == "prefix":
         step = model(ids[:, s:], cache=cache, cache_start=s, logits_slice=slice(0, e - s))
@@ -192,10 +195,11 @@ def test_cached_logits_equal_uncached_with_an_image_prefix(vl, mode):
 
 @pytest.mark.parametrize("cache", CACHE_MODES)
 def test_decode_loop_runs_unchanged_with_an_image_prefix(vl, cache):
-    row, table, ref_table = image_prompt(vl, [picture(32, 32, seed=6)])
+    image = picture(32, 32, seed=6)
+    row, table, ref_table = image_prompt(vl, [image])
     cfg = config("threshold", cache, stop_at_eos=False)
     ids, nfe = reference_decode(vl, row, cfg, ref_forward(vl, ref_table))
-    out = decode(vl.bind(table), [row], cfg)
+    out = decode(vl, [[5, 9, IMG, 33, 7]], cfg, images=[[image]])  # expanded by the engine
     assert out.ids[0].tolist() == ids and out.stats[0].nfe == nfe
 
 
@@ -203,13 +207,14 @@ def test_decode_loop_runs_unchanged_with_an_image_prefix(vl, cache):
 def test_image_and_text_rows_decode_as_they_do_alone(vl, cache):
     prompts = [[5, 9, IMG, 33], [7, 101, 54, 8, 12], [IMG, 40, IMG]]
     images = [[picture(64, 32, seed=3)], [], [picture(30, 30, seed=4), picture(20, 40, seed=5)]]
-    rows, table = vl.encode_prompts(prompts, images)
     cfg = config("stdec", cache, steps=12)
-    together = decode(vl.bind(table), rows, cfg)
+    together = decode(vl, prompts, cfg, images=images)
     for i, (p, im) in enumerate(zip(prompts, images, strict=True)):
-        alone_rows, alone_table = vl.encode_prompts([p], [im])
-        alone = decode(vl.bind(alone_table), alone_rows, cfg)
+        alone = decode(vl, [p], cfg, images=[im])
+        assert vl.prompt_length(p, im) == len(vl.encode_prompts([p], [im])[0][0])
         assert together.ids[i].tolist() == alone.ids[0].tolist()
+    swapped = decode(vl, prompts[::-1], cfg, images=images[::-1])  # other slots, other offsets
+    assert swapped.ids.tolist() == together.ids.tolist()[::-1]
 
 
 # ---- checkpoints ----
@@ -225,7 +230,7 @@ def test_checkpoint_round_trip_in_llada_v_layout(tmp_path, shard):
     ref_rows, ref_table = ref.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
     x = torch.tensor(rows)
     with torch.no_grad():
-        assert torch.equal(model.bind(table)(x), ref.bind(ref_table)(x))
+        assert torch.equal(model(x, image_features=table), ref(x, image_features=ref_table))
 
 
 def test_official_names_and_config_are_read(tmp_path):

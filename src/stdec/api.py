@@ -12,6 +12,13 @@ from stdec.decoding.defaults import FILE, as_dict, checkpoint_defaults, effectiv
 from stdec.decoding.engine import RowStats, Trace, decode
 from stdec.errors import StdecError
 from stdec.models import load_model, read_config
+from stdec.models.images import (
+    IMAGE_PLACEHOLDER,
+    ImageInput,
+    load_image,
+    require_vision,
+    tokenize_with_images,
+)
 from stdec.models.presets import PRESETS, _offline, is_hub_id, resolve_model
 
 __all__ = ["Generation", "decoding_defaults", "encode_chat", "generate", "load",
@@ -114,20 +121,65 @@ def end_token_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def encode(tokenizer, prompts: Sequence[str], chat: bool) -> list[list[int]]:
-    if chat:
-        return [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    return [tokenizer(p)["input_ids"] for p in prompts]
+def encode(tokenizer, prompts: Sequence[str], chat: bool,
+           images: Sequence[Sequence] | None = None) -> list[list[int]]:
+    """Token ids of each prompt. With `images` (a list per prompt: a vision-language model),
+    one placeholder id per image where its "<image>" stands (at the front, one per line,
+    when the text has none)."""
+    out = []
+    for i, p in enumerate(prompts):
+        n = None if images is None else len(images[i])
+        if n and IMAGE_PLACEHOLDER not in p:
+            p = f"{IMAGE_PLACEHOLDER}\n" * n + p
+        out.append(encode_chat(tokenizer, [{"role": "user", "content": p}], n) if chat else
+                   encode_text(tokenizer, p, n))
+    return out
 
 
-def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+def encode_text(tokenizer, text: str, n_images: int | None = None) -> list[int]:
+    """`n_images` None: a text model's prompt; a count: a vision-language model's, whose every
+    "<image>" must have its image."""
+    if n_images is not None:
+        from stdec.models.llada_v import IMAGE_TOKEN_INDEX
+
+        return tokenize_with_images(text, tokenizer, n_images, IMAGE_TOKEN_INDEX)
+    return tokenizer(text)["input_ids"]
+
+
+def encode_chat(tokenizer, messages: list[dict], n_images: int | None = None) -> list[int]:
     """Token ids of a conversation through the tokenizer's chat template, ready for the
-    assistant's turn."""
+    assistant's turn; for a vision-language model (`n_images` a count), a placeholder id for
+    each "<image>" in it (LLaVA's way: the templated text tokenized piece by piece)."""
     if not getattr(tokenizer, "chat_template", None):
         raise StdecError("chat=True needs a tokenizer with a chat template; this one has "
                          "none, so pass chat=False.")
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if n_images is not None:
+        return encode_text(tokenizer, text, n_images)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def sees_images(model) -> bool:
+    return hasattr(model, "encode_prompts")
+
+
+def check_images(images, prompts: list[str], single: bool) -> list[list]:
+    """Each prompt's images, loaded and checked (one sentence on the first bad one). For one
+    prompt: an image or a list of images; for a list of prompts: a list with one entry (an
+    image, a list, or None) per prompt."""
+    if images is None:
+        return [[] for _ in prompts]
+    if single:
+        images = [images]
+    elif not isinstance(images, list | tuple) or len(images) != len(prompts):
+        raise StdecError(f"images must be a list with one entry per prompt ({len(prompts)}), "
+                         "each an image, a list of images or None.")
+    out = []
+    for entry in images:
+        entry = [] if entry is None else entry
+        entry = list(entry) if isinstance(entry, list | tuple) else [entry]
+        out.append([load_image(e) for e in entry])
+    return out
 
 
 def check_prompts(prompts) -> list[str]:
@@ -163,16 +215,22 @@ def per_prompt_seeds(config: DecodeConfig, seed, n: int) -> list[DecodeConfig]:
 
 def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfig | None = None,
              *, chat: bool = False, seed: int | Sequence[int] | None = None,
-             **options) -> Generation:
+             images: ImageInput | Sequence | None = None, **options) -> Generation:
     """Decode `prompts` (a string or a list) with `config`; keyword options override it.
 
     `seed` (used when temperature > 0) is one seed for every prompt or a list, one per
     prompt: each prompt samples from its own generator, so the same (prompt, seed) gives
     the same text alone or in any batch.
+    `images` (vision-language models): for one prompt, an image or a list; for a list of
+    prompts, one entry per prompt. An image is a PIL image, a file path or a base64 data
+    URL; it goes where the prompt says "<image>", or at its front.
     Example: generate(model, tok, "2+3=", policy="stdec", cache="dual", gen_length=64)
     """
     config = with_options(config or effective(model_defaults(model)), options)
+    single = isinstance(prompts, str)
     prompts = check_prompts(prompts)
+    images = check_images(images, prompts, single)
+    require_vision(model, sum(map(len, images)))
     configs = per_prompt_seeds(config, seed, len(prompts))
     mc = model.config
     tok_mask = mask_token_id(tokenizer)
@@ -182,14 +240,16 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     if tok_mask != mc.mask_token_id:
         raise StdecError(f"the tokenizer's mask id ({tok_mask}) differs from the model's "
                          f"mask_token_id ({mc.mask_token_id}); they must come from one checkpoint.")
-    ids = encode(tokenizer, prompts, chat)
-    for i, p in enumerate(ids):
-        if len(p) + config.gen_length > mc.max_sequence_length:
+    ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None)
+    for i, (p, im) in enumerate(zip(ids, images, strict=True)):
+        length = model.prompt_length(p, im) if im else len(p)
+        if length + config.gen_length > mc.max_sequence_length:
+            what = " (with its images)" if im else ""
             raise StdecError(
-                f"prompt {i} has {len(p)} tokens; with gen_length {config.gen_length} that "
-                f"exceeds the model's max length {mc.max_sequence_length}: shorten one of them."
-            )
-    out = decode(model, ids, configs, eos_ids=end_token_ids(tokenizer))
+                f"prompt {i} has {length} tokens{what}; with gen_length {config.gen_length} "
+                f"that exceeds the model's max length {mc.max_sequence_length}: shorten one of "
+                "them.")
+    out = decode(model, ids, configs, eos_ids=end_token_ids(tokenizer), images=images)
     texts = [
         tokenizer.decode(row[: s.gen_tokens], skip_special_tokens=True)
         for row, s in zip(out.ids.tolist(), out.stats, strict=True)

@@ -206,15 +206,32 @@ def check_sandbox_for(specs: Iterable[str], allowed: bool):
 
 # ---- the commands ----
 
+def check_images(args: argparse.Namespace) -> list:
+    """--image files, read and checked, and a model that can see them: before the weights load."""
+    if not args.image:
+        return []
+    from stdec.api import resolve_model_path
+    from stdec.models import model_class, read_config
+    from stdec.models.images import load_images
+
+    images = load_images(args.image)
+    path = resolve_model_path(args.model)
+    if not hasattr(model_class(read_config(path), path), "encode_prompts"):
+        raise StdecError(f"--image was given, but --model {args.model!r} is a text-only model; "
+                         "use a vision-language checkpoint (LLaDA-V, e.g. testbed-vision).")
+    return images
+
+
 def cmd_generate(args: argparse.Namespace):
     import stdec
 
     check_prompt(args.prompt)
     check_model(args.model)
     config = decode_config(args)
+    images = check_images(args)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
     chat = _chat(args, tokenizer)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     s = out.stats[0]
     if args.json:  # one object: the text, the stats and the settings it decoded with
         import json
@@ -243,8 +260,12 @@ def cmd_serve(args: argparse.Namespace):
     from stdec.serve import ServerConfig, serve
 
     name = args.served_model_name or Path(args.model).name
+    if args.image_dir is not None and not Path(args.image_dir).is_dir():
+        raise StdecError(f"--image-dir {args.image_dir!r} is not a folder; give the folder "
+                         "whose images clients may name by path.")
     server = ServerConfig(name=name, defaults=config, max_batch=args.max_batch,
-                          max_queue=args.max_queue, timeout=args.timeout)
+                          max_queue=args.max_queue, timeout=args.timeout,
+                          image_dir=args.image_dir)
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
           file=sys.stderr)
@@ -354,11 +375,12 @@ def cmd_viz(args: argparse.Namespace):
     check_model(args.model)
     out_path = check_new_file(args.out, "--out", (".png", ".svg", ".pdf"))
     config = decode_config(args, trace=True)
+    images = check_images(args)
     from stdec.viz import color_text, decode_order_plot, use_colour
 
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
     chat = _chat(args, tokenizer)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     s = out.stats[0]
     n = max(s.gen_tokens, 1)  # show at least one token, even an immediate EOS
     ids = out.ids[0, :n].tolist()
@@ -416,6 +438,12 @@ def _chat_option(parser: argparse.ArgumentParser):
                         "has one, as instruct models such as the testbed and LLaDA-Instruct do)")
 
 
+def _image_option(parser: argparse.ArgumentParser):
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="an image for the prompt (repeat for several; each goes where the "
+                        "prompt says <image>, or at its front); vision-language models only")
+
+
 def _sandbox_option(parser: argparse.ArgumentParser):
     parser.add_argument("--allow-unsandboxed-code", action="store_true",
                         help="score code tasks even where the kernel sandbox cannot be set up "
@@ -441,6 +469,7 @@ def _build_generate(p: argparse.ArgumentParser):
     p.add_argument("prompt", help="the prompt text (UTF-8)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: text, stats and the effective settings")
+    _image_option(p)
     _chat_option(p)
     _model_options(p)
     add_options(p, DecodeConfig, "decoding (DecodeConfig)")
@@ -449,6 +478,7 @@ def _build_generate(p: argparse.ArgumentParser):
 
 def _build_viz(p: argparse.ArgumentParser):
     p.add_argument("prompt", help="the prompt text (UTF-8)")
+    _image_option(p)
     _chat_option(p)
     p.add_argument("--out", default="decode_order.png",
                    help="picture to write: .png, .svg or .pdf (default: decode_order.png)")
@@ -605,6 +635,9 @@ def _build_serve(p: argparse.ArgumentParser):
                    "them (default: 30)")
     p.add_argument("--served-model-name", default=None,
                    help="the model name clients send (default: the --model folder's name)")
+    p.add_argument("--image-dir", default=None,
+                   help="a folder whose images requests may name by local path (default: none; "
+                   "images then come as data URLs only; network URLs are never fetched)")
     add_options(p, DecodeConfig, "decoding defaults of requests (DecodeConfig)")
     p.set_defaults(run=cmd_serve)
 

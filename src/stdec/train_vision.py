@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from stdec.models import load_model, save_model
-from stdec.models.images import tokenize_with_images
+from stdec.models.images import IMAGE_PLACEHOLDER
 from stdec.models.llada import LLaDAConfig
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
 from stdec.tasks.vision import VisionTask, render
@@ -57,9 +57,10 @@ class VisionTrainConfig:
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    return tokenize_with_images(text, tokenizer, text.count("<image>"), IMAGE_TOKEN_INDEX)
+    from stdec.api import encode_chat
+
+    return encode_chat(tokenizer, [{"role": "user", "content": prompt}],
+                       prompt.count(IMAGE_PLACEHOLDER))
 
 
 def new_model(cfg: VisionTrainConfig, tokenizer) -> LLaDAVModel:
@@ -136,10 +137,9 @@ def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "
     problems = task.problems(split)[:limit]
     opts = {"policy": "fixed", "cache": "dual", "steps": gen_length, **decode_options}
     cfg = DecodeConfig(gen_length=gen_length, block_length=gen_length, **opts)
-    rows, table = model.encode_prompts([prompt_ids(tokenizer, p.prompt) for p in problems],
-                                       [[render(p.meta["scene"])] for p in problems])
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    out = decode(model.bind(table), rows, cfg, eos_ids=[eot])
+    out = decode(model, [prompt_ids(tokenizer, p.prompt) for p in problems], cfg, eos_ids=[eot],
+                 images=[[render(p.meta["scene"])] for p in problems])
     texts = [tokenizer.decode(r.tolist(), skip_special_tokens=True) for r in out.ids]
     return sum(task.score(p, t) for p, t in zip(problems, texts, strict=True)) / len(problems)
 

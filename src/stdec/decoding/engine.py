@@ -19,6 +19,12 @@ decodes as it would alone, whatever else is in flight. The engine knows no task 
 HTTP: it is driven by a plain loop (`run`, or a server thread calling `step`). `decode()`,
 at the end, is its batch face for stdec.generate, bench, tune and lm-eval: every prompt
 gets a slot, the engine runs to completion, the rows come back in order.
+
+Images (vision-language models): a request's prompt holds one placeholder id per image and
+the request carries the images. At admission the model expands the placeholders into one id
+per image vector, -1 - j for row j of the request's feature table; the engine keeps that
+table in the slot's row of `features` and, in a forward, offsets each row's negative ids by
+its slot, so the model reads every row's vectors from one table.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class Request:
     listener: Callable[[Request], None] | None = None
     deadline: float | None = None  # time.monotonic() after which the request fails
     progress: bool = False
+    images: list | None = None  # PIL images, one per placeholder in `prompt` (vision models)
     id: int = field(default_factory=lambda: next(_ids))
     state: str = "waiting"  # waiting, running, done, failed, cancelled
     error: str | None = None
@@ -92,6 +99,7 @@ class Request:
     cancelled: bool = False
     t_admit: float = 0.0
     generator: torch.Generator | None = None
+    features: Tensor | None = None  # the prompt's image vectors, once expanded
 
     @property
     def length(self) -> int:
@@ -173,6 +181,7 @@ class Engine:
         self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
         self.prev_logp: Tensor | None = None
         self.cache = None  # allocated by the first request that asks for one
+        self.features: Tensor | None = None  # (S, F, d) image vectors, by the first image
         self.slots: list[Request | None] = [None] * S
         self.waiting: deque[Request] = deque()
         self.counters = {"nfe": 0, "gen_tokens": 0, "steps": 0}
@@ -181,8 +190,10 @@ class Engine:
 
     def submit(self, prompt: Sequence[int], config: DecodeConfig, *,
                listener: Callable[[Request], None] | None = None,
-               deadline: float | None = None, progress: bool = False) -> Request:
-        return self.add(Request(list(prompt), config, listener, deadline, progress))
+               deadline: float | None = None, progress: bool = False,
+               images: list | None = None) -> Request:
+        return self.add(Request(list(prompt), config, listener, deadline, progress,
+                                images or None))
 
     def add(self, request: Request) -> Request:
         """Queue a request built by the caller (the server builds them on its own thread)."""
@@ -258,6 +269,8 @@ class Engine:
                 continue
             while self.waiting:
                 r = self.waiting.popleft()
+                if r.images and not self._expand(r):
+                    continue
                 if r.length > self.max_length:
                     self._end(r, "failed", f"prompt ({len(r.prompt)} tokens) + gen_length "
                               f"({r.config.gen_length}) exceeds the engine's max length "
@@ -265,6 +278,16 @@ class Engine:
                     continue
                 self._place(r, slot)
                 break
+
+    def _expand(self, r: Request) -> bool:
+        """Run the vision tower: the prompt's placeholders become its image vectors' ids."""
+        try:
+            (r.prompt,), r.features = self.model.encode_prompts([r.prompt], [r.images])
+        except Exception as err:
+            self._end(r, "failed", _describe(err))
+            return False
+        r.images = None
+        return True
 
     def _place(self, r: Request, slot: int):
         cfg, P, T = r.config, len(r.prompt), r.length
@@ -279,11 +302,23 @@ class Engine:
         self.drafted[slot] = False
         self.trace_step[slot] = -1
         self.trace_conf[slot] = math.nan
+        if r.features is not None:
+            self._store_features(slot, r.features)
         r.slot, r.state, r.block, r.step, r.nfe = slot, "running", P, 0, 0
         r.t_admit = time.perf_counter()
         if cfg.temperature > 0:
             r.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.slots[slot] = r
+
+    def _store_features(self, slot: int, table: Tensor):
+        n, d = table.shape
+        old = self.features
+        if old is None or old.shape[1] < n:  # grow (rarely: the longest image prompt so far)
+            self.features = torch.zeros(self.max_batch, n, d, dtype=table.dtype,
+                                        device=self.device)
+            if old is not None:
+                self.features[:, : old.shape[1]] = old
+        self.features[slot, :n] = table
 
     def _run(self, kind: str, rows: list[Request]):
         """Forward `rows` together and commit; an error fails the rows that cause it alone."""
@@ -361,6 +396,10 @@ class Engine:
             last = torch.tensor(lengths, device=dev)[:, None] - 1
             pick = {"logits_index": torch.tensor(blocks, device=dev)[:, None]
                     + torch.minimum(offsets, last)}
+        if any(r.features is not None for r in rows):  # row j of slot s: j + s * F of one table
+            width_f = self.features.shape[1]
+            ids = torch.where(ids < 0, ids - slot_t[:, None] * width_f, ids)
+            pick["image_features"] = self.features.flatten(0, 1)
         return self.model(ids, position_ids=cols, attention_mask=mask, cache=cache, **pick)
 
     def _commit(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
@@ -508,7 +547,7 @@ class Engine:
                 self.counters["gen_tokens"] += gen_tokens
             self.slots[slot] = None
             r.slot = None
-        r.generator = None
+        r.generator = r.features = None
         if r.listener is not None:
             _notify(r)
 
@@ -549,20 +588,26 @@ class DecodeOutput:
 
 def decode(model, prompt_ids: Sequence[Sequence[int]],
            cfg: DecodeConfig | Sequence[DecodeConfig], *,
-           eos_ids: Sequence[int] = ()) -> DecodeOutput:
+           eos_ids: Sequence[int] = (), images: Sequence[list] | None = None) -> DecodeOutput:
     """Generate gen_length tokens after each prompt (token ids, any lengths).
 
     `cfg` is one DecodeConfig for every row, or one per row (e.g. each with its own seed;
     they must share gen_length). The model's config gives the mask, pad and EOS ids;
     `eos_ids` adds end tokens (e.g. <|eot_id|>). Inputs are assumed validated
-    (stdec.generate does it). Every row gets a slot, so all decode at once.
+    (stdec.generate does it). Every row gets a slot, so all decode at once. `images`, for a
+    vision-language model, gives each prompt its images (one per placeholder id; [] for none).
     """
     configs = [cfg] * len(prompt_ids) if isinstance(cfg, DecodeConfig) else list(cfg)
     if len(configs) != len(prompt_ids) or len({c.gen_length for c in configs}) != 1:
         raise StdecError("decode needs one DecodeConfig, or one per prompt with one gen_length.")
-    longest = max(len(p) + c.gen_length for p, c in zip(prompt_ids, configs, strict=True))
+    images = list(images) if images is not None else [[]] * len(prompt_ids)
+    if len(images) != len(prompt_ids):
+        raise StdecError("decode needs one list of images per prompt.")
+    longest = max((model.prompt_length(p, im) if im else len(p)) + c.gen_length
+                  for p, c, im in zip(prompt_ids, configs, images, strict=True))
     engine = Engine(model, max_batch=len(prompt_ids), max_length=longest, eos_ids=eos_ids)
-    requests = [engine.submit(p, c) for p, c in zip(prompt_ids, configs, strict=True)]
+    requests = [engine.submit(p, c, images=im)
+                for p, c, im in zip(prompt_ids, configs, images, strict=True)]
     engine.run()
     for r in requests:
         if r.state != "done":

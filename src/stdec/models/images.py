@@ -29,7 +29,10 @@ def _name(source: ImageInput) -> str:
     if isinstance(source, Image.Image):
         return "the PIL image"
     text = str(source)
-    return f"{text[:40]!r}" + ("..." if len(text) > 40 else "")
+    if len(text) <= 48:
+        return repr(text)
+    # a data URL by its type, a path by its file name
+    return f"{text[:40]!r}..." if text.startswith("data:") else f"'...{text[-40:]}'"
 
 
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -98,7 +101,7 @@ def load_images(sources: Sequence[ImageInput], **limits) -> list[Image.Image]:
 
 def require_vision(model, n_images: int):
     """Fail, before any work, when images go to a model that cannot see them."""
-    if n_images and not hasattr(model, "encode_prompts"):
+    if n_images and not hasattr(model, "encode_prompts"):  # stdec.api.sees_images
         raise StdecError(f"{n_images} image(s) were given, but {type(model).__name__} is a "
                          "text-only model; use a vision-language checkpoint (LLaDA-V).")
 

@@ -21,8 +21,9 @@ What the official code (github.com/ML-GSAI/LLaDA-V, train/llava/) fixes, and thi
   mm_utils.tokenizer_image_token), replaced by that image's feature vectors.
 
 Here the expanded prompt keeps one id per image vector: -1 - j for row j of a feature table
-(negative, so never a real token). The decode loop feeds ids as for text; `bind(features)` gives
-it a model whose forward puts those rows in, so every rule and cache mode works unchanged.
+(negative, so never a real token), and the forward takes the table beside the ids. The engine
+expands a request's prompt when it admits it and keeps each slot's table, so the decode loop
+feeds ids as for text and every rule and cache mode works unchanged.
 """
 
 import math
@@ -40,7 +41,7 @@ from stdec.errors import StdecError
 from stdec.models.cache import KVCache
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 
-__all__ = ["IMAGE_TOKEN_INDEX", "ImagePrompted", "LLaDAVConfig", "LLaDAVModel", "best_resolution",
+__all__ = ["IMAGE_TOKEN_INDEX", "LLaDAVConfig", "LLaDAVModel", "best_resolution",
            "image_token_count", "preprocess_image"]
 
 IMAGE_TOKEN_INDEX = -200  # the placeholder one "<image>" becomes in the prompt ids
@@ -354,6 +355,13 @@ class LLaDAVModel(nn.Module):
             out.append(row)
         return out, (torch.cat(table) if table else None)
 
+    def prompt_length(self, ids: list[int], images: list[Image.Image]) -> int:
+        """Positions a prompt with placeholders takes once its images are expanded (the vision
+        tower does not run)."""
+        sizes = iter(image.size for image in images)
+        return sum(image_token_count(next(sizes), self.config) if i == IMAGE_TOKEN_INDEX else 1
+                   for i in ids)
+
     def embed(self, ids: Tensor, features: Tensor | None) -> Tensor:
         """(B, L) ids -> (B, L, d): token embeddings, features[-1 - id] where id < 0."""
         wte = self.language_model.model.transformer.wte
@@ -375,28 +383,3 @@ class LLaDAVModel(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, image_features)
         return self.language_model(input_ids.clamp(min=0), inputs_embeds=inputs_embeds, **kw)
-
-    def bind(self, features: Tensor | None) -> "ImagePrompted":
-        return ImagePrompted(self, features)
-
-
-class ImagePrompted:
-    """The model with the feature table of the prompts in flight: hand it to the decode loop."""
-
-    def __init__(self, model: LLaDAVModel, features: Tensor | None):
-        self.model, self.features = model, features
-        self.config, self.logits_shift = model.config, model.logits_shift
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def new_cache(self, batch: int, length: int) -> KVCache:
-        return self.model.new_cache(batch, length)
-
-    def __call__(self, input_ids: Tensor, **kw) -> Tensor:
-        return self.model(input_ids, image_features=self.features, **kw)

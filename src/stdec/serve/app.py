@@ -7,21 +7,24 @@ error JSON with one sentence.
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from stdec.api import encode, encode_chat, end_token_ids
+from stdec.api import encode, encode_chat, end_token_ids, sees_images
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine
 from stdec.decoding.engine import Request as Job
 from stdec.errors import StdecError
+from stdec.models.images import require_vision
 from stdec.serve import protocol as p
 from stdec.serve.metrics import Metrics
 
@@ -34,9 +37,35 @@ class ServerConfig:
     """What `stdec serve` is told on its command line."""
 
     def __init__(self, *, name: str, defaults: DecodeConfig, max_batch: int = 8,
-                 max_queue: int = 64, timeout: float = 600.0, max_body_bytes: int = 1 << 20):
+                 max_queue: int = 64, timeout: float = 600.0, max_body_bytes: int = 32 << 20,
+                 image_dir: str | Path | None = None):
         self.name, self.defaults, self.max_batch = name, defaults, max_batch
         self.max_queue, self.timeout, self.max_body_bytes = max_queue, timeout, max_body_bytes
+        # local image paths are read only inside this folder (None: data URLs only)
+        self.image_dir = Path(image_dir).resolve() if image_dir is not None else None
+
+
+def read_images(urls: list[str], image_dir: Path | None) -> list:
+    """The images of a request, from data URLs or, inside `image_dir`, local paths (a
+    file:// URL or a plain path); a network URL is refused, never fetched."""
+    from stdec.models.images import load_image
+
+    images = []
+    for url in urls:
+        local = not url.startswith("data:") and not re.match(r"[a-zA-Z][\w+.-]*://", url)
+        if url.startswith("file://"):
+            url, local = url.removeprefix("file://"), True
+        if local:
+            shown = url if len(url) <= 60 else url[:57] + "..."
+            if image_dir is None:
+                raise StdecError(f"image {shown!r} is a local path, and this server reads none "
+                                 "(start it with --image-dir DIR to allow a folder); send a "
+                                 "data:image/...;base64 URL.")
+            if not Path(url).resolve().is_relative_to(image_dir):
+                raise StdecError(f"image {shown!r} is outside the server's --image-dir "
+                                 f"{str(image_dir)!r}; send a data URL or a path inside it.")
+        images.append(load_image(url))
+    return images
 
 
 class Runner:
@@ -175,7 +204,8 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
         body = p.parse(await request.body(), p.CompletionRequest, config.max_body_bytes)
         check_model(body)
         try:
-            ids = encode(tokenizer, [body.text()], chat=False)[0]
+            ids = encode(tokenizer, [body.text()], chat=False,
+                         images=[[]] if sees_images(model) else None)[0]
         except StdecError as err:
             raise p.ApiError(400, str(err)) from None
         return await run(request, body, ids, chat=False)
@@ -185,10 +215,13 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
         body = p.parse(await request.body(), p.ChatRequest, config.max_body_bytes)
         check_model(body)
         try:
-            ids = encode_chat(tokenizer, body.conversation())
+            images = read_images(body.image_urls(), config.image_dir)
+            require_vision(model, len(images))
+            ids = encode_chat(tokenizer, body.conversation(),
+                              len(images) if sees_images(model) else None)
         except StdecError as err:
-            raise p.ApiError(400, str(err)) from None
-        return await run(request, body, ids, chat=True)
+            raise p.ApiError(400, str(err), param="messages") from None
+        return await run(request, body, ids, chat=True, images=images)
 
     def check_model(body):
         if body.model != config.name:
@@ -196,8 +229,9 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
                              f"serves {config.name!r}.", param="model",
                              kind="not_found_error")
 
-    async def run(request: Request, body, ids: list[int], chat: bool):
-        cfg = p.decode_config(body, config.defaults, max_length, len(ids))
+    async def run(request: Request, body, ids: list[int], chat: bool, images: list = ()):
+        prompt_tokens = model.prompt_length(ids, images) if images else len(ids)
+        cfg = p.decode_config(body, config.defaults, max_length, prompt_tokens)
         runner: Runner = state["runner"]
         if runner.draining:
             raise p.ApiError(503, "the server is shutting down; send the request elsewhere.",
@@ -208,14 +242,14 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
         bridge = Bridge(asyncio.get_running_loop())
         stops = body.stops()
         job = Job(ids, cfg, bridge, time.monotonic() + config.timeout,
-                  progress=body.stream or bool(stops))
+                  progress=body.stream or bool(stops), images=list(images) or None)
         runner.submit(job)
         answer = Answer(tokenizer, eos, stops, cfg.gen_length)
         rid = p.completion_id(chat)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = stream(job, bridge, answer, rid, chat, body.stdec_canvas, include_usage,
-                            len(ids))
+                            prompt_tokens)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         while True:
@@ -234,7 +268,7 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
             raise_failure(job, answer)
         metrics.finish(job, answer)
         return p.response(rid, config.name, chat, answer.text, answer.finish,
-                          answer.usage(len(ids)), answer.stats(job))
+                          answer.usage(prompt_tokens), answer.stats(job))
 
     def raise_failure(job: Job, answer: "Answer"):
         metrics.count("failed")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stdec.decoding.config import DecodeConfig
 from stdec.errors import StdecError
+from stdec.models.images import IMAGE_PLACEHOLDER
 
 __all__ = ["ApiError", "ChatRequest", "CompletionRequest", "DECODE_OPTIONS", "decode_config",
            "error_body", "parse"]
@@ -88,10 +89,32 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict] | None = None
 
+    def parts(self) -> list[tuple[str, str | None]]:
+        """(text, image URL) of each content part; an image part's text is its placeholder."""
+        if not isinstance(self.content, list):
+            return [(self.content or "", None)]
+        out = []
+        for i, part in enumerate(self.content):
+            kind = part.get("type")
+            if kind == "text":
+                out.append((str(part.get("text", "")), None))
+            elif kind == "image_url":
+                ref = part.get("image_url")
+                url = ref.get("url") if isinstance(ref, dict) else ref
+                if not isinstance(url, str) or not url:
+                    raise ApiError(400, f"content part {i} has no image_url.url; give a "
+                                   "data:image/...;base64 URL.", param="messages")
+                out.append((IMAGE_PLACEHOLDER + "\n", url))
+            else:
+                raise ApiError(400, f"content part {i} has type {kind!r}; stdec reads 'text' and "
+                               "'image_url' parts.", param="messages")
+        return out
+
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-        return self.content or ""
+        return "".join(text for text, _ in self.parts())
+
+    def image_urls(self) -> list[str]:
+        return [url for _, url in self.parts() if url is not None]
 
 
 class ChatRequest(_Common):
@@ -103,6 +126,10 @@ class ChatRequest(_Common):
             raise ApiError(400, "messages is empty; send at least one message.", param="messages")
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in self.messages]
+
+    def image_urls(self) -> list[str]:
+        """Every image of the conversation, in the order its placeholders stand."""
+        return [url for m in self.messages for url in m.image_urls()]
 
 
 def parse(body: bytes, cls: type[_Common], max_bytes: int) -> _Common:
