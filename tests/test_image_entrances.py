@@ -238,3 +238,24 @@ def test_a_text_only_server_refuses_images_and_local_paths_need_image_dir(checkp
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# ---- the harness ----
+
+def test_bench_decodes_the_vision_task_with_its_pictures(vl):
+    from stdec.tasks import evaluate, get_task
+    from stdec.tasks.vision import problem_images
+
+    model, tok = vl
+    task = get_task("vision")
+    result = evaluate(model, tok, task, "test", CFG, limit=3, batch_size=2)
+    problems = task.problems("test")[:3]
+    alone = [stdec.generate(model, tok, p.prompt, CFG, chat=True,
+                            images=problem_images(p)).texts[0] for p in problems]
+    assert [r.output for r in result.records] == alone and result.mean_nfe > 0
+
+
+def test_bench_refuses_image_tasks_for_a_text_only_model(checkpoint):
+    run = cli("bench", "--model", checkpoint, "--tasks", "vision", "--limit", 2)
+    assert run.returncode == 2 and "asks questions about images" in run.stderr
+    assert "text-only model" in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -149,7 +149,7 @@ def test_evaluate_with_fake_generate(tasks, monkeypatch):
     gold = {p.prompt: p.answer for p in task.problems("dev")}
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, config, *, chat=False, seed=None):
+    def fake_generate(model, tokenizer, prompts, config, *, chat=False, seed=None, images=None):
         calls.append((len(prompts), config, chat, seed))
         stats = [stdec.RowStats(nfe=4, gen_tokens=10 + i % 2, tpf=(10 + i % 2) / 4,
                                 wall_time=0.1, tokens_per_s=100.0) for i in range(len(prompts))]

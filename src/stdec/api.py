@@ -37,17 +37,20 @@ class Generation:
     trace: Trace | None  # when config.trace
 
 
+BUNDLED = ("testbed", "testbed-vision")  # models that ship inside the package (assets/)
+
+
 def resolve_model_path(model: str | Path) -> Path:
-    """A checkpoint folder, a Hugging Face Hub id, or the name of a bundled model ("testbed")."""
+    """A checkpoint folder, a Hugging Face Hub id, or the name of a bundled model (BUNDLED)."""
     path = Path(model)
     if not path.exists() and isinstance(model, str) and is_hub_id(model):
         return resolve_model(model)
-    if path.exists() or str(model) != "testbed":
+    if path.exists() or str(model) not in BUNDLED:
         return path
-    if not (ASSETS / "testbed" / "config.json").is_file():
-        raise StdecError("this install has no bundled testbed model; pass --model PATH (or "
+    if not (ASSETS / str(model) / "config.json").is_file():
+        raise StdecError(f"this install has no bundled {model} model; pass --model PATH (or "
                          "make a tiny random one with `stdec random-model DIR`).")
-    return ASSETS / "testbed"
+    return ASSETS / str(model)
 
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,

@@ -120,9 +120,9 @@ def check_model(model: str) -> str:
                          "it (config.json, *.safetensors, tokenizer files).")
     # owner/name as presets.is_hub_id spells it (importing stdec.models would load torch)
     hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
-    if not path.exists() and model != "testbed" and not hub_id:
+    if not path.exists() and model not in ("testbed", "testbed-vision") and not hub_id:
         raise StdecError(f"--model {model!r} is not a folder, a Hugging Face Hub id "
-                         "(owner/name) or testbed; pass a checkpoint folder.")
+                         "(owner/name), testbed or testbed-vision; pass a checkpoint folder.")
     return model
 
 
@@ -195,6 +195,12 @@ def check_tasks(text: str, flag: str = "--tasks") -> tuple[str, ...]:
     return specs
 
 
+def image_task_names() -> tuple[str, ...]:
+    from stdec.tasks import VISION_BENCHMARKS, VISION_TASKS
+
+    return VISION_TASKS + tuple(VISION_BENCHMARKS)
+
+
 def check_sandbox_for(specs: Iterable[str], allowed: bool):
     """Refuse (one sentence) before any model work when a task runs model-written code and
     the kernel sandbox cannot be set up, unless --allow-unsandboxed-code."""
@@ -210,16 +216,22 @@ def check_images(args: argparse.Namespace) -> list:
     """--image files, read and checked, and a model that can see them: before the weights load."""
     if not args.image:
         return []
-    from stdec.api import resolve_model_path
-    from stdec.models import model_class, read_config
     from stdec.models.images import load_images
 
     images = load_images(args.image)
-    path = resolve_model_path(args.model)
-    if not hasattr(model_class(read_config(path), path), "encode_prompts"):
-        raise StdecError(f"--image was given, but --model {args.model!r} is a text-only model; "
-                         "use a vision-language checkpoint (LLaDA-V, e.g. testbed-vision).")
+    require_vision_model(args.model, "--image was given")
     return images
+
+
+def require_vision_model(model: str, why: str):
+    """Refuse, from config.json alone, image work for a text-only checkpoint."""
+    from stdec.api import resolve_model_path
+    from stdec.models import model_class, read_config
+
+    path = resolve_model_path(model)
+    if not hasattr(model_class(read_config(path), path), "encode_prompts"):
+        raise StdecError(f"{why}, but --model {model!r} is a text-only model; use a "
+                         "vision-language checkpoint (LLaDA-V, e.g. testbed-vision).")
 
 
 def cmd_generate(args: argparse.Namespace):
@@ -309,6 +321,9 @@ def cmd_bench(args: argparse.Namespace):
 
     check_model(args.model)
     tasks = check_tasks(args.tasks)
+    seeing = [t for t in tasks if t.partition("=")[0] in image_task_names()]
+    if seeing:
+        require_vision_model(args.model, f"--tasks {seeing[0]} asks questions about images")
     config = BenchConfig(
         model=args.model, tasks=tasks, policies=_policies(args.policies),
         caches=csv_list(args.cache, "--cache", CACHE_MODES),

@@ -51,6 +51,7 @@ def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, conf
     `progress`, a running accuracy line under that label goes to stderr after each batch.
     """
     from stdec.api import generate  # the harness sits above api (torch loads here, not before)
+    from stdec.tasks.vision import problem_images
 
     records: list[EvalRecord] = []
     wall = 0.0
@@ -60,8 +61,9 @@ def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, conf
         # greedy rows share one config, so the engine commits them in one rule call
         seeds = [problem_seed(config.seed, p.id) for p in batch] if config.temperature > 0 \
             else None
+        images = [problem_images(p) for p in batch]  # drawn or read here, for this batch only
         out = generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True,
-                       seed=seeds)
+                       seed=seeds, images=images if any(images) else None)
         wall += time.perf_counter() - t0
         for p, text, st, ok in zip(batch, out.texts, out.stats, task.score_many(batch, out.texts),
                                    strict=True):
