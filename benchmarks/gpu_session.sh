@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # A session's GPU work in one device call: train the testbed dLLM for TRAIN_SECONDS (data
-# preparation included), then time LLaDA-8B-shaped steps. Results land in $OUT (the device
-# tool brings back at most 8 files of 16 MiB: the checkpoint comes back as tar parts).
-# Evaluate and write the model card afterwards on the CPU:
-#   cat $OUT/testbed.tar.part-* | tar -x -C runs/   # -> runs/testbed-gpu
+# preparation included), then the vision testbed for VISION_SECONDS (stopped by the clock,
+# it brings back its resumable checkpoint), then time LLaDA-8B-shaped steps. Everything
+# comes back as one tar in 15 MB parts beside summary.txt (the device tool brings back at
+# most 8 files of 16 MiB). Evaluate and write the model cards afterwards on the CPU:
+#   cat $OUT/results.tar.part-* | tar -x -C runs/   # runs/testbed-gpu, runs/testbed-vision
 #   python benchmarks/testbed_card.py --model runs/testbed-gpu --write
 #
-#   OUT=runs/gpu TRAIN_SECONDS=420 bash benchmarks/gpu_session.sh
+#   OUT=runs/gpu TRAIN_SECONDS=330 VISION_SECONDS=150 bash benchmarks/gpu_session.sh
 # SMALL=1 runs it at toy size on the CPU, to check the script before spending GPU time.
 set -euo pipefail
 OUT=${OUT:-runs/gpu}
-TRAIN_SECONDS=${TRAIN_SECONDS:-420}
+TRAIN_SECONDS=${TRAIN_SECONDS:-330}
+VISION_SECONDS=${VISION_SECONDS:-150}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 if [[ -n ${SMALL:-} ]]; then
   recipe=(--tasks lists,arith --train-sizes lists=12000 --d-model 32 --n-layers 1 --n-heads 2
           --mlp-hidden-size 64 --vocab-size 400 --batch-size 16 --eval-limit 4 --warmup 10)
+  vision=(--steps 20 --batch-size 4 --eval-every 10 --eval-limit 4 --train-size 200
+          --save-every 10)
   latency=(--iters 3 --batch 1)
 else
   # The testbed v2 recipe. Width and depth are the CPU inference budget's (vanilla decoding
@@ -27,6 +31,9 @@ else
           --batch-size 512 --lr 0.003 --min-lr 0.0001 --warmup 500
           --d-model 256 --n-layers 4 --n-heads 4 --mlp-hidden-size 768 --vocab-size 2048
           --eval-limit 64 --save-every 1000 --seed 0)
+  # the vision testbed: train_vision's default model (4.3M parameters), bigger batches
+  vision=(--steps 40000 --batch-size 64 --lr 0.002 --warmup 500 --eval-every 2000
+          --eval-limit 100 --save-every 1000 --train-size 60000 --threads 4)
   latency=(--random-8b --iters 20)
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
@@ -39,9 +46,20 @@ python3 -m stdec train --out "$OUT/testbed-gpu" --steps 1000000 --time-budget "$
   | tee "$OUT/train.log" || echo "training stopped early: bringing back its last checkpoint"
 # the finished model, or else the resumable checkpoint (weights, optimizer, progress)
 if [[ -f $OUT/testbed-gpu/train_log.json ]]; then rm -rf "$OUT/testbed-gpu/checkpoint"; fi
-tar -C "$OUT" -cf - testbed-gpu | split -b 15m - "$OUT/testbed.tar.part-"
-rm -rf "$OUT/testbed-gpu"
+
+# the vision testbed: stopped by the clock, it brings back its last resumable checkpoint
+timeout "$VISION_SECONDS" python3 -m stdec.train_vision --out "$OUT/testbed-vision" \
+  "${vision[@]}" 2>&1 | tee "$OUT/vision.log" || echo "vision training stopped at its budget"
+if [[ -f $OUT/testbed-vision/train_log.json ]]; then rm -rf "$OUT/testbed-vision/checkpoint"; fi
 
 timeout 60 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
   || echo "step_latency.py stopped early (exit $?)" >> "$OUT/step_latency.txt"
-ls -la "$OUT"
+
+cd "$OUT"
+for f in env.txt train.log vision.log step_latency.txt; do
+  echo "==> $f"; tail -n 40 "$f"
+done > summary.txt
+tar -cf - testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt \
+  | split -b 15m - results.tar.part-
+rm -rf testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt
+ls -la

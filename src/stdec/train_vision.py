@@ -54,6 +54,7 @@ class VisionTrainConfig:
     save_every: int = 250
     seed: int = 0
     threads: int = 1
+    device: str = ""  # cpu or cuda (default: cuda when there is one)
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -93,7 +94,8 @@ def batch_inputs(model: LLaDAVModel, rows: list[tuple[list[int], list[int]]], sc
                  pad: int, eos: int, R: int):
     """(ids with image rows expanded, positions, key mask, P) for left-padded prompts and
     EOS-padded responses, and the feature table of the batch's pictures (with grad)."""
-    pixels = torch.stack([to_pixels(render(s)) for s in scenes])
+    dev = model.device
+    pixels = torch.stack([to_pixels(render(s)) for s in scenes]).to(dev)
     feats = model.encode_images(pixels)  # (B, 64, d)
     newline = model.image_newline.expand(len(rows), 1, -1)
     table = torch.cat([feats, newline], 1)  # (B, 65, d): base + newline, as LLaDA-V lays it
@@ -110,7 +112,8 @@ def batch_inputs(model: LLaDAVModel, rows: list[tuple[list[int], list[int]]], sc
         x[b, P:P + min(R, len(a))] = torch.tensor(a[:R])
     n_pad = torch.tensor([P - len(p) for p in prompts])[:, None]
     cols = torch.arange(P + R)[None]
-    return x, (cols - n_pad).clamp(min=0), cols >= n_pad, P, table.flatten(0, 1)
+    return (x.to(dev), (cols - n_pad).clamp(min=0).to(dev), (cols >= n_pad).to(dev), P,
+            table.flatten(0, 1))
 
 
 def loss_at(model, rows, scenes, ids: dict, R: int, gen: torch.Generator) -> torch.Tensor:
@@ -119,6 +122,7 @@ def loss_at(model, rows, scenes, ids: dict, R: int, gen: torch.Generator) -> tor
     u = (torch.arange(B) + torch.rand(B, generator=gen))[torch.randperm(B, generator=gen)] / B
     t = ((1 - 1e-3) * u + 1e-3)[:, None]
     masked = torch.rand(B, R, generator=gen) < t
+    t, masked = t.to(x.device), masked.to(x.device)  # drawn on the CPU: the same on any device
     target = x[:, P:].clone()
     x[:, P:] = target.masked_fill(masked, ids["mask"])
     logits = model(x, image_features=table, position_ids=pos, attention_mask=keys,
@@ -147,20 +151,23 @@ def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "
 def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
     from stdec.tokenizer import train_tokenizer
 
+    from stdec.models import resolve_device
+
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device or None)
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
     task = VisionTask({"train": cfg.train_size})
     train = task.problems("train")
     if (ckpt / f"{STATE}.json").is_file():
         from transformers import PreTrainedTokenizerFast
 
-        model = load_model(ckpt, device="cpu")
+        model = load_model(ckpt, device=device)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(ckpt))
     else:
         tokenizer = train_tokenizer([t for p in train for t in (p.prompt, p.answer)],
                                     vocab_size=cfg.vocab_size)
-        model = new_model(cfg, tokenizer)
+        model = new_model(cfg, tokenizer).to(device)
     examples = encode(tokenizer, train)
     ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id,
            "mask": tokenizer.mask_token_id}
