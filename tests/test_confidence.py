@@ -45,3 +45,17 @@ def test_threshold_reads_the_untempered_confidence(temperature):
     want = {3: 0.8, 4: 0.2}
     assert out.trace.confidence[0].tolist() == pytest.approx(
         [want[t] for t in out.ids[0].tolist()], rel=1e-5)
+
+
+def test_the_mask_token_is_never_predicted():
+    import torch
+
+    from stdec.decoding.engine import confidence
+
+    logits = torch.tensor([[[2.0, 0.0, 5.0, 1.0]]])  # the mask (id 2) is the most likely
+    for temperature, generators in ((0.0, None), (0.7, [torch.Generator().manual_seed(0)])):
+        conf, pred = confidence(logits.clone(), 2, temperature, generators)
+        assert pred.item() != 2
+        others = torch.tensor([2.0, 0.0, 1.0]).softmax(0)  # renormalised without the mask
+        assert conf.item() == pytest.approx(others[[0, 1, 3].index(pred.item())].item())
+    assert confidence(logits.clone(), 2, 0.0, None)[1].item() == 0

@@ -8,6 +8,7 @@ from reference import MASK, config, ref_attention, ref_rope, reference_decode
 
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.decoding.engine import decode
+from stdec.errors import StdecError
 from stdec.testing import tiny_config
 
 # ---- a plain reference: one row, Python loops, attention written out with explicit K/V ----
@@ -143,3 +144,16 @@ def test_confident_blocks_take_one_step_each():
     out = decode(model, [[3]], DecodeConfig(policy="threshold", gen_length=16, block_length=8))
     assert out.ids[0].tolist() == [5] * 16
     assert (out.stats[0].nfe, out.stats[0].gen_tokens, out.stats[0].tpf) == (2, 16, 8.0)
+
+
+@pytest.mark.parametrize("name", ["gen_length", "block_length", "steps", "klass_steps",
+                                  "dkv_interval", "window"])
+def test_a_bad_count_is_refused_by_its_own_name(name):
+    with pytest.raises(StdecError, match=rf"^{name} must be a positive integer, got 0\.$"):
+        DecodeConfig(**{name: 0})
+
+
+def test_steps_may_be_one_per_block():
+    assert DecodeConfig(gen_length=64, block_length=32, steps=2).steps == 2
+    with pytest.raises(StdecError, match="steps \\(1\\) must be a multiple"):
+        DecodeConfig(gen_length=64, block_length=32, steps=1)

@@ -105,3 +105,9 @@ def test_generate_json_prints_text_stats_and_effective_settings(checkpoint, tmp_
     assert record["settings"]["gen_length"] == 16 and record["settings"]["rho"] == 0.5
     assert record["settings"]["block_length"] == 16  # the user's flag over the file
     assert record["stats"]["nfe"] >= 1
+
+
+def test_a_known_hub_id_gets_its_preset_by_name_whatever_its_config_says():
+    name = "GSAI-ML/LLaDA-8B-Instruct"
+    assert checkpoint_defaults(name, None, {}) == PRESETS[name].decoding
+    assert checkpoint_defaults("someone/else", None, {}) == {}

@@ -120,7 +120,121 @@ def test_listener_sees_the_committed_prefix_grow():
                       progress=True)
     engine.run()
     counts = [c for c, _ in seen]
-    assert counts == sorted(counts) and counts[-1] == 24
+    assert counts == sorted(counts) and counts[-1] == 24 and len(seen) > 2 and counts[0] < 24
     for committed, tokens in seen:  # the prefix never changes once committed
         assert tokens[:committed] == r.ids[:committed]
     assert torch.equal(torch.tensor(r.steps) > 0, torch.ones(24, dtype=torch.bool))
+
+
+def test_cancel_all_ends_every_request_with_the_reason():
+    model = MODELS["llada"]()
+    engine = Engine(model, max_batch=1, max_length=64)
+    running = engine.submit([5, 6], config("fixed"))
+    waiting = engine.submit([7, 8], config("fixed"))
+    engine.step()
+    engine.cancel_all("the server is shutting down")
+    for r in (running, waiting):
+        assert r.state == "cancelled" and r.error == "the server is shutting down"
+    assert engine.active == 0 and not engine.has_work
+
+
+def test_a_cancelled_request_says_so():
+    model = MODELS["llada"]()
+    engine = Engine(model, max_batch=1, max_length=64)
+    r = engine.submit([5, 6], config("fixed", steps=24))
+    engine.step()
+    r.cancel()
+    engine.step()
+    assert r.state == "cancelled" and r.error == "the request was cancelled"
+
+
+def test_a_freed_slot_takes_the_next_request_while_the_others_run():
+    model = MODELS["llada"]()
+    engine = Engine(model, max_batch=2, max_length=64)
+    slow = engine.submit([5, 6], config("fixed", steps=24))  # slot 0, one token a step
+    quick = engine.submit([7, 8], config("fixed", steps=3))  # slot 1, 8 tokens a step
+    late = engine.submit([9, 10], config("fixed", steps=3))
+    while quick.state != "done":
+        engine.step()
+    engine.step()
+    assert slow.state == "running" and late.state == "running" and late.slot == 1
+
+
+class Poisoned:
+    """A model whose forward fails when the poison id is among the ids it is fed."""
+
+    def __init__(self, inner, poison: int):
+        self.inner, self.poison = inner, poison
+        self.config, self.device, self.logits_shift = inner.config, inner.device, 0
+
+    def new_cache(self, *args):
+        return self.inner.new_cache(*args)
+
+    def __call__(self, ids, **kw):
+        if (ids == self.poison).any():
+            raise RuntimeError("poisoned input")
+        return self.inner(ids, **kw)
+
+
+@pytest.mark.parametrize("n_good", [1, 2])
+def test_a_forward_that_fails_for_one_row_fails_that_row_alone(n_good):
+    inner = MODELS["llada"]()
+    model = Poisoned(inner, poison=250)
+    engine = Engine(model, max_batch=3, max_length=64)
+    prompts = [[5, 6, 7], [8, 9], [11, 12, 13, 14]][:n_good]
+    bad = engine.submit([5, 250, 7], config("threshold"))  # first: the row at fault leads
+    good = [engine.submit(p, config("threshold")) for p in prompts]
+    engine.run()
+    assert bad.state == "failed"
+    assert bad.error == "decoding failed: RuntimeError: poisoned input"
+    for r, p in zip(good, prompts, strict=True):
+        assert r.state == "done"
+        assert r.ids == decode(inner, [p], config("threshold")).ids[0].tolist()
+
+
+def test_a_rule_that_fails_for_one_row_of_a_shared_config_fails_that_row_alone(monkeypatch):
+    rule = policies.POLICIES["threshold"]
+
+    def picky(conf, pred, state, cfg):  # fails whenever the row with a 5-token prompt is there
+        if (state.block_start == 5).any():
+            raise RuntimeError("picky")
+        return rule(conf, pred, state, cfg)
+
+    monkeypatch.setitem(policies.POLICIES, "threshold", picky)
+    model = MODELS["llada"]()
+    engine = Engine(model, max_batch=3, max_length=64)
+    good = [engine.submit(p, config("threshold")) for p in ([5, 6, 7], [8, 9, 10])]
+    bad = engine.submit([5, 6, 7, 8, 9], config("threshold"))
+    engine.run()
+    assert bad.state == "failed" and bad.error == "decoding failed: RuntimeError: picky"
+    monkeypatch.setitem(policies.POLICIES, "threshold", rule)
+    for r in good:
+        assert r.state == "done"
+        assert r.ids == decode(model, [r.prompt], config("threshold")).ids[0].tolist()
+
+
+def test_counters_and_stats_add_up():
+    model = MODELS["llada"]()
+    engine = Engine(model, max_batch=2, max_length=64)
+    reqs = [engine.submit(p, config("threshold", "dual")) for p in ([5, 6], [7, 8, 9], [10])]
+    engine.run()
+    stats = [r.stats for r in reqs]
+    assert engine.counters["gen_tokens"] == sum(s.gen_tokens for s in stats) > 0
+    assert engine.counters["nfe"] == sum(s.nfe for s in stats)
+    for s in stats:
+        assert s.tokens_per_s == pytest.approx(s.gen_tokens / s.wall_time)
+        assert s.tpf == pytest.approx(s.gen_tokens / s.nfe)
+
+
+def test_klass_rows_of_different_block_lengths_decode_as_alone():
+    model = MODELS["llada"]()
+    reqs = [([5, 6], replace(config("klass"), gen_length=16, block_length=8)),
+            ([7, 8, 9], replace(config("klass"), gen_length=16, block_length=16)),
+            ([10], replace(config("klass", "dual"), gen_length=8, block_length=4))]
+    alone = [decode(model, [p], c).ids[0].tolist() for p, c in reqs]
+    engine = Engine(model, max_batch=3, max_length=64)
+    first = engine.submit(*reqs[0])
+    engine.step()  # the 8-wide row is mid-block when the 16-wide one arrives
+    rest = [engine.submit(*r) for r in reqs[1:]]
+    engine.run()
+    assert [r.ids for r in [first, *rest]] == alone

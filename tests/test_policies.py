@@ -111,3 +111,18 @@ def test_every_policy_commits_at_least_one_per_unfinished_row():
         got = select(conf, conf, st, DecodeConfig(policy=name, gen_length=5, block_length=5))
         assert got.sum(1).tolist() == [1, 1], name
         assert not (got & ~st.masked).any(), name
+
+
+def test_factor_bound_is_one_minus_f_over_n_plus_one():
+    # the second most confident (0.7) passes 1 - 1/3 = 0.667 but not 1 - 1/4 = 0.75
+    conf = torch.tensor([[0.1, 0.9, 0.7, 0.2]])
+    got = POLICIES["factor"](conf, conf, state([[True] * 4]), DecodeConfig(policy="factor"))
+    assert got.int().tolist() == [[0, 1, 1, 0]]
+
+
+def test_localleap_thresholds_are_inclusive():
+    # exactly tau_hi anchors; exactly tau_lo next to an anchor follows it (0.75, 0.5 exact)
+    conf = torch.tensor([[0.75, 0.5, 0.25, 0.5]])
+    cfg = DecodeConfig(policy="localleap", leap_tau_hi=0.75, leap_tau_lo=0.5, leap_radius=1)
+    got = POLICIES["localleap"](conf, conf, state([[True] * 4]), cfg)
+    assert got.int().tolist() == [[1, 1, 0, 0]]

@@ -183,3 +183,16 @@ def test_select_keeps_at_least_one_for_every_new_rule():
                         ("credit", {"memory": torch.zeros(1, 3)})]:
         got = select(conf, conf, state([[True] * 3], **extra), DecodeConfig(policy=name))
         assert got.int().tolist() == [[0, 1, 0]], name
+
+
+def test_wino_drafts_strictly_above_its_threshold_and_keeps_drafts_it_believes():
+    cfg = DecodeConfig(policy="wino", wino_draft=0.5, wino_verify=0.75)
+    # p0 (0.5) is not above 0.5; p1-p3 are drafted: up to two earlier drafts may go back,
+    # but only p4 is doubted (0.25 < 0.75); p5 (0.75) and p6 (0.875) are believed
+    conf = torch.tensor([[0.5, 0.625, 0.75, 1.0, 0.0, 0.0, 0.0]])
+    st = state([[True, True, True, True, False, False, False]],
+               token_conf=torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.25, 0.75, 0.875]]),
+               drafted=torch.tensor([[False, False, False, False, True, True, True]]))
+    commit = POLICIES["wino"](conf, conf, st, cfg)
+    assert commit.int().tolist() == [[0, 1, 1, 1, 0, 0, 0]]
+    assert st.remask.int().tolist() == [[0, 0, 0, 0, 1, 0, 0]]

@@ -149,9 +149,8 @@ def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "
 
 
 def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
-    from stdec.tokenizer import train_tokenizer
-
     from stdec.models import resolve_device
+    from stdec.tokenizer import train_tokenizer
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

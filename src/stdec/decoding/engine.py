@@ -115,24 +115,19 @@ class Request:
 
 
 def confidence(logits: Tensor, mask_id: int, temperature: float,
-               generator: torch.Generator | Sequence[torch.Generator] | None
-               ) -> tuple[Tensor, Tensor]:
+               generators: Sequence[torch.Generator] | None) -> tuple[Tensor, Tensor]:
     """Prediction and its probability for each position. logits (B, L, V) -> (B, L), (B, L).
 
     The mask token is never a prediction (committing it would undo the commit). With a
     temperature the prediction is Gumbel-max sampled in float64 and the confidence is its
-    probability under the model, as in LLaDA. `generator` may be one per row: each row's
-    noise then comes from its own generator, so it never depends on the batch.
+    probability under the model, as in LLaDA. `generators` (one per row, needed when
+    temperature > 0): each row's noise comes from its own, so it never depends on the batch.
     """
     logits = logits.float()
     logits[..., mask_id] = -math.inf
     if temperature > 0:
-        if isinstance(generator, Sequence):
-            u = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device,
-                                        dtype=torch.float64) for g in generator])
-        else:
-            u = torch.rand(logits.shape, generator=generator, device=logits.device,
-                           dtype=torch.float64)
+        u = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device,
+                                    dtype=torch.float64) for g in generators])
         pred = (logits.double() / temperature - torch.log(-torch.log(u))).argmax(-1)
     else:
         pred = logits.argmax(-1)

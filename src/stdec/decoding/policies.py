@@ -108,8 +108,7 @@ def eb(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tenso
     """EB-sampler (Ben-Hamu et al. 2025): sort the masked positions by entropy, ascending, and
     commit the longest prefix whose entropies sum, less the largest of them, to at most
     eb_gamma: sum_{j<=k} H_(j) - H_(k) <= gamma, so the first always goes."""
-    ranked = torch.sort(state.entropy.masked_fill(~state.masked, math.inf), dim=1,
-                        stable=True).values
+    ranked = torch.sort(state.entropy.masked_fill(~state.masked, math.inf), dim=1).values
     before = ranked.cumsum(dim=1) - ranked  # entropy of the positions ahead in the order
     count = (before <= cfg.eb_gamma).sum(dim=1, keepdim=True)  # before is non-decreasing
     return (_rank(-state.entropy, state.masked) < count) & state.masked
