@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
-from stdec.models.layers import RMSNorm, apply_rope, attend
+from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears
 
 __all__ = ["DreamConfig", "DreamModel"]
 
@@ -99,9 +99,13 @@ class DreamAttention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None, layer: int, start: int, causal: bool) -> Tensor:
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
-        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "qkv_proj"):  # fused at load time
+            q, k, v = self.qkv_proj(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, T, D): every cached position
@@ -117,7 +121,9 @@ class DreamMLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x) if hasattr(self, "gate_up_proj") else \
+            (self.gate_proj(x), self.up_proj(x))
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DreamLayer(nn.Module):
@@ -127,6 +133,11 @@ class DreamLayer(nn.Module):
         self.self_attn = DreamAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = DreamMLP(cfg)
+
+    def fuse(self):
+        """One multiply for Q, K and V, one for the gate and up projections (inference)."""
+        fuse_linears(self.self_attn, "qkv_proj", ["q_proj", "k_proj", "v_proj"])
+        fuse_linears(self.mlp, "gate_up_proj", ["gate_proj", "up_proj"])
 
     def forward(self, h: Tensor, *attn_args) -> Tensor:
         h = h + self.self_attn(self.input_layernorm(h), *attn_args)
@@ -168,6 +179,15 @@ class DreamModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
+
+    def fuse(self) -> "DreamModel":
+        """Fuse each block's projections that read one input (for inference: training keeps
+        them apart). The state dict, and so the checkpoint, is unchanged."""
+        for block in self.model.layers:
+            if not hasattr(block, "fused"):
+                block.fuse()
+                block.fused = True
+        return self
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config

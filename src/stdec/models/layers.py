@@ -1,11 +1,12 @@
-"""Pieces both model files use: RMSNorm in float32, the rotate-half rotary embedding and
-grouped-query attention through SDPA."""
+"""Pieces both model files use: RMSNorm in float32, the rotate-half rotary embedding,
+grouped-query attention through SDPA, and load-time fusion of projections that read the
+same input."""
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RMSNorm", "apply_rope", "attend", "rotate_half"]
+__all__ = ["FusedLinear", "RMSNorm", "apply_rope", "attend", "fuse_linears", "rotate_half"]
 
 # torch >= 2.5 attends grouped K/V heads without copying them
 _NATIVE_GQA = torch.__version__ >= "2.5"
@@ -45,3 +46,48 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -
                                               enable_gqa=True)
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
+class FusedLinear(nn.Module):
+    """Linear layers that read one input, as one matrix multiply: their weights stacked by
+    output rows. forward returns each layer's output, in order."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        self.sizes = [layer.out_features for layer in layers]
+        with torch.no_grad():
+            self.weight = nn.Parameter(torch.cat([layer.weight for layer in layers]),
+                                       requires_grad=False)
+            biases = [layer.bias for layer in layers]
+            self.bias = None if biases[0] is None else nn.Parameter(torch.cat(biases),
+                                                                    requires_grad=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+
+def fuse_linears(module: nn.Module, fused: str, names: list[str]):
+    """Replace `module`'s Linear children `names` by one FusedLinear child `fused` (for
+    inference). The state dict keeps the children's own names both ways (hooks split the
+    fused tensors on save and stack the named ones on load), so a checkpoint reads and
+    writes exactly as before."""
+    setattr(module, fused, FusedLinear([getattr(module, n) for n in names]))
+    for n in names:
+        delattr(module, n)
+    sizes = getattr(module, fused).sizes
+
+    def split(mod, state, prefix, meta):
+        for kind in ("weight", "bias"):
+            stacked = state.pop(f"{prefix}{fused}.{kind}", None)
+            if stacked is not None:  # copies: safetensors refuses tensors that share memory
+                for n, part in zip(names, stacked.split(sizes), strict=True):
+                    state[f"{prefix}{n}.{kind}"] = part.clone()
+
+    def stack(state, prefix, *args):
+        for kind in ("weight", "bias"):
+            keys = [f"{prefix}{n}.{kind}" for n in names]
+            if all(k in state for k in keys):
+                state[f"{prefix}{fused}.{kind}"] = torch.cat([state.pop(k) for k in keys])
+
+    module._register_state_dict_hook(split)
+    module._register_load_state_dict_pre_hook(stack)

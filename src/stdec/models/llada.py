@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
-from stdec.models.layers import RMSNorm, apply_rope, attend
+from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM"]
 
@@ -94,20 +94,31 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=cfg.include_bias)
 
+    def fuse(self):
+        """One multiply for Q, K and V, one for the gate and up projections (inference)."""
+        fuse_linears(self, "qkv_proj", ["q_proj", "k_proj", "v_proj"])
+        fuse_linears(self, "gate_up_proj", ["ff_proj", "up_proj"])
+
     def forward(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None, layer: int, start: int, causal: bool) -> Tensor:
         B, L, _ = h.shape
         x = self.attn_norm(h)
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
-        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "qkv_proj"):
+            q, k, v = self.qkv_proj(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, T, D): every cached position
         a = attend(q, k, v, mask, causal)  # (B, H, L, D)
         h = h + self.attn_out(a.transpose(1, 2).reshape(B, L, -1))
         x = self.ff_norm(h)
-        return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x) if hasattr(self, "gate_up_proj") else \
+            (self.ff_proj(x), self.up_proj(x))
+        return h + self.ff_out(F.silu(gate) * up)
 
 
 class LLaDAModelLM(nn.Module):
@@ -153,6 +164,15 @@ class LLaDAModelLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.transformer.wte.weight.dtype
+
+    def fuse(self) -> "LLaDAModelLM":
+        """Fuse each block's projections that read one input (for inference: training keeps
+        them apart). The state dict, and so the checkpoint, is unchanged."""
+        for block in self.model.transformer["blocks"]:
+            if not hasattr(block, "fused"):
+                block.fuse()
+                block.fused = True
+        return self
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config

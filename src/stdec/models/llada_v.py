@@ -305,6 +305,10 @@ class LLaDAVModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.language_model.dtype
 
+    def fuse(self) -> "LLaDAVModel":
+        self.language_model.fuse()
+        return self
+
     def new_cache(self, batch: int, length: int) -> KVCache:
         return self.language_model.new_cache(batch, length)
 
