@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A session's GPU work in one device call: train the testbed dLLM for TRAIN_SECONDS (data
 # preparation included), then the vision testbed for VISION_SECONDS (stopped by the clock,
-# it brings back its resumable checkpoint), then time LLaDA-8B-shaped steps. Everything
+# it brings back its resumable checkpoint), then time LLaDA-8B-shaped steps and, for
+# E2E_SECONDS, whole decodes at LLaDA-8B and Dream-7B shape (benchmarks/e2e_gpu.py). Everything
 # comes back as one tar in 15 MB parts beside summary.txt (the device tool brings back at
 # most 8 files of 16 MiB). Evaluate and write the model cards afterwards on the CPU:
 #   cat $OUT/results.tar.part-* | tar -x -C runs/   # runs/testbed-gpu, runs/testbed-vision
@@ -13,6 +14,7 @@ set -euo pipefail
 OUT=${OUT:-runs/gpu}
 TRAIN_SECONDS=${TRAIN_SECONDS:-330}
 VISION_SECONDS=${VISION_SECONDS:-150}
+E2E_SECONDS=${E2E_SECONDS:-80}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 if [[ -n ${SMALL:-} ]]; then
@@ -21,6 +23,7 @@ if [[ -n ${SMALL:-} ]]; then
   vision=(--steps 20 --batch-size 4 --eval-every 10 --eval-limit 4 --train-size 200
           --save-every 10)
   latency=(--iters 3 --batch 1)
+  e2e=(--repeats 1 --batch 1)
 else
   # The testbed v2 recipe. Width and depth are the CPU inference budget's (vanilla decoding
   # of a 400-problem test split in under 2 minutes on 2 cores); what a GPU adds is data and
@@ -35,6 +38,7 @@ else
   vision=(--steps 40000 --batch-size 64 --lr 0.002 --warmup 500 --eval-every 2000
           --eval-limit 100 --save-every 1000 --train-size 60000 --threads 4)
   latency=(--random-8b --iters 20)
+  e2e=(--repeats 1 --batch 1 8 --cache dual)
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   python3 -c 'import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)'
@@ -54,12 +58,14 @@ if [[ -f $OUT/testbed-vision/train_log.json ]]; then rm -rf "$OUT/testbed-vision
 
 timeout 60 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
   || echo "step_latency.py stopped early (exit $?)" >> "$OUT/step_latency.txt"
+timeout "$E2E_SECONDS" python3 benchmarks/e2e_gpu.py "${e2e[@]}" > "$OUT/e2e.txt" 2>&1 \
+  || echo "e2e_gpu.py stopped early (exit $?)" >> "$OUT/e2e.txt"
 
 cd "$OUT"
-for f in env.txt train.log vision.log step_latency.txt; do
+for f in env.txt train.log vision.log step_latency.txt e2e.txt; do
   echo "==> $f"; tail -n 40 "$f"
 done > summary.txt
-tar -cf - testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt \
+tar -cf - testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt e2e.txt \
   | split -b 15m - results.tar.part-
-rm -rf testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt
+rm -rf testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt e2e.txt
 ls -la
