@@ -15,7 +15,9 @@ from stdec.models.presets import PRESETS
 
 LLADA_8B = {"architectures": ["LLaDAModelLM"], "model_type": "llada", "mask_token_id": 126336,
             "eos_token_id": 126081, "pad_token_id": 126081, "d_model": 4096}
-TESTBED_TUNED = {"tau_high": 0.99, "tau_low": 0.95, "sigma": 2.0, "rho": 0.97, "window": 2}
+TESTBED_TUNED = {"tau_high": 0.99, "tau_low": 0.95, "sigma": 2.0, "rho": 0.97, "window": 2,
+                 "eb_gamma": 0.03, "klass_tau": 0.95, "klass_kl": 0.1, "klass_steps": 1,
+                 "wino_draft": 0.9, "wino_verify": 0.95, "credit_tau": 0.98}  # dev-tuned
 
 
 def folder(tmp_path, config: dict, defaults: dict | None = None):
