@@ -6,9 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 from reference import config
+from scripted import Scripted, peaked
 
 from stdec.decoding import policies
-from stdec.decoding.config import CACHE_MODES, POLICY_NAMES
+from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.decoding.engine import Engine, decode
 from stdec.testing import random_dream_model, random_model, tiny_config, tiny_dream_config
 
@@ -238,3 +239,54 @@ def test_klass_rows_of_different_block_lengths_decode_as_alone():
     rest = [engine.submit(*r) for r in reqs[1:]]
     engine.run()
     assert [r.ids for r in [first, *rest]] == alone
+
+
+# ---- scripted models: which step commits what is written out by hand ----
+
+def traced(script, gen: int, **kw):
+    cfg = DecodeConfig(gen_length=gen, block_length=gen, trace=True, stop_at_eos=False, **kw)
+    return decode(Scripted(script), [[3, 4]], cfg)
+
+
+def test_the_first_generated_position_may_be_committed_last():
+    # confidence rises to the right: fixed (one a step) commits right to left
+    out = traced(lambda n: peaked([5, 6, 7, 8], [0.3, 0.4, 0.5, 0.6]), 4, policy="fixed",
+                 steps=4)
+    assert out.trace.step[0].tolist() == [4, 3, 2, 1]
+    assert out.ids[0].tolist() == [5, 6, 7, 8]
+
+
+def test_fixed_follows_its_uneven_schedule_through_the_engine():
+    out = traced(lambda n: peaked([5, 6, 7, 8, 9, 10], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), 6,
+                 policy="fixed", steps=4)  # 6 tokens in 4 steps: 2, 2, 1, 1
+    assert out.trace.step[0].tolist() == [1, 1, 2, 2, 3, 4]
+
+
+def test_stdec_relaxes_a_prediction_once_it_held_for_the_window():
+    def script(n):  # p1 holds 4 at 0.85; p2 (0.87) flips between 5 and 6, never stable
+        return peaked([7, 4, 5 + n % 2, 9], [0.95, 0.85, 0.87, 0.1])
+
+    out = traced(script, 4, policy="stdec", tau_high=0.9, tau_low=0.9, rho=0.9, window=3)
+    # step 1: p0 (0.95); step 2: nothing passes 0.9, the most confident (p2) goes; step 3:
+    # p1 has held 3 steps, its threshold is 0.81; step 4: p3, the last one
+    assert out.trace.step[0].tolist() == [1, 3, 2, 4]
+
+
+def test_a_draft_wino_takes_back_is_uncommitted_in_the_live_trace():
+    def script(n):  # as in test_rules: the second forward doubts p1's draft
+        if n == 0:
+            return peaked([3, 4, 5, 6], [0.7, 0.65, 0.3, 0.2])
+        if n == 1:
+            return peaked([3, 4, 5, 6], [0.95, 0.7, 0.8, 0.65])
+        return peaked([3, 4, 5, 6], [0.95, 0.95, 0.5, 0.95])
+
+    cfg = DecodeConfig(policy="wino", wino_draft=0.6, wino_verify=0.9, gen_length=4,
+                       block_length=4, stop_at_eos=False)
+    engine = Engine(Scripted(script), max_batch=1, max_length=8)
+    seen = []
+    engine.submit([3, 4], cfg, progress=True,
+                  listener=lambda r: seen.append((list(r.tokens), list(r.steps))))
+    engine.run()
+    assert seen[0] == ([3, 4, 2, 2], [1, 1, -1, -1])
+    assert seen[1] == ([3, 2, 5, 6], [1, -1, 2, 2])  # p1 masked again, out of the trace
+    assert seen[-1] == ([3, 4, 5, 6], [1, 3, 2, 2])

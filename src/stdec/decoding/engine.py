@@ -368,8 +368,7 @@ class Engine:
         if min(ends) != keys:  # rows of different lengths: each attends to its own keys
             mask = torch.arange(keys, device=dev) < torch.tensor(ends, device=dev)[:, None]
         cache = None
-        if self.cache is not None and (kind != "full" or
-                                       any(r.config.cache != "none" for r in rows)):
+        if self.cache is not None and any(r.config.cache != "none" for r in rows):
             # padding writes its K/V into the scratch column past max_length
             write = torch.where(valid, cols, W)
             if kind == "dkv":  # dKV-Cache's delay: a token decoded two or more forwards ago
