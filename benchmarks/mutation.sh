@@ -43,7 +43,7 @@ decoding)
     mutate=(src/stdec/decoding/{config,defaults,engine,policies}.py)
     tests=(tests/test_policies.py tests/test_decoding.py tests/test_eos_stop.py
            tests/test_confidence.py tests/test_engine.py tests/test_rules.py tests/test_dkv.py
-           tests/test_defaults.py
+           tests/test_defaults.py tests/test_llada_v.py
            tests/test_api.py::test_bad_decode_options_fail_with_one_sentence);;
 scorers)
     mutate=(src/stdec/tasks/base.py src/stdec/tasks/lists.py src/stdec/tasks/arith.py
