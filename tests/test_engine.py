@@ -290,3 +290,24 @@ def test_a_draft_wino_takes_back_is_uncommitted_in_the_live_trace():
     assert seen[0] == ([3, 4, 2, 2], [1, 1, -1, -1])
     assert seen[1] == ([3, 2, 5, 6], [1, -1, 2, 2])  # p1 masked again, out of the trace
     assert seen[-1] == ([3, 4, 5, 6], [1, 3, 2, 2])
+
+
+def test_a_request_cancelled_while_waiting_never_takes_a_slot():
+    model = MODELS["llada"]()
+    engine = Engine(model, max_batch=1, max_length=64)
+    first = engine.submit([5, 6], config("fixed"))
+    queued = engine.submit([7, 8], config("fixed"))
+    engine.step()
+    queued.cancel()
+    engine.run()
+    assert queued.state == "cancelled" and queued.nfe == 0 and queued.stats is None
+    assert first.state == "done"
+
+
+def test_every_free_slot_is_filled_in_one_step():
+    model = MODELS["llada"]()
+    engine = Engine(model, max_batch=3, max_length=64)
+    reqs = [engine.submit(p, config("fixed")) for p in ([5, 6], [7, 8], [9, 10])]
+    engine.step()
+    assert [r.state for r in reqs] == ["running"] * 3 and [r.nfe for r in reqs] == [1, 1, 1]
+
