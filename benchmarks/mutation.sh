@@ -18,8 +18,8 @@
 # labels are not mutated: changing a sentence is not a bug a test should pin letter by letter.
 # Runs under nice -n 19 with two workers: it is CPU-heavy.
 set -euo pipefail
-# the body is one function, read whole before it runs: editing this file during a long run
-# cannot change the run
+# the body is one function and its call one line, read whole before it runs: editing this
+# file during a long run cannot change the run
 
 main() {
 area=${1:?usage: benchmarks/mutation.sh models|decoding|scorers|tune|all [budget_s]}
@@ -118,5 +118,4 @@ EOF
 echo "survivor diffs: $work/survivors.diff"
 }
 
-main "$@"
-exit
+main "$@"; exit  # one line: bash has read it whole before main runs

@@ -61,6 +61,9 @@ def test_tokens_older_than_one_forward_are_read_from_the_cache(arch):
     k_dkv = engine.cache.k[-1][r.slot]
     torch.testing.assert_close(k_dkv[:, old], k0[:, old], atol=0, rtol=0)  # kept
     torch.testing.assert_close(k_dkv[:, new], k_prefix[:, new], atol=1e-6, rtol=0)  # written
+    suffix = torch.arange(r.block + 8, r.length)  # masks after the block: fed and written
+    torch.testing.assert_close(k_dkv[:, suffix], k_prefix[:, suffix], atol=1e-6, rtol=0)
+    assert not torch.allclose(k0[:, suffix], k_prefix[:, suffix], atol=1e-4)
     assert not torch.equal(k_prefix[:, old], k0[:, old])  # so keeping them is a choice
     assert not torch.allclose(dkv, prefix, atol=1e-5)
 

@@ -311,3 +311,35 @@ def test_every_free_slot_is_filled_in_one_step():
     engine.step()
     assert [r.state for r in reqs] == ["running"] * 3 and [r.nfe for r in reqs] == [1, 1, 1]
 
+
+
+class Counting:
+    """A model that counts its forwards (the engine must not fall back to one per row)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+        self.config, self.device, self.logits_shift = inner.config, inner.device, 0
+
+    def new_cache(self, *args):
+        return self.inner.new_cache(*args)
+
+    def __call__(self, ids, **kw):
+        self.calls += 1
+        return self.inner(ids, **kw)
+
+
+def test_rows_at_different_blocks_share_one_forward_per_cache_mode():
+    inner = MODELS["llada"]()
+    model = Counting(inner)
+    engine = Engine(model, max_batch=4, max_length=64)
+    short = DecodeConfig(policy="fixed", gen_length=8, block_length=4, steps=4)
+    late = engine.submit([5, 6, 7], short)
+    engine.step()
+    engine.step()  # `late` is in its second block now
+    mixed = [engine.submit([8, 9], config("fixed", "none")),
+             engine.submit([10, 11, 12, 13], replace(short, block_length=8, steps=1))]
+    before = model.calls
+    engine.step()  # three rows, three blocks, two block lengths: still one full forward
+    assert model.calls - before == 1
+    engine.run()
+    assert [r.state for r in (late, *mixed)] == ["done"] * 3
