@@ -115,6 +115,10 @@ def test_math_equivalence():
     assert not is_equiv("3.14159", "\\pi") and not is_equiv("dog", "god")
     assert is_equiv("-2, 1", "1, -2") and is_equiv("\\{1,2\\}", "\\{2,1\\}")
     assert is_equiv(None, "1") is False
+    # mixed numbers, as MATH writes them; a digit before a letter fraction is a product
+    assert is_equiv("1\\frac{1}{2}", "\\frac{3}{2}") and is_equiv("-2\\frac{1}{4}", "-2.25")
+    assert not is_equiv("1\\frac{1}{2}", "\\frac{1}{2}")
+    assert is_equiv("2\\frac{x}{3}", "\\frac{2x}{3}") and is_equiv("x^2\\frac12", "x^2/2")
     assert last_boxed("a \\boxed{x^{2}} then \\boxed{\\frac{a}{b}}.") == "\\frac{a}{b}"
     assert extract_answer("Thus the answer is 42. Done.") == "42"
     assert extract_answer("no final answer here") is None

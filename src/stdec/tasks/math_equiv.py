@@ -85,6 +85,9 @@ def normalize(s: str) -> str:
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    # a mixed number, as MATH writes them: "1\frac{1}{2}" is 3/2, not 1 x 1/2
+    s = re.sub(r"(?<![\w.}^])(\d+)\\frac\{(\d+)\}\{(\d+)\}",
+               lambda m: f"\\frac{{{int(m[1]) * int(m[3]) + int(m[2])}}}{{{m[3]}}}", s)
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
     s = re.sub(r"\^\{(\w)\}", r"^\1", s)
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators
