@@ -54,9 +54,10 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
-         device: str | torch.device | None = None):
+         device: str | torch.device | None = None, fuse: bool = True):
     """(model, tokenizer) from a checkpoint folder that also holds a tokenizer, the model
-    ready for inference (eval mode, projections fused)."""
+    ready for inference (eval mode; with `fuse`, projections fused: pass fuse=False to
+    train it)."""
     from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     path = resolve_model_path(model)
@@ -73,8 +74,9 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
         tokenizer = cls.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
         raise StdecError(f"the tokenizer in {str(path)!r} could not be read ({err}).") from None
-    # fused projections: fewer, larger multiplies; the same numbers (tests/test_fused.py)
-    loaded = load_model(path, dtype=dtype, device=device).fuse()
+    loaded = load_model(path, dtype=dtype, device=device)
+    if fuse:  # fewer, larger multiplies; the same numbers (tests/test_fused.py)
+        loaded.fuse()
     loaded.decoding_defaults = defaults  # what generate() lays the user's options over
     return loaded, tokenizer
 

@@ -324,7 +324,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
     if resume and (ckpt / f"{STATE}.json").is_file():
         from stdec.api import load
 
-        model, tokenizer = load(ckpt, dtype="float32", device=device)
+        model, tokenizer = load(ckpt, dtype="float32", device=device, fuse=False)
         saved = TrainConfig(**json.loads((ckpt / f"{STATE}.json").read_text())["config"])
         # a resume may lengthen the schedule, change the precision or the task mixture
         if replace(saved, steps=cfg.steps, eval_every=cfg.eval_every, device=cfg.device,
