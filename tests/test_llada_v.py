@@ -217,6 +217,19 @@ def test_image_and_text_rows_decode_as_they_do_alone(vl, cache):
     assert swapped.ids.tolist() == together.ids.tolist()[::-1]
 
 
+def test_a_request_whose_images_cannot_be_encoded_fails_alone(vl):
+    from stdec.decoding.engine import Engine
+
+    engine = Engine(vl, max_batch=2, max_length=256)
+    bad = engine.submit([5, IMG, 6, IMG], config("threshold"), images=[picture(32, 32)])
+    good = engine.submit([5, IMG, 6], config("threshold"), images=[picture(32, 32)])
+    engine.run()
+    assert bad.state == "failed" and "2 <image> placeholders but 1 images" in bad.error
+    assert good.state == "done"
+    alone = decode(vl, [[5, IMG, 6]], config("threshold"), images=[[picture(32, 32)]])
+    assert good.ids == alone.ids[0].tolist()
+
+
 # ---- checkpoints ----
 
 @pytest.mark.parametrize("shard", [None, 20_000])
