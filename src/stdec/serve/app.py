@@ -215,8 +215,9 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
         body = p.parse(await request.body(), p.ChatRequest, config.max_body_bytes)
         check_model(body)
         try:
-            images = read_images(body.image_urls(), config.image_dir)
-            require_vision(model, len(images))
+            urls = body.image_urls()
+            require_vision(model, len(urls))
+            images = read_images(urls, config.image_dir)
             ids = encode_chat(tokenizer, body.conversation(),
                               len(images) if sees_images(model) else None)
         except StdecError as err:
