@@ -161,18 +161,19 @@ def test_a_freed_slot_takes_the_next_request_while_the_others_run():
     assert slow.state == "running" and late.state == "running" and late.slot == 1
 
 
-class Poisoned:
-    """A model whose forward fails when the poison id is among the ids it is fed."""
+class Spy:
+    """A model that counts its forwards and fails one whose input holds the poison id."""
 
-    def __init__(self, inner, poison: int):
-        self.inner, self.poison = inner, poison
+    def __init__(self, inner, poison: int | None = None):
+        self.inner, self.poison, self.calls = inner, poison, 0
         self.config, self.device, self.logits_shift = inner.config, inner.device, 0
 
     def new_cache(self, *args):
         return self.inner.new_cache(*args)
 
     def __call__(self, ids, **kw):
-        if (ids == self.poison).any():
+        self.calls += 1
+        if self.poison is not None and (ids == self.poison).any():
             raise RuntimeError("poisoned input")
         return self.inner(ids, **kw)
 
@@ -180,7 +181,7 @@ class Poisoned:
 @pytest.mark.parametrize("n_good", [1, 2])
 def test_a_forward_that_fails_for_one_row_fails_that_row_alone(n_good):
     inner = MODELS["llada"]()
-    model = Poisoned(inner, poison=250)
+    model = Spy(inner, poison=250)
     engine = Engine(model, max_batch=3, max_length=64)
     prompts = [[5, 6, 7], [8, 9], [11, 12, 13, 14]][:n_good]
     bad = engine.submit([5, 250, 7], config("threshold"))  # first: the row at fault leads
@@ -313,24 +314,9 @@ def test_every_free_slot_is_filled_in_one_step():
 
 
 
-class Counting:
-    """A model that counts its forwards (the engine must not fall back to one per row)."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-        self.config, self.device, self.logits_shift = inner.config, inner.device, 0
-
-    def new_cache(self, *args):
-        return self.inner.new_cache(*args)
-
-    def __call__(self, ids, **kw):
-        self.calls += 1
-        return self.inner(ids, **kw)
-
-
 def test_rows_at_different_blocks_share_one_forward_per_cache_mode():
     inner = MODELS["llada"]()
-    model = Counting(inner)
+    model = Spy(inner)
     engine = Engine(model, max_batch=4, max_length=64)
     short = DecodeConfig(policy="fixed", gen_length=8, block_length=4, steps=4)
     late = engine.submit([5, 6, 7], short)

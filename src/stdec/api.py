@@ -17,6 +17,7 @@ from stdec.models.images import (
     ImageInput,
     load_image,
     require_vision,
+    sees_images,
     tokenize_with_images,
 )
 from stdec.models.presets import PRESETS, _offline, is_hub_id, resolve_model
@@ -164,10 +165,6 @@ def encode_chat(tokenizer, messages: list[dict], n_images: int | None = None) ->
     if n_images is not None:
         return encode_text(tokenizer, text, n_images)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def sees_images(model) -> bool:
-    return hasattr(model, "encode_prompts")
 
 
 def check_images(images, prompts: list[str], single: bool) -> list[list]:

@@ -227,9 +227,10 @@ def require_vision_model(model: str, why: str):
     """Refuse, from config.json alone, image work for a text-only checkpoint."""
     from stdec.api import resolve_model_path
     from stdec.models import model_class, read_config
+    from stdec.models.images import sees_images
 
     path = resolve_model_path(model)
-    if not hasattr(model_class(read_config(path), path), "encode_prompts"):
+    if not sees_images(model_class(read_config(path), path)):
         raise StdecError(f"{why}, but --model {model!r} is a text-only model; use a "
                          "vision-language checkpoint (LLaDA-V, e.g. testbed-vision).")
 

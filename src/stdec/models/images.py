@@ -16,7 +16,7 @@ from PIL import Image
 from stdec.errors import StdecError
 
 __all__ = ["IMAGE_PLACEHOLDER", "MAX_BYTES", "MAX_PIXELS", "ImageInput", "load_image",
-           "load_images", "require_vision", "tokenize_with_images"]
+           "load_images", "require_vision", "sees_images", "tokenize_with_images"]
 
 MAX_PIXELS = 8192 * 8192  # LLaDA-V sees at most a 2304 x 2304 grid; beyond this is an error
 MAX_BYTES = 32 * 2**20
@@ -99,9 +99,14 @@ def load_images(sources: Sequence[ImageInput], **limits) -> list[Image.Image]:
     return [load_image(s, **limits) for s in sources]
 
 
+def sees_images(model) -> bool:
+    """Whether a model (or its class) takes images: a vision-language model expands them."""
+    return hasattr(model, "encode_prompts")
+
+
 def require_vision(model, n_images: int):
     """Fail, before any work, when images go to a model that cannot see them."""
-    if n_images and not hasattr(model, "encode_prompts"):  # stdec.api.sees_images
+    if n_images and not sees_images(model):
         raise StdecError(f"{n_images} image(s) were given, but {type(model).__name__} is a "
                          "text-only model; use a vision-language checkpoint (LLaDA-V).")
 

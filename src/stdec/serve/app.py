@@ -19,12 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from stdec.api import encode, encode_chat, end_token_ids, sees_images
+from stdec.api import encode, encode_chat, end_token_ids
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine
 from stdec.decoding.engine import Request as Job
 from stdec.errors import StdecError
-from stdec.models.images import require_vision
+from stdec.models.images import require_vision, sees_images
 from stdec.serve import protocol as p
 from stdec.serve.metrics import Metrics
 
