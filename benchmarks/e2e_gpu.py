@@ -115,7 +115,8 @@ def build(shape: str, device, dtype, small: bool):
     return model.eval().fuse()
 
 
-def run(model, schedule, rule: str, cache: str, batch: int, prompt_len: int) -> tuple:
+def run(model, rule: str, cache: str, batch: int, prompt_len: int) -> tuple[float, int]:
+    """Seconds and engine steps for `batch` random prompts decoded together."""
     cfg = DecodeConfig(policy=rule, cache=cache, gen_length=GEN, block_length=BLOCK,
                        stop_at_eos=False)
     gen = torch.Generator().manual_seed(0)
@@ -172,10 +173,10 @@ def main():
             try:
                 for cache in args.cache.split(","):
                     for batch in args.batch:
-                        run(model, schedule, rule, cache, batch, prompt_len)  # warm-up
+                        run(model, rule, cache, batch, prompt_len)  # warm-up
                         walls, steps = [], 0
                         for _ in range(args.repeats):
-                            wall, steps = run(model, schedule, rule, cache, batch, prompt_len)
+                            wall, steps = run(model, rule, cache, batch, prompt_len)
                             walls.append(wall)
                         wall = statistics.median(walls)
                         floor = steps * weight_bytes / bw  # every step reads the weights once
