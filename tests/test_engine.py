@@ -127,12 +127,17 @@ def test_listener_sees_the_committed_prefix_grow():
     assert torch.equal(torch.tensor(r.steps) > 0, torch.ones(24, dtype=torch.bool))
 
 
-def test_cancel_all_ends_every_request_with_the_reason():
-    model = MODELS["llada"]()
-    engine = Engine(model, max_batch=1, max_length=64)
+def one_running_one_waiting():
+    """An engine with one slot, after one step: one request in it, one queued."""
+    engine = Engine(MODELS["llada"](), max_batch=1, max_length=64)
     running = engine.submit([5, 6], config("fixed"))
     waiting = engine.submit([7, 8], config("fixed"))
     engine.step()
+    return engine, running, waiting
+
+
+def test_cancel_all_ends_every_request_with_the_reason():
+    engine, running, waiting = one_running_one_waiting()
     engine.cancel_all("the server is shutting down")
     for r in (running, waiting):
         assert r.state == "cancelled" and r.error == "the server is shutting down"
@@ -294,11 +299,7 @@ def test_a_draft_wino_takes_back_is_uncommitted_in_the_live_trace():
 
 
 def test_a_request_cancelled_while_waiting_never_takes_a_slot():
-    model = MODELS["llada"]()
-    engine = Engine(model, max_batch=1, max_length=64)
-    first = engine.submit([5, 6], config("fixed"))
-    queued = engine.submit([7, 8], config("fixed"))
-    engine.step()
+    engine, first, queued = one_running_one_waiting()
     queued.cancel()
     engine.run()
     assert queued.state == "cancelled" and queued.nfe == 0 and queued.stats is None

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FusedLinear", "RMSNorm", "apply_rope", "attend", "fuse_linears", "rotate_half"]
+__all__ = ["FusedLinear", "RMSNorm", "apply_rope", "attend", "fuse_linears", "qkv_heads",
+           "rotate_half"]
 
 # torch >= 2.5 attends grouped K/V heads without copying them
 _NATIVE_GQA = torch.__version__ >= "2.5"
@@ -34,6 +35,19 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x (B, H, L, D); cos, sin (B, 1, L, D) float32. Rotation in float32, as both models do."""
     x32 = x.float()
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def qkv_heads(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, L, d) -> q (B, H, L, D), k and v (B, H_kv, L, D) through `attn`'s q/k/v_proj, or
+    its qkv_proj once fused (fuse_linears)."""
+    B, L, _ = x.shape
+    if hasattr(attn, "qkv_proj"):
+        q, k, v = attn.qkv_proj(x)
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    heads = (attn.n_heads, attn.n_kv_heads, attn.n_kv_heads)
+    return tuple(t.view(B, L, n, attn.head_dim).transpose(1, 2)
+                 for t, n in zip((q, k, v), heads, strict=True))
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
-from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears
+from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears, qkv_heads
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM"]
 
@@ -102,14 +102,7 @@ class LLaDABlock(nn.Module):
     def forward(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None, layer: int, start: int, causal: bool) -> Tensor:
         B, L, _ = h.shape
-        x = self.attn_norm(h)
-        if hasattr(self, "qkv_proj"):
-            q, k, v = self.qkv_proj(x)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
-        k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv_heads(self, self.attn_norm(h))  # (B, H, L, D), (B, H_kv, L, D) x 2
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, H_kv, T, D): every cached position
