@@ -178,9 +178,7 @@ class DreamModel(nn.Module):
         """Fuse each block's projections that read one input (for inference: training keeps
         them apart). The state dict, and so the checkpoint, is unchanged."""
         for block in self.model.layers:
-            if not hasattr(block, "fused"):
-                block.fuse()
-                block.fused = True
+            block.fuse()
         return self
 
     def new_cache(self, batch: int, length: int) -> KVCache:

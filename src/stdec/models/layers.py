@@ -84,7 +84,9 @@ def fuse_linears(module: nn.Module, fused: str, names: list[str]):
     """Replace `module`'s Linear children `names` by one FusedLinear child `fused` (for
     inference). The state dict keeps the children's own names both ways (hooks split the
     fused tensors on save and stack the named ones on load), so a checkpoint reads and
-    writes exactly as before."""
+    writes exactly as before. Fusing twice changes nothing."""
+    if hasattr(module, fused):
+        return
     setattr(module, fused, FusedLinear([getattr(module, n) for n in names]))
     for n in names:
         delattr(module, n)
