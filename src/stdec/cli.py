@@ -120,6 +120,7 @@ def check_model(model: str) -> str:
                          "it (config.json, *.safetensors, tokenizer files).")
     # owner/name as presets.is_hub_id spells it (importing stdec.models would load torch)
     hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
+    # the bundled names of api.BUNDLED, written out for the same reason
     if not path.exists() and model not in ("testbed", "testbed-vision") and not hub_id:
         raise StdecError(f"--model {model!r} is not a folder, a Hugging Face Hub id "
                          "(owner/name), testbed or testbed-vision; pass a checkpoint folder.")
