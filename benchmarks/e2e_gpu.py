@@ -16,6 +16,7 @@ at the measured copy bandwidth, over the measured time).
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -115,15 +116,18 @@ def build(shape: str, device, dtype, small: bool):
     return model.eval().fuse()
 
 
-def run(model, rule: str, cache: str, batch: int, prompt_len: int) -> tuple[float, int]:
-    """Seconds and engine steps for `batch` random prompts decoded together."""
+def run(model, rule: str, cache: str, batch: int, prompt_len: int,
+        graphs: bool = True) -> tuple[float, int]:
+    """Seconds and engine steps for `batch` random prompts decoded together; `graphs`: dual
+    steps at fixed shapes (decoding/graphs.py), captured on CUDA, eager on the CPU."""
     cfg = DecodeConfig(policy=rule, cache=cache, gen_length=GEN, block_length=BLOCK,
                        stop_at_eos=False)
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.mask_token_id  # ids below the mask id
     prompts = [torch.randint(0, vocab, (prompt_len,), generator=gen).tolist()
                for _ in range(batch)]
-    engine = Engine(model, max_batch=batch, max_length=prompt_len + GEN)
+    model.cuda_graphs = graphs
+    engine = Engine(model, max_batch=batch, max_length=prompt_len + GEN, static_step=graphs)
     sync(model.device)
     t0 = time.perf_counter()
     for p in prompts:
@@ -144,6 +148,9 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--cache", default="dual,prefix")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--graphs", default="on,off",
+                    help="on: dual steps replayed as CUDA graphs (fixed shapes, eager on the "
+                    "CPU); off: the plain eager step")
     args = ap.parse_args()
     if args.record:
         TRACES.write_text(json.dumps(record()) + "\n")
@@ -159,8 +166,8 @@ def main():
     print(f"# {name}, torch {torch.__version__}, {dtype}; copy bandwidth {bw / 1e9:.0f} GB/s; "
           f"prompt {prompt_len}, gen {GEN}, block {BLOCK}; medians of {args.repeats}")
     print(f"# commit traces: {traces['source']}")
-    print(f"{'shape':<9} {'rule':<9} {'cache':<6} {'batch':>5} {'TPF':>5} {'steps':>5} "
-          f"{'ms/step':>8} {'tok/s':>8} {'floor %':>7}")
+    print(f"{'shape':<9} {'rule':<9} {'cache':<6} {'graphs':<6} {'batch':>5} {'TPF':>5} "
+          f"{'steps':>5} {'ms/step':>8} {'tok/s':>8} {'floor %':>7}")
     for shape in args.shapes.split(","):
         model = build(shape, device, dtype, small)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -171,19 +178,19 @@ def main():
             original = policies.POLICIES[rule]
             policies.POLICIES[rule] = replay_rule(schedule, prompt_len)
             try:
-                for cache in args.cache.split(","):
-                    for batch in args.batch:
-                        run(model, rule, cache, batch, prompt_len)  # warm-up
-                        walls, steps = [], 0
-                        for _ in range(args.repeats):
-                            wall, steps = run(model, rule, cache, batch, prompt_len)
-                            walls.append(wall)
-                        wall = statistics.median(walls)
-                        floor = steps * weight_bytes / bw  # every step reads the weights once
-                        print(f"{shape:<9} {rule:<9} {cache:<6} {batch:>5} "
-                              f"{GEN / steps:>5.2f} {steps:>5} {1e3 * wall / steps:>8.2f} "
-                              f"{batch * GEN / wall:>8.1f} {100 * floor / wall:>7.1f}",
-                              flush=True)
+                for cache, batch, graphs in itertools.product(
+                        args.cache.split(","), args.batch, args.graphs.split(",")):
+                    on = graphs == "on"
+                    run(model, rule, cache, batch, prompt_len, on)  # warm-up (and capture)
+                    walls, steps = [], 0
+                    for _ in range(args.repeats):
+                        wall, steps = run(model, rule, cache, batch, prompt_len, on)
+                        walls.append(wall)
+                    wall = statistics.median(walls)
+                    floor = steps * weight_bytes / bw  # every step reads the weights once
+                    print(f"{shape:<9} {rule:<9} {cache:<6} {graphs:<6} {batch:>5} "
+                          f"{GEN / steps:>5.2f} {steps:>5} {1e3 * wall / steps:>8.2f} "
+                          f"{batch * GEN / wall:>8.1f} {100 * floor / wall:>7.1f}", flush=True)
             finally:
                 policies.POLICIES[rule] = original
         del model

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# A session's GPU work in one device call: train the testbed dLLM for TRAIN_SECONDS (data
+# A session's GPU work in one device call: check that CUDA-graph block steps decode what
+# eager ones do (tests/test_gpu.py), train the testbed dLLM for TRAIN_SECONDS (data
 # preparation included), then the vision testbed for VISION_SECONDS (stopped by the clock,
-# it brings back its resumable checkpoint), then time LLaDA-8B-shaped steps and, for
-# E2E_SECONDS, whole decodes at LLaDA-8B and Dream-7B shape (benchmarks/e2e_gpu.py). Everything
+# it brings back its resumable checkpoint), then time LLaDA-8B-shaped steps (batch 1, 8, 32;
+# graphs and eager) and, for E2E_SECONDS, whole decodes at LLaDA-8B and Dream-7B shape
+# (benchmarks/e2e_gpu.py, graphs on and off). About 560 s in all with the values below. Everything
 # comes back as one tar in 15 MB parts beside summary.txt (the device tool brings back at
 # most 8 files of 16 MiB). Evaluate and write the model cards afterwards on the CPU:
 #   cat $OUT/results.tar.part-* | tar -x -C runs/   # runs/testbed-gpu, runs/testbed-vision
 #   python benchmarks/testbed_card.py --model runs/testbed-gpu --write
 #
-#   OUT=runs/gpu TRAIN_SECONDS=330 VISION_SECONDS=150 bash benchmarks/gpu_session.sh
+#   OUT=runs/gpu TRAIN_SECONDS=260 VISION_SECONDS=110 E2E_SECONDS=80 bash benchmarks/gpu_session.sh
 # SMALL=1 runs it at toy size on the CPU, to check the script before spending GPU time.
 set -euo pipefail
 OUT=${OUT:-runs/gpu}
-TRAIN_SECONDS=${TRAIN_SECONDS:-330}
-VISION_SECONDS=${VISION_SECONDS:-150}
+TRAIN_SECONDS=${TRAIN_SECONDS:-260}
+VISION_SECONDS=${VISION_SECONDS:-110}
 E2E_SECONDS=${E2E_SECONDS:-80}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -37,14 +39,18 @@ else
   # the vision testbed: train_vision's default model (4.3M parameters), bigger batches
   vision=(--steps 40000 --batch-size 64 --lr 0.002 --warmup 500 --eval-every 2000
           --eval-limit 100 --save-every 1000 --train-size 60000 --threads 4)
-  latency=(--random-8b --iters 20)
-  e2e=(--repeats 1 --batch 1 8 --cache dual)
+  latency=(--random-8b --iters 10)
+  e2e=(--repeats 1 --batch 1 8 --cache dual --graphs on,off)
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   python3 -c 'import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)'
 } > "$OUT/env.txt" 2>&1
 
-# training first: it is what the session cannot do without the GPU
+# seconds: graph replays must decode what eager steps do before any figure of theirs counts
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1 \
+  || echo "tests/test_gpu.py failed or stopped (exit $?)" >> "$OUT/gpu_tests.txt"
+
+# training next: it is what the session cannot do without the GPU
 python3 -m stdec train --out "$OUT/testbed-gpu" --steps 1000000 --time-budget "$TRAIN_SECONDS" \
   --no-resume "${recipe[@]}" 2>&1 | tr '\r' '\n' | grep --line-buffered -v "it/s\|s/it" \
   | tee "$OUT/train.log" || echo "training stopped early: bringing back its last checkpoint"
@@ -56,16 +62,16 @@ timeout "$VISION_SECONDS" python3 -m stdec.train_vision --out "$OUT/testbed-visi
   "${vision[@]}" 2>&1 | tee "$OUT/vision.log" || echo "vision training stopped at its budget"
 if [[ -f $OUT/testbed-vision/train_log.json ]]; then rm -rf "$OUT/testbed-vision/checkpoint"; fi
 
-timeout 60 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
+timeout 90 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
   || echo "step_latency.py stopped early (exit $?)" >> "$OUT/step_latency.txt"
 timeout "$E2E_SECONDS" python3 benchmarks/e2e_gpu.py "${e2e[@]}" > "$OUT/e2e.txt" 2>&1 \
   || echo "e2e_gpu.py stopped early (exit $?)" >> "$OUT/e2e.txt"
 
 cd "$OUT"
-for f in env.txt train.log vision.log step_latency.txt e2e.txt; do
+for f in env.txt gpu_tests.txt train.log vision.log step_latency.txt e2e.txt; do
   echo "==> $f"; tail -n 40 "$f"
 done > summary.txt
-tar -cf - testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt e2e.txt \
+tar -cf - testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt e2e.txt \
   | split -b 15m - results.tar.part-
-rm -rf testbed-gpu testbed-vision env.txt train.log vision.log step_latency.txt e2e.txt
+rm -rf testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt e2e.txt
 ls -la

@@ -4,11 +4,14 @@
     python benchmarks/step_latency.py --random-8b     # LLaDA-8B shape (needs a GPU)
     python benchmarks/step_latency.py --model PATH    # a local checkpoint
 
-For batch 1 and 8 over a 512-token sequence with 32-token blocks it times one step of
-`none` (a full forward), `prefix` (block + suffix over a cached prefix) and `dual` (the
-block alone), plus the loop's own work after the forward (confidence, policy, commit),
-and prints medians beside the weight bytes, the measured copy bandwidth and the roofline
-(weight bytes / bandwidth: the time to read every weight once).
+For batch 1 and 8 (and 32 at 8B shape) over a 512-token sequence with 32-token blocks it
+times one step of `none` (a full forward), `prefix` (block + suffix over a cached prefix),
+`dual` (the block alone) and `graph` (the engine's fixed-shape dual step, decoding/graphs.py:
+replayed as a CUDA graph on CUDA, run eagerly elsewhere; inputs filled and logits read
+included), plus the loop's own work after the forward (confidence, policy, commit), and
+prints medians beside the weight bytes, the measured copy bandwidth and the roofline
+(weight bytes / bandwidth: the time to read every weight once) and the fraction of it each
+graph step reaches. --no-cuda-graphs times the fixed-shape step eagerly on CUDA too.
 """
 
 import argparse
@@ -20,6 +23,7 @@ import torch
 
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import confidence, eos_stop
+from stdec.decoding.graphs import StaticBlockStep
 from stdec.decoding.policies import StepState, select
 from stdec.models import load_model, resolve_device, resolve_dtype
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
@@ -86,7 +90,10 @@ def main():
     parser.add_argument("--model", help="checkpoint folder (default: a random model)")
     parser.add_argument("--random-8b", action="store_true", help="random LLaDA-8B-shaped model")
     parser.add_argument("--vocab", type=int, default=2048, help="vocab of the small random model")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes (default: 1 8, and 32 at 8B shape)")
+    parser.add_argument("--no-cuda-graphs", dest="graphs", action="store_false",
+                        help="time the fixed-shape dual step eagerly on CUDA as well")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--device", default=None)
@@ -95,6 +102,7 @@ def main():
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args()
 
+    args.batch = args.batch or ([1, 8, 32] if args.random_8b else [1, 8])
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = build_model(args, device, dtype)
@@ -108,16 +116,23 @@ def main():
           f"{1e3 * weight_bytes / bandwidth:.2f} ms per forward (weights read once)")
     print(f"sequence {args.seq}, block {args.block}; medians of {args.iters} after "
           f"{args.warmup} warm-up\n")
-    print(f"{'batch':>5} {'none':>10} {'prefix':>10} {'dual':>10} {'loop work':>10} "
-          f"{'work/dual':>10}")
+    captured = args.graphs and device.type == "cuda"
+    print(f"graph: the fixed-shape dual step, {'captured' if captured else 'eager'}\n")
+    print(f"{'batch':>5} {'none':>10} {'prefix':>10} {'dual':>10} {'graph':>10} "
+          f"{'loop work':>10} {'work/dual':>10} {'graph floor':>11} {'tok/s graph':>11}")
+    floor = 1e3 * weight_bytes / bandwidth
     for batch in args.batch:
-        none, prefix, dual, work = measure(model, batch, args)
-        print(f"{batch:>5} {none:>8.2f}ms {prefix:>8.2f}ms {dual:>8.2f}ms {work:>8.2f}ms "
-              f"{100 * work / dual:>9.1f}%")
+        none, prefix, dual, graph, work = measure(model, batch, args, captured)
+        print(f"{batch:>5} {none:>8.2f}ms {prefix:>8.2f}ms {dual:>8.2f}ms {graph:>8.2f}ms "
+              f"{work:>8.2f}ms {100 * work / dual:>9.1f}% {100 * floor / graph:>10.1f}% "
+              f"{1e3 * batch * args.block / graph:>11.0f}", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
-def measure(model, batch: int, args) -> tuple[float, float, float, float]:
-    """Median ms of a none, prefix and dual step, and of the loop's work after a forward."""
+def measure(model, batch: int, args, captured: bool) -> tuple[float, ...]:
+    """Median ms of a none, prefix, dual and fixed-shape dual step, and of the loop's work
+    after a forward."""
     cfg, device = model.config, model.device
     T, bl = args.seq, args.block
     s = T // 2  # a block in the middle: prefix feeds half the sequence
@@ -126,6 +141,10 @@ def measure(model, batch: int, args) -> tuple[float, float, float, float]:
     x[:, s:] = cfg.mask_token_id
     cache = model.new_cache(batch, T)
     model(x, cache=cache, logits_slice=slice(s, e))  # refresh
+    padded = model.new_cache(batch, T + 1)  # the fixed-shape step's: + a scratch column
+    model(x, cache=padded, logits_slice=slice(s, e))
+    static = StaticBlockStep(model, padded, max_batch=batch, max_length=T, capture=captured)
+    rows = list(range(batch))
 
     def timed(fn):
         return median_ms(fn, device, args.warmup, args.iters)
@@ -133,6 +152,7 @@ def measure(model, batch: int, args) -> tuple[float, float, float, float]:
     none = timed(lambda: model(x, logits_slice=slice(s, e)))
     prefix = timed(lambda: model(x[:, s:], cache=cache, cache_start=s, logits_slice=slice(0, bl)))
     dual = timed(lambda: model(x[:, s:e], cache=cache, cache_start=s))
+    graph = timed(lambda: static(x, rows, [s] * batch, [T] * batch, bl))
     logits = model(x[:, s:e], cache=cache, cache_start=s)
     eos = torch.tensor([cfg.eos_token_id], device=device)
     stable = torch.ones(batch, bl, dtype=torch.long, device=device)
@@ -147,7 +167,7 @@ def measure(model, batch: int, args) -> tuple[float, float, float, float]:
         y[:, s:e] = torch.where(commit, pred, y[:, s:e])
         eos_stop(y[:, s:], eos, cfg.mask_token_id)
 
-    return none, prefix, dual, timed(loop_work)
+    return none, prefix, dual, graph, timed(loop_work)
 
 if __name__ == "__main__":
     main()

@@ -2,8 +2,10 @@
 definition), never the tempered one, with or without sampling."""
 
 import pytest
+import torch
 from scripted import Scripted
 
+from stdec.decoding import engine
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import decode
 
@@ -59,3 +61,19 @@ def test_the_mask_token_is_never_predicted():
         others = torch.tensor([2.0, 0.0, 1.0]).softmax(0)  # renormalised without the mask
         assert conf.item() == pytest.approx(others[[0, 1, 3].index(pred.item())].item())
     assert confidence(logits.clone(), 2, 0.0, None)[1].item() == 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_confidence_read_a_few_rows_at_a_time_is_the_same(monkeypatch, temperature, dtype):
+    logits = torch.randn(5, 4, 50, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+    def run():
+        gens = [torch.Generator().manual_seed(i) for i in range(5)] if temperature else None
+        return engine.confidence(logits.clone(), 49, temperature, gens)
+
+    whole = run()
+    monkeypatch.setattr(engine, "CONFIDENCE_CHUNK", 2 * 4 * 50)  # two rows a chunk
+    chunked = run()
+    assert torch.equal(chunked[1], whole[1]) and torch.equal(chunked[0], whole[0])
+    assert (whole[1] != 49).all()  # the mask id is never the prediction

@@ -55,10 +55,12 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
-         device: str | torch.device | None = None, fuse: bool = True):
+         device: str | torch.device | None = None, fuse: bool = True,
+         cuda_graphs: bool = True):
     """(model, tokenizer) from a checkpoint folder that also holds a tokenizer, the model
     ready for inference (eval mode; with `fuse`, projections fused: pass fuse=False to
-    train it)."""
+    train it; on CUDA, `cuda_graphs` lets the engine replay its dual-cache block steps as
+    CUDA graphs, decoding/graphs.py)."""
     from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     path = resolve_model_path(model)
@@ -79,6 +81,7 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
     if fuse:  # fewer, larger multiplies; the same numbers (tests/test_fused.py)
         loaded.fuse()
     loaded.decoding_defaults = defaults  # what generate() lays the user's options over
+    loaded.cuda_graphs = cuda_graphs  # the engine reads it (CUDA only)
     return loaded, tokenizer
 
 

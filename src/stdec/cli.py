@@ -243,7 +243,8 @@ def cmd_generate(args: argparse.Namespace):
     check_model(args.model)
     config = decode_config(args)
     images = check_images(args)
-    model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device,
+                                  cuda_graphs=args.cuda_graphs)
     chat = _chat(args, tokenizer)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     s = out.stats[0]
@@ -280,7 +281,8 @@ def cmd_serve(args: argparse.Namespace):
     server = ServerConfig(name=name, defaults=config, max_batch=args.max_batch,
                           max_queue=args.max_queue, timeout=args.timeout,
                           image_dir=args.image_dir)
-    model, tokenizer = load(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
+                            cuda_graphs=args.cuda_graphs)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
           file=sys.stderr)
     serve(model, tokenizer, server, host=args.host, port=args.port, drain_s=args.drain)
@@ -334,8 +336,8 @@ def cmd_bench(args: argparse.Namespace):
         split=args.split, limit=args.limit, batch_size=args.batch_size,
         block_length=args.block_length, gen_length=args.gen_length,
         long_gen_length=args.long_gen_length, seed=args.seed, out=args.out,
-        device=args.device, dtype=args.dtype, repeats=args.repeats,
-        allow_unsandboxed_code=args.allow_unsandboxed_code)
+        device=args.device, dtype=args.dtype, cuda_graphs=args.cuda_graphs,
+        repeats=args.repeats, allow_unsandboxed_code=args.allow_unsandboxed_code)
     check_sandbox_for(tasks, args.allow_unsandboxed_code)
     out = check_out(Path(config.out))
     if out != Path(config.out).expanduser():
@@ -373,7 +375,8 @@ def cmd_tune(args: argparse.Namespace):
 
     path = resolve_model_path(args.model)
     rank, _ = dist_setup()  # under torchrun/accelerate, rank 0 alone prints and writes
-    model, tokenizer = stdec.load(path, dtype=args.dtype, device=rank_device(args.device))
+    model, tokenizer = stdec.load(path, dtype=args.dtype, device=rank_device(args.device),
+                                  cuda_graphs=args.cuda_graphs)
     result = tune(model, tokenizer, args.policy, grid, list(tasks), cache=args.cache,
                   limit=args.limit, batch_size=args.batch_size, block_length=args.block_length,
                   tolerance=args.tolerance / 100, lengths=read_gen_lengths(path) or None,
@@ -395,7 +398,8 @@ def cmd_viz(args: argparse.Namespace):
     images = check_images(args)
     from stdec.viz import color_text, decode_order_plot, use_colour
 
-    model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device,
+                                  cuda_graphs=args.cuda_graphs)
     chat = _chat(args, tokenizer)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     s = out.stats[0]
@@ -447,6 +451,9 @@ def _model_options(parser: argparse.ArgumentParser):
                         help="cpu, cuda or cuda:N (default: cuda when there is one)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="weights' type (default: float32 on the CPU, bfloat16 on CUDA)")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="on CUDA, run every block step eagerly instead of replaying the "
+                        "dual-cache steps as CUDA graphs (same results; for debugging)")
 
 
 def _chat_option(parser: argparse.ArgumentParser):

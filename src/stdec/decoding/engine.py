@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from stdec.decoding.config import DecodeConfig
+from stdec.decoding.graphs import StaticBlockStep
 from stdec.decoding.policies import NEEDS, StepState, select
 from stdec.errors import StdecError
 
@@ -114,6 +115,9 @@ class Request:
         self.cancelled = True
 
 
+CONFIDENCE_CHUNK = 1 << 24  # logits read in float32 at a time: 64 MB (4 rows at LLaDA's vocab)
+
+
 def confidence(logits: Tensor, mask_id: int, temperature: float,
                generators: Sequence[torch.Generator] | None) -> tuple[Tensor, Tensor]:
     """Prediction and its probability for each position. logits (B, L, V) -> (B, L), (B, L).
@@ -122,7 +126,21 @@ def confidence(logits: Tensor, mask_id: int, temperature: float,
     temperature the prediction is Gumbel-max sampled in float64 and the confidence is its
     probability under the model, as in LLaDA. `generators` (one per row, needed when
     temperature > 0): each row's noise comes from its own, so it never depends on the batch.
+    Rows are read in float32 a few at a time, never as one float32 copy of every row's
+    vocabulary (half a gigabyte for a batch of 32 blocks at LLaDA's vocab).
     """
+    B, L, V = logits.shape
+    per = max(1, CONFIDENCE_CHUNK // max(L * V, 1))
+    if B <= per:
+        return _confidence(logits, mask_id, temperature, generators)
+    parts = [_confidence(logits[i : i + per], mask_id, temperature,
+                         generators[i : i + per] if generators is not None else None)
+             for i in range(0, B, per)]
+    return torch.cat([c for c, _ in parts]), torch.cat([p for _, p in parts])
+
+
+def _confidence(logits: Tensor, mask_id: int, temperature: float,
+                generators: Sequence[torch.Generator] | None) -> tuple[Tensor, Tensor]:
     logits = logits.float()
     logits[..., mask_id] = -math.inf
     if temperature > 0:
@@ -154,7 +172,10 @@ class Engine:
     """
 
     def __init__(self, model, *, max_batch: int = 8, max_length: int | None = None,
-                 eos_ids: Sequence[int] = ()):
+                 eos_ids: Sequence[int] = (), static_step: bool | None = None):
+        """`static_step`: run dual-cache block steps at fixed shapes (decoding/graphs.py),
+        captured as CUDA graphs on CUDA. None: on CUDA unless the model was loaded with
+        cuda_graphs=False; True on the CPU runs them eagerly (what the tests compare)."""
         mc = model.config
         self.model, self.device = model, model.device
         self.max_batch = max_batch
@@ -176,6 +197,9 @@ class Engine:
         self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
         self.prev_logp: Tensor | None = None
         self.cache = None  # allocated by the first request that asks for one
+        graphs = self.device.type == "cuda" and getattr(model, "cuda_graphs", True)
+        self.static_wanted = graphs if static_step is None else static_step
+        self.static: StaticBlockStep | None = None  # built with the cache
         self.features: Tensor | None = None  # (S, F, d) image vectors, by the first image
         self.slots: list[Request | None] = [None] * S
         self.waiting: deque[Request] = deque()
@@ -289,6 +313,10 @@ class Engine:
         if cfg.cache != "none" and self.cache is None:
             # one extra column: scratch for the padding of batched steps
             self.cache = self.model.new_cache(self.max_batch, self.max_length + 1)
+            if self.static_wanted:
+                self.static = StaticBlockStep(
+                    self.model, self.cache, max_batch=self.max_batch, max_length=self.max_length,
+                    capture=getattr(self.model, "cuda_graphs", True))
         self.x[slot, :P] = torch.tensor(r.prompt, dtype=torch.long)
         self.x[slot, P:T] = self.mask_id
         self.stable[slot] = 0
@@ -349,6 +377,11 @@ class Engine:
         dev, W = self.device, self.max_length
         slots = [r.slot for r in rows]
         ends = [r.length for r in rows]
+        if kind == "dual" and self.static is not None and len(
+                {r.config.block_length for r in rows}) == 1 and all(
+                r.features is None for r in rows):
+            return self.static(self.x, slots, [r.block for r in rows], ends,
+                               rows[0].config.block_length)
         if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
             starts, stops = [0] * len(rows), ends
         elif kind in ("prefix", "dkv"):  # the block and everything after it
