@@ -111,3 +111,15 @@ def test_no_cuda_graphs_reaches_the_loaded_model(checkpoint, monkeypatch):
     assert stdec.load(checkpoint, device="cpu", cuda_graphs=False)[0].cuda_graphs is False
     engine = Engine(stdec.load(checkpoint, device="cpu")[0])
     assert not engine.static_wanted  # the CPU keeps the plain step unless asked
+
+
+def test_a_compiled_model_decodes_what_the_plain_one_does():
+    from stdec.api import compile_model
+
+    plain = MODELS["llada"]()
+    compiled = MODELS["llada"]()
+    compile_model(compiled)
+    cfg = config("threshold", "none")  # one kind of step: one compile (tens of seconds)
+    a, _ = decode_all(plain, PROMPTS[:2], cfg, static=False, max_batch=2)
+    b, _ = decode_all(compiled, PROMPTS[:2], cfg, static=False, max_batch=2)
+    assert a == b

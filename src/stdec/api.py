@@ -56,11 +56,11 @@ def resolve_model_path(model: str | Path) -> Path:
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, fuse: bool = True,
-         cuda_graphs: bool = True):
+         cuda_graphs: bool = True, compile: bool = False):
     """(model, tokenizer) from a checkpoint folder that also holds a tokenizer, the model
     ready for inference (eval mode; with `fuse`, projections fused: pass fuse=False to
     train it; on CUDA, `cuda_graphs` lets the engine replay its dual-cache block steps as
-    CUDA graphs, decoding/graphs.py)."""
+    CUDA graphs, decoding/graphs.py; `compile` runs the forward through torch.compile)."""
     from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     path = resolve_model_path(model)
@@ -82,7 +82,21 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
         loaded.fuse()
     loaded.decoding_defaults = defaults  # what generate() lays the user's options over
     loaded.cuda_graphs = cuda_graphs  # the engine reads it (CUDA only)
+    if compile:
+        compile_model(loaded)
     return loaded, tokenizer
+
+
+def compile_model(model):
+    """torch.compile the model's forward, in place. The engine calls it in a few kinds of
+    step (full, prefix, dual; sliced or per-row logits; with or without a padding mask),
+    each its own graph, so dynamo's recompile limit is raised to let every kind compile
+    rather than fall back to eager after the eighth. The first call of each kind compiles
+    (seconds to minutes); later ones reuse it. Measured in the README."""
+    import torch._dynamo.config as dynamo
+
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+    model.compile(dynamic=True)
 
 
 def model_defaults(model) -> dict:

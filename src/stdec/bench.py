@@ -136,6 +136,7 @@ class BenchConfig:
     device: str | None = None
     dtype: str | None = None
     cuda_graphs: bool = True  # on CUDA, replay dual-cache block steps as graphs
+    compile: bool = False  # torch.compile the forward
     # timed passes per cell, interleaved across policies; the tables show their median
     repeats: int = 3
     allow_unsandboxed_code: bool = False  # score code tasks without the kernel sandbox
@@ -391,7 +392,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
     out = out if out is not None else check_out(Path(cfg.out)) if rank == 0 else Path(cfg.out)
     device = rank_device(cfg.device)
     path = resolve_model_path(cfg.model)
-    model, tokenizer = load(path, dtype=cfg.dtype, device=device, cuda_graphs=cfg.cuda_graphs)
+    model, tokenizer = load(path, dtype=cfg.dtype, device=device, cuda_graphs=cfg.cuda_graphs,
+                            compile=cfg.compile)
     lengths = task_lengths(cfg, path, tokenizer, tasks)
     for name, per in lengths.items():
         for length, value in per.items():

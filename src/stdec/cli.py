@@ -244,7 +244,7 @@ def cmd_generate(args: argparse.Namespace):
     config = decode_config(args)
     images = check_images(args)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device,
-                                  cuda_graphs=args.cuda_graphs)
+                                  cuda_graphs=args.cuda_graphs, compile=args.compile)
     chat = _chat(args, tokenizer)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     s = out.stats[0]
@@ -282,7 +282,7 @@ def cmd_serve(args: argparse.Namespace):
                           max_queue=args.max_queue, timeout=args.timeout,
                           image_dir=args.image_dir)
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
-                            cuda_graphs=args.cuda_graphs)
+                            cuda_graphs=args.cuda_graphs, compile=args.compile)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
           file=sys.stderr)
     serve(model, tokenizer, server, host=args.host, port=args.port, drain_s=args.drain)
@@ -337,7 +337,8 @@ def cmd_bench(args: argparse.Namespace):
         block_length=args.block_length, gen_length=args.gen_length,
         long_gen_length=args.long_gen_length, seed=args.seed, out=args.out,
         device=args.device, dtype=args.dtype, cuda_graphs=args.cuda_graphs,
-        repeats=args.repeats, allow_unsandboxed_code=args.allow_unsandboxed_code)
+        compile=args.compile, repeats=args.repeats,
+        allow_unsandboxed_code=args.allow_unsandboxed_code)
     check_sandbox_for(tasks, args.allow_unsandboxed_code)
     out = check_out(Path(config.out))
     if out != Path(config.out).expanduser():
@@ -376,7 +377,7 @@ def cmd_tune(args: argparse.Namespace):
     path = resolve_model_path(args.model)
     rank, _ = dist_setup()  # under torchrun/accelerate, rank 0 alone prints and writes
     model, tokenizer = stdec.load(path, dtype=args.dtype, device=rank_device(args.device),
-                                  cuda_graphs=args.cuda_graphs)
+                                  cuda_graphs=args.cuda_graphs, compile=args.compile)
     result = tune(model, tokenizer, args.policy, grid, list(tasks), cache=args.cache,
                   limit=args.limit, batch_size=args.batch_size, block_length=args.block_length,
                   tolerance=args.tolerance / 100, lengths=read_gen_lengths(path) or None,
@@ -399,7 +400,7 @@ def cmd_viz(args: argparse.Namespace):
     from stdec.viz import color_text, decode_order_plot, use_colour
 
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device,
-                                  cuda_graphs=args.cuda_graphs)
+                                  cuda_graphs=args.cuda_graphs, compile=args.compile)
     chat = _chat(args, tokenizer)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     s = out.stats[0]
@@ -454,6 +455,9 @@ def _model_options(parser: argparse.ArgumentParser):
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="on CUDA, run every block step eagerly instead of replaying the "
                         "dual-cache steps as CUDA graphs (same results; for debugging)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the model's forward through torch.compile (each kind of "
+                        "step compiles on first use; see the README for when it pays)")
 
 
 def _chat_option(parser: argparse.ArgumentParser):
