@@ -59,7 +59,7 @@ class StaticBlockStep:
         m, keys, bl = key
         if key not in self.inputs:
             self.inputs[key] = self._buffers(m, keys, bl)
-        ids, pos, write, mask = self.inputs[key]
+        ids, pos, write, mask, _ = self.inputs[key]
         dev, width = self.device, bl + self.shift
         meta = torch.tensor([slots, starts, ends], device=dev)  # one copy to the device
         slot_t, start_t, end_t = meta[0], meta[1], meta[2]
@@ -81,17 +81,20 @@ class StaticBlockStep:
         self.graphs[key].replay()
         return self.outputs[key][slot_t]
 
-    def _buffers(self, m: int, keys: int, bl: int) -> tuple[Tensor, ...]:
+    def _buffers(self, m: int, keys: int, bl: int) -> tuple:
+        """The step's inputs, filled in place before each run, and its view of the cache
+        (built here: making its slot index copies to the device, which a capture forbids)."""
         dev, width = self.device, bl + self.shift
+        write = torch.empty(m, width, dtype=torch.long, device=dev)  # cache columns written
         return (torch.empty(m, width, dtype=torch.long, device=dev),  # ids
                 torch.empty(m, width, dtype=torch.long, device=dev),  # positions
-                torch.empty(m, width, dtype=torch.long, device=dev),  # cache columns written
-                torch.empty(m, keys, dtype=self.dtype, device=dev))  # additive key mask
+                write,
+                torch.empty(m, keys, dtype=self.dtype, device=dev),  # additive key mask
+                self.cache.slots(list(range(m)), write, keys))  # slots 0 .. m: a view
 
     def _forward(self, key: tuple[int, int, int]) -> Tensor:
-        m, keys, bl = key
-        ids, pos, write, mask = self.inputs[key]
-        cache = self.cache.slots(list(range(m)), write, keys)  # slots 0 .. m: a view
+        ids, pos, _, mask, cache = self.inputs[key]
+        bl = key[2]
         return self.model(ids, position_ids=pos, attention_mask=mask, cache=cache,
                           logits_slice=slice(self.shift, self.shift + bl))
 
