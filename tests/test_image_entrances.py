@@ -259,3 +259,24 @@ def test_bench_refuses_image_tasks_for_a_text_only_model(checkpoint):
     run = cli("bench", "--model", checkpoint, "--tasks", "vision", "--limit", 2)
     assert run.returncode == 2 and "asks questions about images" in run.stderr
     assert "text-only model" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_lavida_server_decodes_the_prompt_generate_does_system_prompt_and_all(tmp_path, png):
+    from stdec.api import encode
+    from stdec.models.lavida import SYSTEM_PROMPT
+
+    loaded = stdec.load(random_llava_checkpoint(tmp_path / "lavida", lavida=True), device="cpu")
+    model, tok = loaded
+    server, thread, client = start(loaded)
+    try:
+        image = Image.open(png).convert("RGB")
+        want = stdec.generate(model, tok, QUESTION, CFG, chat=True, images=[image]).texts[0]
+        reply = ask(client, data_url(image), QUESTION)
+        assert reply.choices[0].message.content == want
+        (ids,) = encode(tok, [QUESTION], chat=True, images=[[image]], system=SYSTEM_PROMPT)
+        assert reply.usage.prompt_tokens == model.prompt_length(ids, [image])
+        plain = encode(tok, [QUESTION], chat=True, images=[[image]])[0]
+        assert reply.usage.prompt_tokens > model.prompt_length(plain, [image])
+    finally:
+        server.should_exit = True
+        thread.join(10)

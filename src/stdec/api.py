@@ -147,17 +147,21 @@ def end_token_ids(tokenizer) -> list[int]:
 
 
 def encode(tokenizer, prompts: Sequence[str], chat: bool,
-           images: Sequence[Sequence] | None = None) -> list[list[int]]:
+           images: Sequence[Sequence] | None = None,
+           system: str | None = None) -> list[list[int]]:
     """Token ids of each prompt. With `images` (a list per prompt: a vision-language model),
     one placeholder id per image where its "<image>" stands (at the front, one per line,
-    when the text has none)."""
+    when the text has none). `system`: a system message before each chat prompt (the one a
+    model was trained with, e.g. LaViDa's)."""
     out = []
     for i, p in enumerate(prompts):
         n = None if images is None else len(images[i])
         if n and IMAGE_PLACEHOLDER not in p:
             p = f"{IMAGE_PLACEHOLDER}\n" * n + p
-        out.append(encode_chat(tokenizer, [{"role": "user", "content": p}], n) if chat else
-                   encode_text(tokenizer, p, n))
+        messages = [{"role": "user", "content": p}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        out.append(encode_chat(tokenizer, messages, n) if chat else encode_text(tokenizer, p, n))
     return out
 
 
@@ -261,7 +265,8 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     if tok_mask != mc.mask_token_id:
         raise StdecError(f"the tokenizer's mask id ({tok_mask}) differs from the model's "
                          f"mask_token_id ({mc.mask_token_id}); they must come from one checkpoint.")
-    ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None)
+    ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None,
+                 system=getattr(model, "system_prompt", None))
     for i, (p, im) in enumerate(zip(ids, images, strict=True)):
         length = model.prompt_length(p, im) if im else len(p)
         if length + config.gen_length > mc.max_sequence_length:

@@ -233,7 +233,7 @@ def require_vision_model(model: str, why: str):
     path = resolve_model_path(model)
     if not sees_images(model_class(read_config(path), path)):
         raise StdecError(f"{why}, but --model {model!r} is a text-only model; use a "
-                         "vision-language checkpoint (LLaDA-V, e.g. testbed-vision).")
+                         "vision-language checkpoint (LLaDA-V or LaViDa, e.g. testbed-vision).")
 
 
 def cmd_generate(args: argparse.Namespace):

@@ -7,13 +7,14 @@ import torch
 
 from stdec.models import save_model
 from stdec.models.dream import DreamConfig, DreamModel
+from stdec.models.lavida import LaViDaConfig, LaViDaModel
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 from stdec.tokenizer import train_tokenizer
 
 __all__ = ["DEMO_TEXT", "random_checkpoint", "random_dream_model", "random_llava_checkpoint",
            "random_llava_model", "random_model", "tiny_config", "tiny_dream_config",
-           "tiny_llava_config"]
+           "tiny_lavida_config", "tiny_llava_config"]
 
 DEMO_TEXT = [
     "Tom has 3 apples and buys 4 more. How many apples does he have? 3 + 4 = 7. #### 7",
@@ -82,10 +83,20 @@ def tiny_llava_config(vision: dict | None = None, **overrides) -> LLaDAVConfig:
     return LLaDAVConfig(tiny_config(**overrides), {**tower, **(vision or {})})
 
 
+def tiny_lavida_config(**overrides) -> LaViDaConfig:
+    """LaViDa's layout at toy size: tiny_llava_config's tower (4x4 vectors a 32-px tile, pooled
+    to 2x2) and LaViDa's five grids scaled from 384- to 32-pixel tiles."""
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, image_size=32, patch_size=8)
+    return LaViDaConfig(tiny_config(**overrides), tower,
+                        image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
+
+
 def random_llava_model(cfg: LLaDAVConfig, *, seed: int = 0, peak: float = 4.0) -> LLaDAVModel:
-    """Random weights (the image newline too); `peak` scales the output head as random_model."""
+    """Random weights (the image newline too); `peak` scales the output head as random_model.
+    A LaViDaConfig gives a LaViDaModel."""
     torch.manual_seed(seed)
-    model = LLaDAVModel(cfg)
+    model = (LaViDaModel if isinstance(cfg, LaViDaConfig) else LLaDAVModel)(cfg)
     with torch.no_grad():
         model.language_model.model.transformer.ff_out.weight.mul_(peak)
         if hasattr(model, "image_newline"):
@@ -95,14 +106,14 @@ def random_llava_model(cfg: LLaDAVConfig, *, seed: int = 0, peak: float = 4.0) -
 
 def random_llava_checkpoint(path: str | Path, *, seed: int = 0, peak: float = 4.0,
                             max_shard_bytes: int | None = None, vision: dict | None = None,
-                            **overrides) -> Path:
-    """Write a tiny random LLaDA-V checkpoint (its config keys and tensor names) with a
-    byte-level BPE tokenizer to `path`."""
+                            lavida: bool = False, **overrides) -> Path:
+    """Write a tiny random LLaDA-V checkpoint (its config keys and tensor names), or with
+    `lavida` a LaViDa-LLaDA one, with a byte-level BPE tokenizer to `path`."""
     tokenizer = train_tokenizer(DEMO_TEXT * 8, vocab_size=300)
-    cfg = tiny_llava_config(vision, vocab_size=len(tokenizer),
-                            mask_token_id=tokenizer.mask_token_id,
-                            eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id, **overrides)
+    ids = dict(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = tiny_lavida_config(**ids, **overrides) if lavida else \
+        tiny_llava_config(vision, **ids, **overrides)
     save_model(random_llava_model(cfg, seed=seed, peak=peak), path,
                max_shard_bytes=max_shard_bytes)
     tokenizer.save_pretrained(str(path))

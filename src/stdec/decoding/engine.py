@@ -6,7 +6,8 @@ generator, stats and trace. Each iteration (`step`):
   1. drops cancelled or timed-out requests and admits waiting ones into free slots;
   2. runs the forwards: rows at a block start (and rows without a cache) take a full
      forward, which refreshes their K/V; the other rows take one block step, one batched
-     forward per cache mode (prefix, dual);
+     forward per cache mode (prefix, dual; on CUDA the dual step runs at fixed shapes,
+     replayed as a CUDA graph: graphs.py);
   3. each row commits by its own rule (one policy call per distinct DecodeConfig);
   4. reads, in one host sync, each row's first masked position: that gives its block, its
      committed prefix (what is streamed) and whether it is finished; a finished row frees
@@ -377,9 +378,7 @@ class Engine:
         dev, W = self.device, self.max_length
         slots = [r.slot for r in rows]
         ends = [r.length for r in rows]
-        if kind == "dual" and self.static is not None and len(
-                {r.config.block_length for r in rows}) == 1 and all(
-                r.features is None for r in rows):
+        if kind == "dual" and self._fixed_shape(rows):
             return self.static(self.x, slots, [r.block for r in rows], ends,
                                rows[0].config.block_length)
         if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
@@ -400,6 +399,8 @@ class Engine:
         mask = None
         if min(ends) != keys:  # rows of different lengths: each attends to its own keys
             mask = torch.arange(keys, device=dev) < torch.tensor(ends, device=dev)[:, None]
+        if kind == "full" and getattr(self.model, "prefix_lm", False):
+            mask = self._prefix_lm_mask(rows, cols, keys)
         cache = None
         if self.cache is not None and any(r.config.cache != "none" for r in rows):
             # padding writes its K/V into the scratch column past max_length
@@ -428,6 +429,22 @@ class Engine:
             ids = torch.where(ids < 0, ids - slot_t[:, None] * width_f, ids)
             pick["image_features"] = self.features.flatten(0, 1)
         return self.model(ids, position_ids=cols, attention_mask=mask, cache=cache, **pick)
+
+    def _prefix_lm_mask(self, rows: list[Request], cols: Tensor, keys: int) -> Tensor:
+        """(n, L, keys) for a prefix LM (LaViDa): fed prompt positions attend to their row's
+        prompt only, generated positions to all of their row. Only full forwards feed prompt
+        positions; block steps feed generated ones, which the plain mask already serves."""
+        dev = self.device
+        key = torch.arange(keys, device=dev)
+        prompt = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None, None]
+        end = torch.tensor([r.length for r in rows], device=dev)[:, None, None]
+        return (key < end) & ((cols[..., None] >= prompt) | (key < prompt))
+
+    def _fixed_shape(self, rows: list[Request]) -> bool:
+        """Whether the fixed-shape step (graphs.py) takes these dual rows: it is on, they
+        share one block length and none carries image vectors."""
+        return (self.static is not None and len({r.config.block_length for r in rows}) == 1
+                and all(r.features is None for r in rows))
 
     def _commit(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
         """Confidence, the rule and the commit for rows that share one DecodeConfig."""

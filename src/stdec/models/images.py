@@ -108,7 +108,7 @@ def require_vision(model, n_images: int):
     """Fail, before any work, when images go to a model that cannot see them."""
     if n_images and not sees_images(model):
         raise StdecError(f"{n_images} image(s) were given, but {type(model).__name__} is a "
-                         "text-only model; use a vision-language checkpoint (LLaDA-V).")
+                         "text-only model; use a vision-language checkpoint (LLaDA-V or LaViDa).")
 
 
 def tokenize_with_images(text: str, tokenizer, n_images: int, image_id: int) -> list[int]:

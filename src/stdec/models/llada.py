@@ -178,8 +178,9 @@ class LLaDAModelLM(nn.Module):
         """Logits (B, L', V) for input_ids (B, L) at sequence positions cache_start .. + L.
 
         position_ids:   (B, L) rotary positions; default cache_start + arange(L)
-        attention_mask: (B, T_keys) bool, True for keys that may be attended (padding False);
-                        T_keys is L without a cache and cache.length with one
+        attention_mask: (B, T_keys) bool, True for keys that may be attended (padding False),
+                        or (B, L, T_keys), per fed position (a prefix LM's prompt); or the
+                        same as additive floats; T_keys is L without a cache, else cache.length
         cache:          K/V of the fed positions is written into it, and attention runs over
                         all its positions (the others keep what the last forward wrote)
         logits_slice:   positions (within the L fed) whose logits are wanted
@@ -195,7 +196,7 @@ class LLaDAModelLM(nn.Module):
             position_ids = torch.arange(cache_start, cache_start + L, device=input_ids.device)
             position_ids = position_ids.expand(B, L)
         cos, sin = self._rope(position_ids)  # (B, 1, L, D)
-        mask = None if attention_mask is None else attention_mask[:, None, None, :]  # (B,1,1,T)
+        mask = _mask(attention_mask)
         t = self.model.transformer
         h = t.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, d)
         for i, block in enumerate(t.blocks):
@@ -207,3 +208,13 @@ class LLaDAModelLM(nn.Module):
         h = t.ln_f(h)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
         return F.linear(h, head)
+
+
+def _mask(attention_mask: Tensor | None) -> Tensor | None:
+    """The model's attention_mask as SDPA's: (B, 1, 1, T) for one per row, (B, 1, L, T) for one
+    per fed position."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 3:
+        return attention_mask[:, None]
+    return attention_mask[:, None, None, :]

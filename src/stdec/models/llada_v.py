@@ -125,7 +125,7 @@ class LLaDAVConfig:
     def from_dict(cls, raw: dict) -> "LLaDAVConfig":
         if "LlavaLladaForMaskedDiffusion" in (raw.get("architectures") or []):
             raise StdecError("this is a LaViDa checkpoint (LlavaLladaForMaskedDiffusion, "
-                             "model_type llava_llada too); stdec loads LLaDA-V only so far.")
+                             "model_type llava_llada too); read it with LaViDaConfig.")
         kw = {TEXT_KEYS[k]: v for k, v in raw.items() if k in TEXT_KEYS and v is not None}
         if isinstance(kw.get("eos_token_id"), list):
             kw["eos_token_id"] = kw["eos_token_id"][0]
@@ -363,8 +363,11 @@ class LLaDAVModel(nn.Module):
         """Positions a prompt with placeholders takes once its images are expanded (the vision
         tower does not run)."""
         sizes = iter(image.size for image in images)
-        return sum(image_token_count(next(sizes), self.config) if i == IMAGE_TOKEN_INDEX else 1
+        return sum(self.image_token_count(next(sizes)) if i == IMAGE_TOKEN_INDEX else 1
                    for i in ids)
+
+    def image_token_count(self, size: tuple[int, int]) -> int:
+        return image_token_count(size, self.config)
 
     def embed(self, ids: Tensor, features: Tensor | None) -> Tensor:
         """(B, L) ids -> (B, L, d): token embeddings, features[-1 - id] where id < 0."""

@@ -59,6 +59,14 @@ PRESETS = {
     "GSAI-ML/LLaDA-1.5": Preset("LLaDAModelLM", 126336, (126081, 126348)),
     # <|endoftext|>
     "Dream-org/Dream-v0-Instruct-7B": Preset("DreamModel", 151666, (151643,)),
+    # LLaDA-V: LLaDA-8B-Instruct's tokenizer and ids under a SigLIP tower
+    "GSAI-ML/LLaDA-V": Preset("LlavaLLaDAModelLM", 126336, (126081, 126348)),
+    # LaViDa-LLaDA and LaViDa-Reason: LLaDA's ids; LaViDa's evaluation decodes 256 tokens in
+    # blocks of min(128, gen_length) (eval/lmms_eval/models/llava_llada.py)
+    "jacklishufan/lavida-llada-v1.0-instruct": Preset(
+        "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128),
+    "hbXNov/lavida-llada-reason": Preset(
+        "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128),
 }
 
 

@@ -218,8 +218,11 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
             urls = body.image_urls()
             require_vision(model, len(urls))
             images = read_images(urls, config.image_dir)
-            ids = encode_chat(tokenizer, body.conversation(),
-                              len(images) if sees_images(model) else None)
+            messages = body.conversation()
+            system = getattr(model, "system_prompt", None)  # the model's own, unless given
+            if system and not any(m["role"] == "system" for m in messages):
+                messages = [{"role": "system", "content": system}, *messages]
+            ids = encode_chat(tokenizer, messages, len(images) if sees_images(model) else None)
         except StdecError as err:
             raise p.ApiError(400, str(err), param="messages") from None
         return await run(request, body, ids, chat=True, images=images)

@@ -1,0 +1,188 @@
+"""Native LaViDa-LLaDA: LLaDA-V's parts (SigLIP tower, MLP projector, newline vector) around
+stdec's LLaDA, with LaViDa's pooled image features and prefix-LM attention.
+
+What the official code (github.com/jacklishufan/LaViDa, llava/) fixes, and this file follows
+(docs/lavida-notes.md has the line references):
+- config.json: architectures ["LlavaLladaForMaskedDiffusion"] with model_type "llava_llada" (the
+  same type as LLaDA-V: the architecture tells them apart); the language model's keys are
+  LLaDA's own (d_model, n_layers, ...); mm_projector_type "mlp2x_gelu"; image_aspect_ratio
+  "anyres" (no maximum, so no shrinking) over five grids of 384-pixel tiles;
+  mm_patch_merge_type "spatial_unpad"; mm_spatial_pool_mode "bilinear".
+- tensors: the language model under LLaDA's own names (model.transformer.wte, .blocks.{i}.*,
+  .ln_f, .ff_out); the tower, projector and newline as LLaDA-V names them.
+- image features: every crop (the whole image squashed to one tile, then the tiles of the best
+  grid) goes through the tower's last remaining layer and the projector, then is pooled from
+  27x27 to 14x14 vectors (bilinear resize to ceil(27 / 2); average or max pooling with stride
+  2 when the config says so). The base crop's 196 vectors come first, with no newline; the
+  tiles form one map, unpadded on the pooled grid, with a newline vector ending every row.
+  A 384x384 image takes 406 positions, a 768x384 one 602.
+- prompt: the chat template with LaViDa's system prompt, "<image>\\n" before the question.
+- attention: the model was trained, and is run, as a prefix LM: prompt positions attend to
+  the prompt only (the official code caches the prompt's K/V from a forward over the prompt
+  alone), generated positions attend to everything. The engine builds that mask for models
+  with `prefix_lm`, so every stdec cache mode gives the official cached logits.
+
+LaViDa-Dream (model_type "llava_dream") is not supported yet; it is refused by name.
+"""
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from stdec.errors import StdecError
+from stdec.models.llada import LLaDAConfig
+from stdec.models.llada_v import (
+    LM,
+    SIGLIP_SO400M,
+    TOWER,
+    LLaDAVConfig,
+    LLaDAVModel,
+    best_resolution,
+    preprocess_image,
+    unpad_box,
+)
+
+__all__ = ["ARCHITECTURE", "LaViDaConfig", "LaViDaModel", "SYSTEM_PROMPT", "pooled_side"]
+
+ARCHITECTURE = "LlavaLladaForMaskedDiffusion"
+SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand "
+                 "the visual content that the user provides, and assist the user with a variety "
+                 "of tasks using natural language.")
+PINPOINTS = [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)]  # (w, h) pixels
+POOL_MODES = ("bilinear", "average", "max")
+MM_NAMES = ((TOWER, "vision_tower."), ("model.mm_projector.", "mm_projector."),
+            ("model.image_newline", "image_newline"))
+
+
+def pooled_side(side: int, mode: str) -> int:
+    """Vectors per side of one crop after LaViDa's 2D pooling (stride 2)."""
+    return math.ceil(side / 2) if mode == "bilinear" else side // 2
+
+
+@dataclass
+class LaViDaConfig(LLaDAVConfig):
+    image_aspect_ratio: str = "anyres"
+    image_grid_pinpoints: list | str = field(default_factory=lambda: [list(p) for p in PINPOINTS])
+    pool_mode: str = "bilinear"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.image_aspect_ratio != "anyres" or self.mm_patch_merge_type != "spatial_unpad":
+            raise StdecError(
+                f"this LaViDa config has image_aspect_ratio {self.image_aspect_ratio!r} and "
+                f"mm_patch_merge_type {self.mm_patch_merge_type!r}; stdec's LaViDa reads "
+                "'anyres' with 'spatial_unpad' (the released models'), where the official "
+                "code's token layout is unambiguous.")
+        if self.pool_mode not in POOL_MODES:
+            raise StdecError(f"mm_spatial_pool_mode {self.pool_mode!r} is not one of "
+                             f"{', '.join(POOL_MODES)} (LaViDa's own choices).")
+
+    @property
+    def pooled(self) -> int:  # vectors per crop side after pooling
+        return pooled_side(self.side, self.pool_mode)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "LaViDaConfig":
+        text = LLaDAConfig.from_dict(raw)  # LLaDA's own keys, checked as for a LLaDA folder
+        vision = {k: v for k, v in raw.get("vision_config", {}).items() if k in SIGLIP_SO400M}
+        cfg = cls(text, vision, raw.get("mm_projector_type", "mlp2x_gelu"),
+                  raw.get("image_aspect_ratio", "anyres"),
+                  raw.get("image_grid_pinpoints") or [list(p) for p in PINPOINTS],
+                  raw.get("mm_patch_merge_type", "spatial_unpad"),
+                  raw.get("mm_spatial_pool_mode", "bilinear"))
+        mm = raw.get("mm_hidden_size", cfg.vision["hidden_size"])
+        if mm != cfg.vision["hidden_size"]:
+            raise StdecError(f"config.json has mm_hidden_size {mm}, but the vision tower's hidden "
+                             f"size is {cfg.vision['hidden_size']}.")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {**self.text.to_dict(), "architectures": [ARCHITECTURE],
+                "model_type": "llava_llada",
+                "mm_vision_tower": "google/siglip-so400m-patch14-384",
+                "mm_hidden_size": self.vision["hidden_size"], "mm_vision_select_layer": -2,
+                "mm_projector_type": self.projector_type, "use_mm_proj": True,
+                "image_aspect_ratio": self.image_aspect_ratio,
+                "image_grid_pinpoints": [list(p) for p in self.image_grid_pinpoints],
+                "mm_patch_merge_type": self.mm_patch_merge_type,
+                "mm_spatial_pool_mode": self.pool_mode, "vision_config": self.vision}
+
+
+class LaViDaModel(LLaDAVModel):
+    """LaViDa-LLaDA: LLaDAVModel's parts, LaViDa's checkpoint names, pooled features and
+    prefix-LM attention."""
+
+    prefix_lm = True  # prompt positions attend to the prompt only (the engine's mask)
+    system_prompt = SYSTEM_PROMPT
+
+    @staticmethod
+    def from_checkpoint_name(name: str) -> str:
+        """A LaViDa tensor name -> this module's (unknown names pass through unchanged)."""
+        if name.startswith("model.transformer."):
+            return LM + name[len("model.transformer."):]
+        for prefix, ours in MM_NAMES:
+            if name.startswith(prefix):
+                return ours + name[len(prefix):]
+        return name
+
+    @staticmethod
+    def to_checkpoint_name(name: str) -> str:
+        if name.startswith(LM):
+            return "model.transformer." + name[len(LM):]
+        for prefix, ours in MM_NAMES:
+            if name.startswith(ours):
+                return prefix + name[len(ours):]
+        return name
+
+    def pool(self, feats: Tensor) -> Tensor:
+        """(N, side**2, d) projected crop features -> (N, pooled**2, d)."""
+        cfg = self.config
+        n, _, d = feats.shape
+        x = feats.view(n, cfg.side, cfg.side, d).permute(0, 3, 1, 2)  # (N, d, side, side)
+        if cfg.pool_mode == "bilinear":
+            x = F.interpolate(x, size=[cfg.pooled, cfg.pooled], mode="bilinear")
+        elif cfg.pool_mode == "average":
+            x = F.avg_pool2d(x, 2)
+        else:
+            x = F.max_pool2d(x, 2)
+        return x.flatten(2).transpose(1, 2)
+
+    def image_features(self, image: Image.Image) -> Tensor:
+        """(image_token_count, d): the pooled base crop, then the pooled tiles' unpadded map
+        with a newline vector ending each row."""
+        cfg = self.config
+        pixels, (cols, rows) = preprocess_image(image, cfg)
+        feats = self.pool(self.encode_images(pixels.to(self.device)))
+        s, d = cfg.pooled, feats.shape[-1]
+        x = feats[1:].view(rows, cols, s, s, d).permute(4, 0, 2, 1, 3)
+        x = x.reshape(d, rows * s, cols * s)  # (d, H, W): the tiles' grid as one map
+        top, bottom, left, right = unpad_box(rows * s, cols * s, image.size)
+        x = x[:, top:bottom, left:right]
+        h, w = x.shape[1:]
+        x = torch.cat([x, self.image_newline[:, None, None].expand(d, h, 1)], dim=2)
+        return torch.cat([feats[0], x.flatten(1).T])  # (pooled**2 + h * (w + 1), d)
+
+    def image_token_count(self, size: tuple[int, int]) -> int:
+        return image_token_count(size, self.config)
+
+
+def image_token_count(size: tuple[int, int], cfg: LaViDaConfig) -> int:
+    """How many prompt positions one image of `size` (w, h) takes in LaViDa."""
+    cols, rows = (d // cfg.tile for d in best_resolution(size, cfg.image_grid_pinpoints))
+    s = cfg.pooled
+    top, bottom, left, right = unpad_box(rows * s, cols * s, size)
+    return s * s + (bottom - top) * (right - left + 1)
+
+
+def is_lavida(raw: dict) -> bool:
+    """Whether a config.json is a LaViDa one (LLaDA-V shares its model_type)."""
+    archs = raw.get("architectures") or []
+    if raw.get("model_type") == "llava_dream" or any(re.match(r"LlavaDream", a) for a in archs):
+        raise StdecError("this is a LaViDa-Dream checkpoint (llava_dream); stdec loads "
+                         "LaViDa-LLaDA and LLaDA-V so far.")
+    return ARCHITECTURE in archs
