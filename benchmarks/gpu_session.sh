@@ -3,18 +3,19 @@
 # eager ones do (tests/test_gpu.py), train the testbed dLLM for TRAIN_SECONDS (data
 # preparation included), then the vision testbed for VISION_SECONDS (stopped by the clock,
 # it brings back its resumable checkpoint), then time LLaDA-8B-shaped steps (batch 1, 8, 32;
-# graphs and eager) and, for E2E_SECONDS, whole decodes at LLaDA-8B and Dream-7B shape
-# (benchmarks/e2e_gpu.py, graphs on and off). About 560 s in all with the values below. Everything
+# graphs and eager), LLaDA-V-shaped image encoding and steps after an image prefix, and,
+# for E2E_SECONDS, whole decodes at LLaDA-8B and Dream-7B shape (benchmarks/e2e_gpu.py,
+# graphs on and off). About 570 s in all with the values below. Everything
 # comes back as one tar in 15 MB parts beside summary.txt (the device tool brings back at
 # most 8 files of 16 MiB). Evaluate and write the model cards afterwards on the CPU:
 #   cat $OUT/results.tar.part-* | tar -x -C runs/   # runs/testbed-gpu, runs/testbed-vision
 #   python benchmarks/testbed_card.py --model runs/testbed-gpu --write
 #
-#   OUT=runs/gpu TRAIN_SECONDS=260 VISION_SECONDS=110 E2E_SECONDS=80 bash benchmarks/gpu_session.sh
+#   OUT=runs/gpu TRAIN_SECONDS=240 VISION_SECONDS=110 E2E_SECONDS=80 bash benchmarks/gpu_session.sh
 # SMALL=1 runs it at toy size on the CPU, to check the script before spending GPU time.
 set -euo pipefail
 OUT=${OUT:-runs/gpu}
-TRAIN_SECONDS=${TRAIN_SECONDS:-260}
+TRAIN_SECONDS=${TRAIN_SECONDS:-240}
 VISION_SECONDS=${VISION_SECONDS:-110}
 E2E_SECONDS=${E2E_SECONDS:-80}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -25,6 +26,7 @@ if [[ -n ${SMALL:-} ]]; then
   vision=(--steps 20 --batch-size 4 --eval-every 10 --eval-limit 4 --train-size 200
           --save-every 10)
   latency=(--iters 3 --batch 1)
+  image=(--random-llada-v --iters 2 --batch 1)
   e2e=(--repeats 1 --batch 1)
 else
   # The testbed v2 recipe. Width and depth are the CPU inference budget's (vanilla decoding
@@ -40,6 +42,7 @@ else
   vision=(--steps 40000 --batch-size 64 --lr 0.002 --warmup 500 --eval-every 2000
           --eval-limit 100 --save-every 1000 --train-size 60000 --threads 4)
   latency=(--random-8b --iters 10)
+  image=(--random-llada-v --iters 5 --batch 1 8)
   e2e=(--repeats 1 --batch 1 8 --cache dual --graphs on,off)
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
@@ -64,14 +67,18 @@ if [[ -f $OUT/testbed-vision/train_log.json ]]; then rm -rf "$OUT/testbed-vision
 
 timeout 90 python3 benchmarks/step_latency.py "${latency[@]}" > "$OUT/step_latency.txt" 2>&1 \
   || echo "step_latency.py stopped early (exit $?)" >> "$OUT/step_latency.txt"
+timeout 60 python3 benchmarks/step_latency.py "${image[@]}" > "$OUT/step_latency_image.txt" 2>&1 \
+  || echo "step_latency.py --random-llada-v stopped early (exit $?)" >> "$OUT/step_latency_image.txt"
 timeout "$E2E_SECONDS" python3 benchmarks/e2e_gpu.py "${e2e[@]}" > "$OUT/e2e.txt" 2>&1 \
   || echo "e2e_gpu.py stopped early (exit $?)" >> "$OUT/e2e.txt"
 
 cd "$OUT"
-for f in env.txt gpu_tests.txt train.log vision.log step_latency.txt e2e.txt; do
+for f in env.txt gpu_tests.txt train.log vision.log step_latency.txt step_latency_image.txt e2e.txt; do
   echo "==> $f"; tail -n 40 "$f"
 done > summary.txt
-tar -cf - testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt e2e.txt \
+tar -cf - testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt \
+  step_latency_image.txt e2e.txt \
   | split -b 15m - results.tar.part-
-rm -rf testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt e2e.txt
+rm -rf testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt \
+  step_latency_image.txt e2e.txt
 ls -la

@@ -3,6 +3,7 @@
     python benchmarks/step_latency.py                 # random 4-layer d=256 model
     python benchmarks/step_latency.py --random-8b     # LLaDA-8B shape (needs a GPU)
     python benchmarks/step_latency.py --model PATH    # a local checkpoint
+    python benchmarks/step_latency.py --random-llada-v  # LLaDA-V shape, image prefix (a GPU)
 
 For batch 1 and 8 (and 32 at 8B shape) over a 512-token sequence with 32-token blocks it
 times one step of `none` (a full forward), `prefix` (block + suffix over a cached prefix),
@@ -12,14 +13,23 @@ included), plus the loop's own work after the forward (confidence, policy, commi
 prints medians beside the weight bytes, the measured copy bandwidth and the roofline
 (weight bytes / bandwidth: the time to read every weight once) and the fraction of it each
 graph step reaches. --no-cuda-graphs times the fixed-shape step eagerly on CUDA too.
+
+With --random-llada-v (SigLIP so400m, the projector and LLaDA-8B, random weights) it first
+times one 384x384 image's encoding (preprocessing, tower, projector, layout: 1485 vectors),
+then the steps of the first block after a prompt of that image and 32 text tokens, 256 to
+generate: what each cache mode costs with an image prefix (the image's vectors are prompt
+positions like any other to the language model).
 """
 
 import argparse
+import os
 import platform
 import statistics
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import confidence, eos_stop
@@ -27,6 +37,7 @@ from stdec.decoding.graphs import StaticBlockStep
 from stdec.decoding.policies import StepState, select
 from stdec.models import load_model, resolve_device, resolve_dtype
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
+from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 
 
 def sync(device):
@@ -72,6 +83,16 @@ def hardware(device) -> str:
 def build_model(args, device, dtype) -> LLaDAModelLM:
     if args.model:
         return load_model(args.model, dtype=dtype, device=device)
+    if args.random_llada_v:  # LLaDA-V shape; SMALL=1: its tile and grids, toy widths (CPU)
+        small = bool(os.environ.get("SMALL"))
+        text = LLaDAConfig(d_model=256, n_layers=4, n_heads=4, mlp_hidden_size=768,
+                           vocab_size=args.vocab, mask_token_id=args.vocab - 1, eos_token_id=0,
+                           pad_token_id=0) if small else LLaDAConfig()
+        tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4) if small else {}
+        with torch.device(device):
+            vl = LLaDAVModel(LLaDAVConfig(text, tower)).to(dtype)
+        return vl.eval()
     if args.random_8b:
         cfg = LLaDAConfig()  # LLaDA-8B shape
     else:
@@ -89,6 +110,9 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint folder (default: a random model)")
     parser.add_argument("--random-8b", action="store_true", help="random LLaDA-8B-shaped model")
+    parser.add_argument("--random-llada-v", action="store_true",
+                        help="random LLaDA-V-shaped model: image encoding, then steps after an "
+                        "image prefix")
     parser.add_argument("--vocab", type=int, default=2048, help="vocab of the small random model")
     parser.add_argument("--batch", type=int, nargs="+", default=None,
                         help="batch sizes (default: 1 8, and 32 at 8B shape)")
@@ -102,10 +126,22 @@ def main():
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args()
 
-    args.batch = args.batch or ([1, 8, 32] if args.random_8b else [1, 8])
+    args.batch = args.batch or ([1, 8, 32] if args.random_8b and not args.random_llada_v
+                                else [1, 8])
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = build_model(args, device, dtype)
+    args.start = None  # the block's first position (default: mid-sequence)
+    if args.random_llada_v:
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (384, 384, 3),
+                                                                  dtype=np.uint8))
+        encode_ms = median_ms(lambda: model.image_features(image), device, 2, 5)
+        n_image = model.image_token_count(image.size)
+        args.start = 32 + n_image
+        args.seq = args.start + 256
+        print(f"one 384x384 image: {n_image} vectors, encoded in {encode_ms:.1f} ms "
+              f"(preprocessing, tower, projector, layout)")
+        model = model.language_model  # the steps: the image is prompt positions now
     cfg = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 28)
@@ -114,7 +150,8 @@ def main():
           f"weights {weight_bytes / 1e9:.3f} GB")
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> roofline "
           f"{1e3 * weight_bytes / bandwidth:.2f} ms per forward (weights read once)")
-    print(f"sequence {args.seq}, block {args.block}; medians of {args.iters} after "
+    where = f"the block at {args.start}" if args.start else "a block mid-sequence"
+    print(f"sequence {args.seq}, block {args.block}, {where}; medians of {args.iters} after "
           f"{args.warmup} warm-up\n")
     captured = args.graphs and device.type == "cuda"
     print(f"graph: the fixed-shape dual step, {'captured' if captured else 'eager'}\n")
@@ -135,7 +172,7 @@ def measure(model, batch: int, args, captured: bool) -> tuple[float, ...]:
     after a forward."""
     cfg, device = model.config, model.device
     T, bl = args.seq, args.block
-    s = T // 2  # a block in the middle: prefix feeds half the sequence
+    s = args.start or T // 2  # default a block in the middle: prefix feeds half the sequence
     e = s + bl
     x = torch.randint(0, cfg.vocab_size - 1, (batch, T), device=device)
     x[:, s:] = cfg.mask_token_id
