@@ -101,3 +101,17 @@ def test_bad_train_options():
         TrainConfig(lr=1e-4, min_lr=1e-3)
     with pytest.raises(StdecError, match="precision must be auto, bf16 or fp32, got 'fp8'"):
         TrainConfig(precision="fp8")
+
+
+def test_init_starts_from_a_checkpoints_weights_and_tokenizer(tmp_path):
+    first = train(TrainConfig(out=str(tmp_path / "a"), precision="fp32", **TOY), progress=False)
+    frozen = {**TOY, "steps": 2, "warmup": 0, "lr": 1e-12, "min_lr": 1e-12, "weight_decay": 0.0}
+    again = train(TrainConfig(out=str(tmp_path / "b"), precision="fp32", init=str(first),
+                              **frozen), progress=False)
+    (a, tok_a), (b, tok_b) = stdec.load(first), stdec.load(again)
+    assert tok_a.get_vocab() == tok_b.get_vocab()
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-9, rtol=0)  # two steps at lr 1e-12
+    with pytest.raises(StdecError, match="pass --d-model 32 to train it"):
+        train(TrainConfig(out=str(tmp_path / "c"), init=str(first), **{**TOY, "d_model": 64}),
+              progress=False)

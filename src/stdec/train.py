@@ -65,6 +65,9 @@ class TrainConfig:
     eval_limit: int = _opt(64, "dev problems per task at each evaluation")
     save_every: int = _opt(500, "steps between resumable checkpoints")
     seed: int = _opt(0, "seed of data order, masks and initialisation")
+    init: str = _opt("", "start from this checkpoint's weights and tokenizer (a folder or a "
+                     "bundled name such as testbed) instead of random ones; its width and "
+                     "depth must be the ones given here")
     device: str | None = _opt(None, "cpu or cuda (default: cuda if available)")
     time_budget: float = _opt(0.0, "seconds of training: after a short probe, `steps` is set "
                               "to what fits (0: train for `steps`); the log records the count")
@@ -310,6 +313,25 @@ def dev_eval(model, tokenizer, cfg: TrainConfig, lengths: dict) -> dict[str, flo
     return scores
 
 
+def warm_start(cfg: TrainConfig, device: torch.device):
+    """(model, tokenizer) of cfg.init for training on, after checking its shape is cfg's."""
+    from stdec.api import load
+
+    model, tokenizer = load(cfg.init, dtype="float32", device=device, fuse=False)
+    if not isinstance(model, LLaDAModelLM):
+        raise StdecError(f"--init {cfg.init!r} is a {type(model).__name__}; stdec train "
+                         "continues LLaDA-architecture checkpoints only.")
+    mc = model.config
+    theirs = {"d_model": mc.d_model, "n_layers": mc.n_layers, "n_heads": mc.n_heads,
+              "mlp_hidden_size": mc.mlp_hidden_size}
+    ours = {k: getattr(cfg, k) for k in theirs}
+    if theirs != ours:
+        wrong = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in theirs.items()
+                          if ours[k] != v)
+        raise StdecError(f"--init {cfg.init!r} has another shape; pass {wrong} to train it.")
+    return model, tokenizer
+
+
 def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Path:
     """Train (or resume) and write a LLaDA-format checkpoint with its tokenizer to cfg.out."""
     from tqdm import tqdm
@@ -335,6 +357,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
         if cfg.time_budget:  # the schedule was fitted to the budget when the run began
             cfg = replace(cfg, steps=saved.steps, eval_every=saved.eval_every,
                           save_every=saved.save_every)
+    elif cfg.init:
+        model, tokenizer = warm_start(cfg, device)
     else:
         # the vocabulary from the default-size splits: a larger split adds time, not words
         texts = [t for task in tasks.values() for p in task.problems("train")
