@@ -40,7 +40,7 @@ class StaticBlockStep:
         self.mask_id = model.config.mask_token_id
         self.device, self.dtype = model.device, model.dtype
         self.capture = capture and self.device.type == "cuda"
-        self.inputs: dict[tuple[int, int, int], tuple[Tensor, ...]] = {}
+        self.inputs: dict[tuple[int, int, int], tuple] = {}  # buffers and cache view
         self.outputs: dict[tuple[int, int, int], Tensor] = {}
         self.graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
         self.pool = None
