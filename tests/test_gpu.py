@@ -41,3 +41,10 @@ def test_graph_replays_decode_what_eager_steps_do(arch, dtype):
         if dtype == torch.float32:  # and the plain step's decodes (bf16 may round apart)
             plain, plain_engine = decode_all(model, cfg, graphs=False)
             assert plain_engine.static is None and plain == replayed, policy
+
+
+def test_small_tensors_reach_the_device_without_blocking():
+    from stdec.decoding.graphs import on_device
+
+    t = on_device([[3, 1], [4, 1]], torch.device("cuda"))
+    assert t.device.type == "cuda" and t.tolist() == [[3, 1], [4, 1]]

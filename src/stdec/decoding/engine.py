@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.graphs import StaticBlockStep
+from stdec.decoding.graphs import StaticBlockStep, on_device
 from stdec.decoding.policies import NEEDS, StepState, select
 from stdec.errors import StdecError
 
@@ -318,7 +318,7 @@ class Engine:
                 self.static = StaticBlockStep(
                     self.model, self.cache, max_batch=self.max_batch, max_length=self.max_length,
                     capture=getattr(self.model, "cuda_graphs", True))
-        self.x[slot, :P] = torch.tensor(r.prompt, dtype=torch.long)
+        self.x[slot, :P] = on_device(r.prompt, self.device)
         self.x[slot, P:T] = self.mask_id
         self.stable[slot] = 0
         self.prev[slot] = -1
@@ -390,15 +390,15 @@ class Engine:
             stops = [r.block + r.config.block_length for r in rows]
         width = max(b - a for a, b in zip(starts, stops, strict=True))
         keys = max(ends)
-        start_t = torch.tensor(starts, device=dev)[:, None]
+        start_t = on_device(starts, dev)[:, None]
         cols = start_t + torch.arange(width, device=dev)  # (n, L): absolute positions fed
-        valid = cols < torch.tensor(stops, device=dev)[:, None]
+        valid = cols < on_device(stops, dev)[:, None]
         cols = cols.clamp(max=W - 1)
-        slot_t = torch.tensor(slots, device=dev)
+        slot_t = on_device(slots, dev)
         ids = self.x[slot_t[:, None], cols]  # (n, L)
         mask = None
         if min(ends) != keys:  # rows of different lengths: each attends to its own keys
-            mask = torch.arange(keys, device=dev) < torch.tensor(ends, device=dev)[:, None]
+            mask = torch.arange(keys, device=dev) < on_device(ends, dev)[:, None]
         if kind == "full" and getattr(self.model, "prefix_lm", False):
             mask = self._prefix_lm_mask(rows, cols, keys)
         cache = None
@@ -407,9 +407,9 @@ class Engine:
             write = torch.where(valid, cols, W)
             if kind == "dkv":  # dKV-Cache's delay: a token decoded two or more forwards ago
                 # keeps the K/V cached at the forward after its commit (or at the refresh)
-                blocks_t = torch.tensor([r.block for r in rows], device=dev)[:, None]
-                prompt_t = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None]
-                nfe_t = torch.tensor([r.nfe for r in rows], device=dev)[:, None]
+                blocks_t = on_device([r.block for r in rows], dev)[:, None]
+                prompt_t = on_device([len(r.prompt) for r in rows], dev)[:, None]
+                nfe_t = on_device([r.nfe for r in rows], dev)[:, None]
                 at = self.trace_step[slot_t[:, None], (cols - prompt_t).clamp(min=0)]
                 stale = (cols >= blocks_t) & (ids != self.mask_id) & (at >= 1) & (at < nfe_t)
                 write = torch.where(stale, W, write)
@@ -421,8 +421,8 @@ class Engine:
             pick = {"logits_slice": slice(blocks[0], blocks[0] + lengths[0])}
         else:
             offsets = torch.arange(max(lengths), device=dev)
-            last = torch.tensor(lengths, device=dev)[:, None] - 1
-            pick = {"logits_index": torch.tensor(blocks, device=dev)[:, None]
+            last = on_device(lengths, dev)[:, None] - 1
+            pick = {"logits_index": on_device(blocks, dev)[:, None]
                     + torch.minimum(offsets, last)}
         if any(r.features is not None for r in rows):  # row j of slot s: j + s * F of one table
             width_f = self.features.shape[1]
@@ -436,8 +436,8 @@ class Engine:
         positions; block steps feed generated ones, which the plain mask already serves."""
         dev = self.device
         key = torch.arange(keys, device=dev)
-        prompt = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None, None]
-        end = torch.tensor([r.length for r in rows], device=dev)[:, None, None]
+        prompt = on_device([len(r.prompt) for r in rows], dev)[:, None, None]
+        end = on_device([r.length for r in rows], dev)[:, None, None]
         return (key < end) & ((cols[..., None] >= prompt) | (key < prompt))
 
     def _fixed_shape(self, rows: list[Request]) -> bool:
@@ -452,10 +452,10 @@ class Engine:
         logits = logits[:, :bl]
         generators = [r.generator for r in rows] if cfg.temperature > 0 else None
         conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
-        slot_t = torch.tensor([r.slot for r in rows], device=dev)
+        slot_t = on_device([r.slot for r in rows], dev)
         rows_t = slot_t[:, None]
-        starts = torch.tensor([r.block for r in rows], device=dev)[:, None]  # (n, 1)
-        prompt = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None]
+        starts = on_device([r.block for r in rows], dev)[:, None]  # (n, 1)
+        prompt = on_device([len(r.prompt) for r in rows], dev)[:, None]
         offsets = torch.arange(bl, device=dev)
         cols = starts + offsets  # (n, L) absolute positions of the block
         current = self.x[rows_t, cols]
@@ -464,7 +464,7 @@ class Engine:
         stable = torch.where(held, self.stable[rows_t, offsets] + 1, 1)
         self.prev[rows_t, offsets] = pred
         self.stable[rows_t, offsets] = stable
-        step_t = torch.tensor([r.step for r in rows], device=dev)[:, None]
+        step_t = on_device([r.step for r in rows], dev)[:, None]
         state = StepState(masked, self.x[slot_t] != self.mask_id, starts, stable, step_t,
                           seq_end=prompt + G)
         needs = NEEDS.get(cfg.policy, frozenset())
@@ -483,7 +483,7 @@ class Engine:
             self.drafted[rows_t, offsets] = drafted if remask is None else drafted & ~remask
         for r in rows:
             r.nfe += 1
-        nfe = torch.tensor([r.nfe for r in rows], device=dev)[:, None]
+        nfe = on_device([r.nfe for r in rows], dev)[:, None]
         g = cols - prompt  # block positions within the generated region
         self.trace_step[rows_t, g] = torch.where(commit, nfe, self.trace_step[rows_t, g])
         self.trace_conf[rows_t, g] = torch.where(commit, conf, self.trace_conf[rows_t, g])
@@ -531,10 +531,10 @@ class Engine:
         if not rows:
             return
         dev, W = self.device, self.max_length
-        slot_t = torch.tensor([r.slot for r in rows], device=dev)
+        slot_t = on_device([r.slot for r in rows], dev)
         pos = torch.arange(W, device=dev)
-        lo = torch.tensor([len(r.prompt) for r in rows], device=dev)[:, None]
-        hi = torch.tensor([r.length for r in rows], device=dev)[:, None]
+        lo = on_device([len(r.prompt) for r in rows], dev)[:, None]
+        hi = on_device([r.length for r in rows], dev)[:, None]
         open_ = (self.x[slot_t] == self.mask_id) & (pos >= lo) & (pos < hi)
         first = torch.where(open_, pos, W).min(dim=1).values
         listening = [i for i, r in enumerate(rows) if r.progress and r.listener is not None]

@@ -23,9 +23,20 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["KEY_BUCKET", "StaticBlockStep"]
+__all__ = ["KEY_BUCKET", "StaticBlockStep", "on_device"]
 
 KEY_BUCKET = 256  # keys attended are rounded up to a multiple of this
+
+
+def on_device(values: list, device: torch.device) -> Tensor:
+    """A small tensor of `values` (ints) on `device`. On CUDA it goes through pinned memory
+    without blocking: torch.tensor(values, device="cuda") waits for the stream to drain (a
+    host sync per call, a dozen per step), so the GPU would idle while Python prepares the
+    next kernels."""
+    t = torch.tensor(values)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class StaticBlockStep:
@@ -61,7 +72,7 @@ class StaticBlockStep:
             self.inputs[key] = self._buffers(m, keys, bl)
         ids, pos, write, mask, _ = self.inputs[key]
         dev, width = self.device, bl + self.shift
-        meta = torch.tensor([slots, starts, ends], device=dev)  # one copy to the device
+        meta = on_device([slots, starts, ends], dev)  # one copy to the device, not blocking
         slot_t, start_t, end_t = meta[0], meta[1], meta[2]
         cols = (start_t - self.shift)[:, None] + torch.arange(width, device=dev)  # (n, width)
         ids.fill_(self.mask_id)
