@@ -67,9 +67,10 @@ def ref_rope(head_dim: int, theta: float, a: int, b: int):
     return rope
 
 
-def ref_attention(q, k, v, frozen, a: int, b: int, kv_list: list):
+def ref_attention(q, k, v, frozen, a: int, b: int, kv_list: list, prompt: int | None = None):
     """Attention of the fed rows a..b; K/V outside a..b come from `frozen` (the refresh).
-    Appends this layer's full K/V to kv_list. q (1, H, L, D); k, v (1, H_kv, L, D)."""
+    Appends this layer's full K/V to kv_list. q (1, H, L, D); k, v (1, H_kv, L, D). With
+    `prompt` (a prefix LM, LaViDa), fed positions before it attend only to positions before it."""
     if frozen is not None:
         fk, fv, *keep = frozen  # keep (dkv): positions fed whose cached K/V stand
         k = torch.cat([fk[:, :, :a], k, fk[:, :, b:]], dim=2)
@@ -80,5 +81,9 @@ def ref_attention(q, k, v, frozen, a: int, b: int, kv_list: list):
     kv_list.append((k, v))
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if prompt is not None:
+        fed, keys = torch.arange(a, b)[:, None], torch.arange(k.shape[2])[None]
+        scores = scores.masked_fill((fed < prompt) & (keys >= prompt), -math.inf)
+    o = torch.softmax(scores, dim=-1) @ v
     return o.transpose(1, 2).reshape(1, b - a, -1)

@@ -265,7 +265,7 @@ def test_a_lavida_server_decodes_the_prompt_generate_does_system_prompt_and_all(
     from stdec.api import encode
     from stdec.models.lavida import SYSTEM_PROMPT
 
-    loaded = stdec.load(random_llava_checkpoint(tmp_path / "lavida", lavida=True), device="cpu")
+    loaded = stdec.load(random_llava_checkpoint(tmp_path / "lavida", lavida="llada"), device="cpu")
     model, tok = loaded
     server, thread, client = start(loaded)
     try:

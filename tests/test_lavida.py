@@ -4,7 +4,6 @@ written out, attention with LaViDa's prefix mask), every cache mode and mixed ba
 the engine, the checkpoint layout, and the system prompt."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from stdec.api import encode
 from stdec.decoding.config import CACHE_MODES
 from stdec.decoding.engine import decode
 from stdec.errors import StdecError
-from stdec.models import LaViDaModel, LLaDAVModel, load_model
+from stdec.models import LaViDaDreamModel, LaViDaModel, LLaDAVModel, load_model
 from stdec.models.lavida import SYSTEM_PROMPT, LaViDaConfig, image_token_count
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX as IMG
 from stdec.models.llada_v import preprocess_image
@@ -27,12 +26,20 @@ from stdec.testing import (
     random_llava_model,
     tiny_config,
     tiny_lavida_config,
+    tiny_lavida_dream_config,
 )
 
 
 @pytest.fixture(scope="module")
 def lv():
     return random_llava_model(tiny_lavida_config(), peak=16.0)
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def either(request):
+    """LaViDa-LLaDA and LaViDa-Dream (its logits shifted right by one)."""
+    cfg = tiny_lavida_config() if request.param == "llada" else tiny_lavida_dream_config()
+    return random_llava_model(cfg, peak=16.0)
 
 
 def picture(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -103,49 +110,44 @@ def ref_features(model: LaViDaModel, image: Image.Image) -> torch.Tensor:
     return torch.cat([pooled[0].flatten(0, 1), *lines])
 
 
-def prefix_attention(q, k, v, prompt: int, kv_list: list):
-    """Full attention over every position, except that positions before `prompt` see only
-    positions before `prompt` (LaViDa's prefix LM)."""
-    kv_list.append((k, v))
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    pos = torch.arange(scores.shape[-1])
-    allowed = (pos[:, None] >= prompt) | (pos[None] < prompt)
-    o = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1) @ v
-    return o.transpose(1, 2).reshape(1, q.shape[2], -1)
-
-
-def ref_forward(model: LaViDaModel, table: torch.Tensor, prompt: int):
-    """reference_decode's forward: a whole-sequence forward uses the prefix mask; a block step
-    (rows a..b past the prompt, cached K/V around them) attends to everything."""
+def ref_forward(model, table: torch.Tensor, prompt: int):
+    """reference_decode's forward for LaViDa (LLaDA or Dream inside): the fed rows a..b over
+    the frozen rest, image vectors for negative ids, and the prefix mask: fed positions before
+    `prompt` attend only to the prompt. Dream's logits come back unshifted (row j from hidden
+    state a + j), as reference_decode expects."""
     lm = model.language_model
+    dream = hasattr(lm, "lm_head")
+    hd = lm.config.head_dim
 
     def forward(_, ids: list[int], a: int, b: int, frozen):
-        t, c = lm.model.transformer, lm.config
-        hd = c.head_dim
-        rope = ref_rope(hd, c.rope_theta, a, b)
-        h = torch.stack([table[-1 - i] if i < 0 else t.wte.weight[i] for i in ids[a:b]])[None]
+        rope = ref_rope(hd, lm.config.rope_theta, a, b)
+        wte = lm.get_input_embeddings().weight
+        h = torch.stack([table[-1 - i] if i < 0 else wte[i] for i in ids[a:b]])[None]
         kv = []
-        for i, blk in enumerate(t.blocks):
-            x = blk.attn_norm(h)
+        blocks = lm.model.layers if dream else lm.model.transformer.blocks
+        for i, blk in enumerate(blocks):
+            att = blk.self_attn if dream else blk
+            x = (blk.input_layernorm if dream else blk.attn_norm)(h)
             q, k, v = (p(x).view(1, b - a, -1, hd).transpose(1, 2) for p in
-                       (blk.q_proj, blk.k_proj, blk.v_proj))
-            if a == 0 and frozen is None:
-                att = prefix_attention(rope(q), rope(k), v, prompt, kv)
+                       (att.q_proj, att.k_proj, att.v_proj))
+            out = ref_attention(rope(q), rope(k), v, frozen and frozen[i], a, b, kv, prompt)
+            h = h + (att.o_proj if dream else att.attn_out)(out)
+            if dream:
+                h = h + blk.mlp(blk.post_attention_layernorm(h))
             else:
-                assert a >= prompt  # block steps feed generated positions only
-                att = ref_attention(rope(q), rope(k), v, frozen and frozen[i], a, b, kv)
-            h = h + blk.attn_out(att)
-            x = blk.ff_norm(h)
-            h = h + blk.ff_out(F.silu(blk.ff_proj(x)) * blk.up_proj(x))
+                x = blk.ff_norm(h)
+                h = h + blk.ff_out(F.silu(blk.ff_proj(x)) * blk.up_proj(x))
+        if dream:
+            return lm.lm_head(lm.model.norm(h))[0], kv
+        t = lm.model.transformer
         return t.ff_out(t.ln_f(h))[0], kv
 
     return forward
 
 
 @torch.no_grad()
-def test_forward_with_the_prefix_mask_equals_the_reference(lv):
+def test_forward_with_the_prefix_mask_equals_the_reference(either):
+    lv = either
     images = [picture(64, 32, seed=1), picture(32, 64, seed=2)]  # 2x1 and 1x2 grids
     (row,), table = lv.encode_prompts([[5, 9, IMG, 33, 7, IMG, 101]], [images])
     ref_table = torch.cat([ref_features(lv, im) for im in images])
@@ -156,6 +158,8 @@ def test_forward_with_the_prefix_mask_equals_the_reference(lv):
     mask = (pos[:, None] >= P) | (pos[None] < P)
     ours = lv(torch.tensor([x]), image_features=table, attention_mask=mask[None])[0]
     theirs, _ = ref_forward(lv, ref_table, P)(None, x, 0, len(x), None)
+    if lv.logits_shift:  # Dream: position i's logits from hidden state i - 1
+        theirs = torch.cat([theirs[:1], theirs[:-1]])
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     # the prompt's logits do not depend on what is generated after it
     other = lv(torch.tensor([row + [7] * 8]), image_features=table, attention_mask=mask[None])
@@ -163,18 +167,21 @@ def test_forward_with_the_prefix_mask_equals_the_reference(lv):
 
 
 @pytest.mark.parametrize("cache", CACHE_MODES)
-def test_every_cache_mode_decodes_as_the_prefix_lm_reference(lv, cache):
+def test_every_cache_mode_decodes_as_the_prefix_lm_reference(either, cache):
+    lv = either
     image = picture(64, 32, seed=6)
     (row,), table = lv.encode_prompts([[5, 9, IMG, 33, 7]], [[image]])
     with torch.no_grad():
         ref_table = ref_features(lv, image)
     cfg = config("threshold", cache, stop_at_eos=False)
-    ids, nfe = reference_decode(lv, row, cfg, ref_forward(lv, ref_table, len(row)))
+    ids, nfe = reference_decode(lv, row, cfg, ref_forward(lv, ref_table, len(row)),
+                                shift=lv.logits_shift)
     out = decode(lv, [[5, 9, IMG, 33, 7]], cfg, images=[[image]])
     assert out.ids[0].tolist() == ids and out.stats[0].nfe == nfe
 
 
-def test_image_and_text_rows_decode_as_they_do_alone(lv):
+def test_image_and_text_rows_decode_as_they_do_alone(either):
+    lv = either
     prompts = [[5, 9, IMG, 33], [7, 101, 54, 8, 12], [IMG, 40, IMG]]
     images = [[picture(64, 32, seed=3)], [], [picture(30, 30, seed=4), picture(20, 40, seed=5)]]
     cfg = config("stdec", "dual", steps=12)
@@ -189,7 +196,7 @@ def test_image_and_text_rows_decode_as_they_do_alone(lv):
 def test_checkpoint_in_lavida_layout_round_trips_and_is_told_from_llada_v(tmp_path):
     from safetensors import safe_open
 
-    random_llava_checkpoint(tmp_path / "lavida", lavida=True, peak=16.0)
+    random_llava_checkpoint(tmp_path / "lavida", lavida="llada", peak=16.0)
     raw = json.loads((tmp_path / "lavida" / "config.json").read_text())
     assert raw["architectures"] == ["LlavaLladaForMaskedDiffusion"]
     assert raw["model_type"] == "llava_llada" and raw["mm_spatial_pool_mode"] == "bilinear"
@@ -213,14 +220,34 @@ def test_checkpoint_in_lavida_layout_round_trips_and_is_told_from_llada_v(tmp_pa
     assert type(llada_v) is LLaDAVModel and not getattr(llada_v, "prefix_lm", False)
 
 
+def test_lavida_dream_checkpoint_layout_round_trips(tmp_path):
+    from safetensors import safe_open
+
+    random_llava_checkpoint(tmp_path, lavida="dream", peak=16.0)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    assert raw["architectures"] == ["LlavaDreamForMaskedDiffusion"]
+    assert raw["model_type"] == "llava_dream" and "hidden_size" in raw
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert {"model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.bias", "lm_head.weight",
+            "model.norm.weight", "model.mm_projector.0.weight", "model.image_newline",
+            "model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc2.bias"} <= names
+    model = load_model(tmp_path, device="cpu")
+    assert isinstance(model, LaViDaDreamModel) and model.prefix_lm and model.logits_shift == 1
+    ref = random_llava_model(model.config, peak=16.0)
+    rows, table = model.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
+    _, ref_table = ref.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
+    with torch.no_grad():
+        x = torch.tensor(rows)
+        assert torch.equal(model(x, image_features=table), ref(x, image_features=ref_table))
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"model_type": "llava_dream", "architectures": ["LlavaDreamForMaskedDiffusion"]},
-     "LaViDa-Dream"),
     ({"image_aspect_ratio": "square"}, "'anyres' with 'spatial_unpad'"),
     ({"mm_spatial_pool_mode": "conv"}, "mm_spatial_pool_mode 'conv'"),
 ])
 def test_lavida_configs_stdec_cannot_read_are_refused_by_name(tmp_path, change, message):
-    random_llava_checkpoint(tmp_path, lavida=True)
+    random_llava_checkpoint(tmp_path, lavida="llada")
     raw = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**raw, **change}))
     with pytest.raises(StdecError, match=message):
@@ -228,7 +255,7 @@ def test_lavida_configs_stdec_cannot_read_are_refused_by_name(tmp_path, change, 
 
 
 def test_prompts_carry_lavidas_system_prompt(tmp_path, monkeypatch):
-    random_llava_checkpoint(tmp_path, lavida=True)
+    random_llava_checkpoint(tmp_path, lavida="llada")
     model, tok = stdec.load(tmp_path, device="cpu")
     assert model.system_prompt == SYSTEM_PROMPT
     (ids,) = encode(tok, ["What is it?"], chat=True, images=[[picture(32, 32)]],
@@ -246,3 +273,22 @@ def test_prompts_carry_lavidas_system_prompt(tmp_path, monkeypatch):
     stdec.generate(model, tok, ["What is it?"], images=[[picture(32, 32)]], gen_length=8,
                    block_length=8)
     assert seen["system"] == SYSTEM_PROMPT
+
+
+@pytest.mark.parametrize("kind, static", [("dual", False), ("dual", True), ("prefix", False),
+                                          ("dkv", False)])
+@torch.no_grad()
+def test_a_block_step_after_the_refresh_gives_the_full_forwards_logits(either, kind, static):
+    """With nothing committed since the refresh, a cached step's logits are the full
+    forward's. For LaViDa-Dream the first block's steps feed the prompt's last position (its
+    hidden state predicts the first generated token): it must see the prompt only there too."""
+    from stdec.decoding.engine import Engine
+
+    with torch.inference_mode():
+        engine = Engine(either, max_batch=1, max_length=128, static_step=static)
+        engine.submit([5, 9, 33, 7], config("threshold", kind))  # text: static steps allowed
+        engine._admit()
+        rows = [r for r in engine.slots if r is not None]
+        full = engine._forward("full", rows)  # refreshes the cache
+        step = engine._forward(kind, rows)
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=0)

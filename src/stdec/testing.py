@@ -7,14 +7,14 @@ import torch
 
 from stdec.models import save_model
 from stdec.models.dream import DreamConfig, DreamModel
-from stdec.models.lavida import LaViDaConfig, LaViDaModel
+from stdec.models.lavida import LaViDaConfig, LaViDaDreamConfig, LaViDaDreamModel, LaViDaModel
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 from stdec.tokenizer import train_tokenizer
 
 __all__ = ["DEMO_TEXT", "random_checkpoint", "random_dream_model", "random_llava_checkpoint",
            "random_llava_model", "random_model", "tiny_config", "tiny_dream_config",
-           "tiny_lavida_config", "tiny_llava_config"]
+           "tiny_lavida_config", "tiny_lavida_dream_config", "tiny_llava_config"]
 
 DEMO_TEXT = [
     "Tom has 3 apples and buys 4 more. How many apples does he have? 3 + 4 = 7. #### 7",
@@ -92,28 +92,44 @@ def tiny_lavida_config(**overrides) -> LaViDaConfig:
                         image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
 
 
+def tiny_lavida_dream_config(**overrides) -> LaViDaDreamConfig:
+    """tiny_lavida_config's tower and grids before tiny_dream_config's Dream."""
+    lavida = tiny_lavida_config()
+    return LaViDaDreamConfig(tiny_dream_config(**overrides), lavida.vision,
+                             image_grid_pinpoints=lavida.image_grid_pinpoints)
+
+
 def random_llava_model(cfg: LLaDAVConfig, *, seed: int = 0, peak: float = 4.0) -> LLaDAVModel:
     """Random weights (the image newline too); `peak` scales the output head as random_model.
-    A LaViDaConfig gives a LaViDaModel."""
+    A LaViDaConfig gives a LaViDaModel, a LaViDaDreamConfig a LaViDaDreamModel."""
     torch.manual_seed(seed)
-    model = (LaViDaModel if isinstance(cfg, LaViDaConfig) else LLaDAVModel)(cfg)
+    cls = {LaViDaDreamConfig: LaViDaDreamModel, LaViDaConfig: LaViDaModel}.get(type(cfg),
+                                                                                LLaDAVModel)
+    model = cls(cfg)
+    lm = model.language_model
+    head = lm.lm_head if hasattr(lm, "lm_head") else lm.model.transformer.ff_out
     with torch.no_grad():
-        model.language_model.model.transformer.ff_out.weight.mul_(peak)
+        head.weight.mul_(peak)
         if hasattr(model, "image_newline"):
-            model.image_newline.normal_(0.0, cfg.text.d_model ** -0.5)
+            d = model.image_newline.shape[0]
+            model.image_newline.normal_(0.0, d ** -0.5)
     return model.eval()
 
 
 def random_llava_checkpoint(path: str | Path, *, seed: int = 0, peak: float = 4.0,
                             max_shard_bytes: int | None = None, vision: dict | None = None,
-                            lavida: bool = False, **overrides) -> Path:
+                            lavida: str | None = None, **overrides) -> Path:
     """Write a tiny random LLaDA-V checkpoint (its config keys and tensor names), or with
-    `lavida` a LaViDa-LLaDA one, with a byte-level BPE tokenizer to `path`."""
+    `lavida` ("llada" or "dream") a LaViDa one, with a byte-level BPE tokenizer to `path`."""
     tokenizer = train_tokenizer(DEMO_TEXT * 8, vocab_size=300)
     ids = dict(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    cfg = tiny_lavida_config(**ids, **overrides) if lavida else \
-        tiny_llava_config(vision, **ids, **overrides)
+    if lavida == "dream":
+        cfg = tiny_lavida_dream_config(**ids, **overrides)
+    elif lavida:
+        cfg = tiny_lavida_config(**ids, **overrides)
+    else:
+        cfg = tiny_llava_config(vision, **ids, **overrides)
     save_model(random_llava_model(cfg, seed=seed, peak=peak), path,
                max_shard_bytes=max_shard_bytes)
     tokenizer.save_pretrained(str(path))

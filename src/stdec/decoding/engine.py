@@ -399,7 +399,7 @@ class Engine:
         mask = None
         if min(ends) != keys:  # rows of different lengths: each attends to its own keys
             mask = torch.arange(keys, device=dev) < on_device(ends, dev)[:, None]
-        if kind == "full" and getattr(self.model, "prefix_lm", False):
+        if self._feeds_prompt(rows, starts):  # a prefix LM's prompt sees only the prompt
             mask = self._prefix_lm_mask(rows, cols, keys)
         cache = None
         if self.cache is not None and any(r.config.cache != "none" for r in rows):
@@ -430,10 +430,15 @@ class Engine:
             pick["image_features"] = self.features.flatten(0, 1)
         return self.model(ids, position_ids=cols, attention_mask=mask, cache=cache, **pick)
 
+    def _feeds_prompt(self, rows: list[Request], starts: list[int]) -> bool:
+        """Whether a prefix LM's forward feeds prompt positions: full forwards do, and a
+        shifted model's (LaViDa-Dream's) steps in its first block feed the prompt's last."""
+        return getattr(self.model, "prefix_lm", False) and any(
+            a < len(r.prompt) for a, r in zip(starts, rows, strict=True))
+
     def _prefix_lm_mask(self, rows: list[Request], cols: Tensor, keys: int) -> Tensor:
         """(n, L, keys) for a prefix LM (LaViDa): fed prompt positions attend to their row's
-        prompt only, generated positions to all of their row. Only full forwards feed prompt
-        positions; block steps feed generated ones, which the plain mask already serves."""
+        prompt only, generated positions to all of their row."""
         dev = self.device
         key = torch.arange(keys, device=dev)
         prompt = on_device([len(r.prompt) for r in rows], dev)[:, None, None]
@@ -442,9 +447,11 @@ class Engine:
 
     def _fixed_shape(self, rows: list[Request]) -> bool:
         """Whether the fixed-shape step (graphs.py) takes these dual rows: it is on, they
-        share one block length and none carries image vectors."""
+        share one block length, none carries image vectors and none needs a prefix LM's
+        per-position mask."""
         return (self.static is not None and len({r.config.block_length for r in rows}) == 1
-                and all(r.features is None for r in rows))
+                and all(r.features is None for r in rows)
+                and not self._feeds_prompt(rows, [r.block - self.shift for r in rows]))
 
     def _commit(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
         """Confidence, the rule and the commit for rows that share one DecodeConfig."""

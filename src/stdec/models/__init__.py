@@ -11,18 +11,26 @@ from torch import nn
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
 from stdec.models.dream import DreamConfig, DreamModel
-from stdec.models.lavida import LaViDaConfig, LaViDaModel, is_lavida
+from stdec.models.lavida import (
+    LaViDaConfig,
+    LaViDaDreamConfig,
+    LaViDaDreamModel,
+    LaViDaModel,
+    lavida_class,
+)
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 
 __all__ = ["DreamConfig", "DreamModel", "KVCache", "LLaDAConfig", "LLaDAModelLM", "LLaDAVConfig",
-           "LLaDAVModel", "LaViDaConfig", "LaViDaModel", "load_model", "model_class",
+           "LLaDAVModel", "LaViDaConfig", "LaViDaDreamConfig", "LaViDaDreamModel", "LaViDaModel",
+           "load_model", "model_class",
            "resolve_dtype", "save_model"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX = "model.safetensors.index.json"
 CONFIGS = {LLaDAModelLM: LLaDAConfig, DreamModel: DreamConfig,  # model class -> its config
-           LLaDAVModel: LLaDAVConfig, LaViDaModel: LaViDaConfig}
+           LLaDAVModel: LLaDAVConfig, LaViDaModel: LaViDaConfig,
+           LaViDaDreamModel: LaViDaDreamConfig}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -83,8 +91,9 @@ def weight_files(path: Path) -> list[Path]:
 def model_class(raw: dict, path: str | Path = "the checkpoint") -> type[nn.Module]:
     """The model class a config.json names (by model_type or architectures)."""
     kind, archs = raw.get("model_type"), raw.get("architectures") or []
-    if is_lavida(raw):  # LaViDa-LLaDA shares LLaDA-V's model_type: its architecture tells
-        return LaViDaModel
+    lavida = lavida_class(raw)  # before LLaDA-V: LaViDa-LLaDA shares its model_type
+    if lavida is not None:
+        return lavida
     if kind == "llava_llada" or "LlavaLLaDAModelLM" in archs:  # LLaDA-V
         return LLaDAVModel
     if kind == "llada" or "LLaDAModelLM" in archs:
@@ -92,7 +101,7 @@ def model_class(raw: dict, path: str | Path = "the checkpoint") -> type[nn.Modul
     if kind in ("Dream", "dream") or "DreamModel" in archs:
         return DreamModel
     raise StdecError(f"{str(path)!r} holds a {kind or archs!r} model; stdec loads LLaDA, "
-                     "Dream, LLaDA-V and LaViDa-LLaDA checkpoints.")
+                     "Dream, LLaDA-V and LaViDa checkpoints.")
 
 
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,

@@ -15,7 +15,14 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
-from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears, qkv_heads
+from stdec.models.layers import (
+    RMSNorm,
+    apply_rope,
+    attend,
+    fuse_linears,
+    qkv_heads,
+    sdpa_mask,
+)
 
 __all__ = ["DreamConfig", "DreamModel"]
 
@@ -181,6 +188,9 @@ class DreamModel(nn.Module):
             block.fuse()
         return self
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
     def new_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config
         return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim,
@@ -189,7 +199,8 @@ class DreamModel(nn.Module):
     def forward(self, input_ids: Tensor, *, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, cache: KVCache | None = None,
                 cache_start: int = 0, logits_slice: slice | None = None,
-                logits_index: Tensor | None = None, causal: bool = False) -> Tensor:
+                logits_index: Tensor | None = None, causal: bool = False,
+                inputs_embeds: Tensor | None = None) -> Tensor:
         """Logits (B, L', V) for input_ids (B, L) at sequence positions cache_start .. + L.
 
         Arguments as LLaDAModelLM.forward. The logits are shifted right by one over the fed
@@ -204,8 +215,8 @@ class DreamModel(nn.Module):
             position_ids = torch.arange(cache_start, cache_start + L, device=input_ids.device)
             position_ids = position_ids.expand(B, L)
         cos, sin = self._rope(position_ids)  # (B, 1, L, D)
-        mask = None if attention_mask is None else attention_mask[:, None, None, :]  # (B,1,1,T)
-        h = self.model.embed_tokens(input_ids)  # (B, L, d)
+        mask = sdpa_mask(attention_mask)
+        h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, mask, cache, i, cache_start, causal)
         if logits_index is not None:  # position i from hidden state i - 1 (the first: its own)

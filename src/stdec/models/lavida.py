@@ -22,11 +22,15 @@ What the official code (github.com/jacklishufan/LaViDa, llava/) fixes, and this 
   alone), generated positions attend to everything. The engine builds that mask for models
   with `prefix_lm`, so every stdec cache mode gives the official cached logits.
 
-LaViDa-Dream (model_type "llava_dream") is not supported yet; it is refused by name.
+LaViDa-Dream is the same around stdec's Dream: architectures ["LlavaDreamForMaskedDiffusion"],
+model_type "llava_dream", Qwen2 keys, Dream's own tensor names (model.embed_tokens,
+model.layers.*, model.norm, lm_head), logits shifted right by one. The official Dream
+generation also commits the first answer token autoregressively from the prompt before it
+diffuses the rest; that is a decoding rule, not the model, and stdec's rules decode that
+position like any other.
 """
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +39,7 @@ from PIL import Image
 from torch import Tensor
 
 from stdec.errors import StdecError
+from stdec.models.dream import DreamConfig, DreamModel
 from stdec.models.llada import LLaDAConfig
 from stdec.models.llada_v import (
     LM,
@@ -47,9 +52,11 @@ from stdec.models.llada_v import (
     unpad_box,
 )
 
-__all__ = ["ARCHITECTURE", "LaViDaConfig", "LaViDaModel", "SYSTEM_PROMPT", "pooled_side"]
+__all__ = ["ARCHITECTURE", "DREAM_ARCHITECTURE", "LaViDaConfig", "LaViDaDreamConfig",
+           "LaViDaDreamModel", "LaViDaModel", "SYSTEM_PROMPT", "lavida_class", "pooled_side"]
 
 ARCHITECTURE = "LlavaLladaForMaskedDiffusion"
+DREAM_ARCHITECTURE = "LlavaDreamForMaskedDiffusion"
 SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand "
                  "the visual content that the user provides, and assist the user with a variety "
                  "of tasks using natural language.")
@@ -86,9 +93,11 @@ class LaViDaConfig(LLaDAVConfig):
     def pooled(self) -> int:  # vectors per crop side after pooling
         return pooled_side(self.side, self.pool_mode)
 
+    text_config_class = LLaDAConfig  # the language model's keys: LLaDA's own
+
     @classmethod
     def from_dict(cls, raw: dict) -> "LaViDaConfig":
-        text = LLaDAConfig.from_dict(raw)  # LLaDA's own keys, checked as for a LLaDA folder
+        text = cls.text_config_class.from_dict(raw)  # checked as for a plain LLaDA/Dream folder
         vision = {k: v for k, v in raw.get("vision_config", {}).items() if k in SIGLIP_SO400M}
         cfg = cls(text, vision, raw.get("mm_projector_type", "mlp2x_gelu"),
                   raw.get("image_aspect_ratio", "anyres"),
@@ -101,9 +110,11 @@ class LaViDaConfig(LLaDAVConfig):
                              f"size is {cfg.vision['hidden_size']}.")
         return cfg
 
+    architecture, model_type = ARCHITECTURE, "llava_llada"
+
     def to_dict(self) -> dict:
-        return {**self.text.to_dict(), "architectures": [ARCHITECTURE],
-                "model_type": "llava_llada",
+        return {**self.text.to_dict(), "architectures": [self.architecture],
+                "model_type": self.model_type,
                 "mm_vision_tower": "google/siglip-so400m-patch14-384",
                 "mm_hidden_size": self.vision["hidden_size"], "mm_vision_select_layer": -2,
                 "mm_projector_type": self.projector_type, "use_mm_proj": True,
@@ -179,10 +190,38 @@ def image_token_count(size: tuple[int, int], cfg: LaViDaConfig) -> int:
     return s * s + (bottom - top) * (right - left + 1)
 
 
-def is_lavida(raw: dict) -> bool:
-    """Whether a config.json is a LaViDa one (LLaDA-V shares its model_type)."""
+@dataclass
+class LaViDaDreamConfig(LaViDaConfig):
+    """LaViDa-Dream: `text` is a DreamConfig, read from Qwen2 keys."""
+
+    text_config_class = DreamConfig
+    architecture, model_type = DREAM_ARCHITECTURE, "llava_dream"
+
+
+class LaViDaDreamModel(LaViDaModel):
+    """LaViDa-Dream: LaViDaModel around stdec's Dream, under Dream's own tensor names."""
+
+    language_model_class = DreamModel
+
+    @staticmethod
+    def from_checkpoint_name(name: str) -> str:
+        for prefix, ours in MM_NAMES:  # "model.vision_tower..." before Dream's "model.*"
+            if name.startswith(prefix):
+                return ours + name[len(prefix):]
+        return "language_model." + name
+
+    @staticmethod
+    def to_checkpoint_name(name: str) -> str:
+        for prefix, ours in MM_NAMES:
+            if name.startswith(ours):
+                return prefix + name[len(ours):]
+        return name.removeprefix("language_model.")
+
+
+def lavida_class(raw: dict) -> type[LaViDaModel] | None:
+    """The LaViDa class a config.json names, or None (LLaDA-V shares LaViDa-LLaDA's
+    model_type: the architecture tells them apart)."""
     archs = raw.get("architectures") or []
-    if raw.get("model_type") == "llava_dream" or any(re.match(r"LlavaDream", a) for a in archs):
-        raise StdecError("this is a LaViDa-Dream checkpoint (llava_dream); stdec loads "
-                         "LaViDa-LLaDA and LLaDA-V so far.")
-    return ARCHITECTURE in archs
+    if DREAM_ARCHITECTURE in archs or raw.get("model_type") == "llava_dream":
+        return LaViDaDreamModel
+    return LaViDaModel if ARCHITECTURE in archs else None

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["FusedLinear", "RMSNorm", "apply_rope", "attend", "fuse_linears", "qkv_heads",
-           "rotate_half"]
+           "rotate_half", "sdpa_mask"]
 
 # torch >= 2.5 attends grouped K/V heads without copying them
 _NATIVE_GQA = torch.__version__ >= "2.5"
@@ -48,6 +48,16 @@ def qkv_heads(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     heads = (attn.n_heads, attn.n_kv_heads, attn.n_kv_heads)
     return tuple(t.view(B, L, n, attn.head_dim).transpose(1, 2)
                  for t, n in zip((q, k, v), heads, strict=True))
+
+
+def sdpa_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """A forward's attention_mask as SDPA's: (B, T) -> (B, 1, 1, T), one per row; (B, L, T) ->
+    (B, 1, L, T), one per fed position (a prefix LM's prompt sees only the prompt)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 3:
+        return attention_mask[:, None]
+    return attention_mask[:, None, None, :]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:

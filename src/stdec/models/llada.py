@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
-from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears, qkv_heads
+from stdec.models.layers import (
+    RMSNorm,
+    apply_rope,
+    attend,
+    fuse_linears,
+    qkv_heads,
+    sdpa_mask,
+)
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM"]
 
@@ -165,6 +172,9 @@ class LLaDAModelLM(nn.Module):
             block.fuse()
         return self
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
     def new_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config
         return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim,
@@ -196,7 +206,7 @@ class LLaDAModelLM(nn.Module):
             position_ids = torch.arange(cache_start, cache_start + L, device=input_ids.device)
             position_ids = position_ids.expand(B, L)
         cos, sin = self._rope(position_ids)  # (B, 1, L, D)
-        mask = _mask(attention_mask)
+        mask = sdpa_mask(attention_mask)
         t = self.model.transformer
         h = t.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, d)
         for i, block in enumerate(t.blocks):
@@ -209,12 +219,3 @@ class LLaDAModelLM(nn.Module):
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
         return F.linear(h, head)
 
-
-def _mask(attention_mask: Tensor | None) -> Tensor | None:
-    """The model's attention_mask as SDPA's: (B, 1, 1, T) for one per row, (B, 1, L, T) for one
-    per fed position."""
-    if attention_mask is None:
-        return None
-    if attention_mask.dim() == 3:
-        return attention_mask[:, None]
-    return attention_mask[:, None, None, :]

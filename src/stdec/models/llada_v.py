@@ -237,13 +237,14 @@ class LLaDAVModel(nn.Module):
     """LLaDA-V: vision_tower (transformers' SiglipVisionModel), mm_projector, image_newline and
     language_model (stdec's LLaDAModelLM)."""
 
-    logits_shift = 0
+    language_model_class: type[nn.Module] = LLaDAModelLM  # LaViDa-Dream: DreamModel
 
     def __init__(self, cfg: LLaDAVConfig):
         super().__init__()
         self.config = cfg
-        d, mm = cfg.text.d_model, cfg.vision["hidden_size"]
-        self.language_model = LLaDAModelLM(cfg.text)
+        self.language_model = self.language_model_class(cfg.text)
+        d = self.language_model.get_input_embeddings().embedding_dim
+        mm = cfg.vision["hidden_size"]
         # imported here: transformers' SigLIP takes seconds to import, which a text-only
         # decode should not pay
         from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -296,6 +297,10 @@ class LLaDAVModel(nn.Module):
         if emb.position_ids.is_meta:  # built on the meta device by load_model, rebuild it
             emb.position_ids = torch.arange(emb.num_positions, device=self.device)[None]
         return out
+
+    @property
+    def logits_shift(self) -> int:  # the language model's (Dream's predict from i - 1)
+        return self.language_model.logits_shift
 
     @property
     def device(self) -> torch.device:
@@ -371,7 +376,7 @@ class LLaDAVModel(nn.Module):
 
     def embed(self, ids: Tensor, features: Tensor | None) -> Tensor:
         """(B, L) ids -> (B, L, d): token embeddings, features[-1 - id] where id < 0."""
-        wte = self.language_model.model.transformer.wte
+        wte = self.language_model.get_input_embeddings()
         if features is None:
             return wte(ids)  # a negative id without features fails here, loudly
         rows = (-1 - ids).clamp(0, len(features) - 1)

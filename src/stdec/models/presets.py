@@ -67,6 +67,9 @@ PRESETS = {
         "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128),
     "hbXNov/lavida-llada-reason": Preset(
         "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128),
+    # LaViDa-Dream: Dream's ids
+    "jacklishufan/lavida-dream-v1.0-instruct": Preset(
+        "LlavaDreamForMaskedDiffusion", 151666, (151643,), block_length=128),
 }
 
 
