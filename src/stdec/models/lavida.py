@@ -73,6 +73,11 @@ def pooled_side(side: int, mode: str) -> int:
 
 @dataclass
 class LaViDaConfig(LLaDAVConfig):
+    """LaViDa-LLaDA's config.json: LLaDA's own keys for `text`, LLaVA's for the rest."""
+
+    text_config_class = LLaDAConfig  # class attributes (no annotation: not fields)
+    architecture, model_type = ARCHITECTURE, "llava_llada"
+
     image_aspect_ratio: str = "anyres"
     image_grid_pinpoints: list | str = field(default_factory=lambda: [list(p) for p in PINPOINTS])
     pool_mode: str = "bilinear"
@@ -93,8 +98,6 @@ class LaViDaConfig(LLaDAVConfig):
     def pooled(self) -> int:  # vectors per crop side after pooling
         return pooled_side(self.side, self.pool_mode)
 
-    text_config_class = LLaDAConfig  # the language model's keys: LLaDA's own
-
     @classmethod
     def from_dict(cls, raw: dict) -> "LaViDaConfig":
         text = cls.text_config_class.from_dict(raw)  # checked as for a plain LLaDA/Dream folder
@@ -109,8 +112,6 @@ class LaViDaConfig(LLaDAVConfig):
             raise StdecError(f"config.json has mm_hidden_size {mm}, but the vision tower's hidden "
                              f"size is {cfg.vision['hidden_size']}.")
         return cfg
-
-    architecture, model_type = ARCHITECTURE, "llava_llada"
 
     def to_dict(self) -> dict:
         return {**self.text.to_dict(), "architectures": [self.architecture],
