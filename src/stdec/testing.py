@@ -86,9 +86,7 @@ def tiny_llava_config(vision: dict | None = None, **overrides) -> LLaDAVConfig:
 def tiny_lavida_config(**overrides) -> LaViDaConfig:
     """LaViDa's layout at toy size: tiny_llava_config's tower (4x4 vectors a 32-px tile, pooled
     to 2x2) and LaViDa's five grids scaled from 384- to 32-pixel tiles."""
-    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, image_size=32, patch_size=8)
-    return LaViDaConfig(tiny_config(**overrides), tower,
+    return LaViDaConfig(tiny_config(**overrides), tiny_llava_config().vision,
                         image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
 
 

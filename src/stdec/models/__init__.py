@@ -23,8 +23,7 @@ from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 
 __all__ = ["DreamConfig", "DreamModel", "KVCache", "LLaDAConfig", "LLaDAModelLM", "LLaDAVConfig",
            "LLaDAVModel", "LaViDaConfig", "LaViDaDreamConfig", "LaViDaDreamModel", "LaViDaModel",
-           "load_model", "model_class",
-           "resolve_dtype", "save_model"]
+           "load_model", "model_class", "resolve_dtype", "save_model"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX = "model.safetensors.index.json"
