@@ -193,6 +193,16 @@ def test_image_and_text_rows_decode_as_they_do_alone(either):
 
 # ---- checkpoints and prompts ----
 
+def assert_loads_as_built(model):
+    """The loaded model computes what the same random model built in memory does."""
+    ref = random_llava_model(model.config, peak=16.0)
+    rows, table = model.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
+    _, ref_table = ref.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
+    with torch.no_grad():
+        x = torch.tensor(rows)
+        assert torch.equal(model(x, image_features=table), ref(x, image_features=ref_table))
+
+
 def test_checkpoint_in_lavida_layout_round_trips_and_is_told_from_llada_v(tmp_path):
     from safetensors import safe_open
 
@@ -209,12 +219,7 @@ def test_checkpoint_in_lavida_layout_round_trips_and_is_told_from_llada_v(tmp_pa
             "model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc2.bias"} <= names
     model = load_model(tmp_path / "lavida", device="cpu")
     assert isinstance(model, LaViDaModel) and model.prefix_lm
-    ref = random_llava_model(model.config, peak=16.0)
-    rows, table = model.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
-    _, ref_table = ref.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
-    with torch.no_grad():
-        x = torch.tensor(rows)
-        assert torch.equal(model(x, image_features=table), ref(x, image_features=ref_table))
+    assert_loads_as_built(model)
     random_llava_checkpoint(tmp_path / "llada-v")  # same model_type, LLaDA-V's architecture
     llada_v = load_model(tmp_path / "llada-v", device="cpu")
     assert type(llada_v) is LLaDAVModel and not getattr(llada_v, "prefix_lm", False)
@@ -234,12 +239,7 @@ def test_lavida_dream_checkpoint_layout_round_trips(tmp_path):
             "model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc2.bias"} <= names
     model = load_model(tmp_path, device="cpu")
     assert isinstance(model, LaViDaDreamModel) and model.prefix_lm and model.logits_shift == 1
-    ref = random_llava_model(model.config, peak=16.0)
-    rows, table = model.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
-    _, ref_table = ref.encode_prompts([[5, IMG, 6]], [[picture(50, 40)]])
-    with torch.no_grad():
-        x = torch.tensor(rows)
-        assert torch.equal(model(x, image_features=table), ref(x, image_features=ref_table))
+    assert_loads_as_built(model)
 
 
 @pytest.mark.parametrize("change, message", [

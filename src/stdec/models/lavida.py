@@ -43,12 +43,12 @@ from stdec.models.dream import DreamConfig, DreamModel
 from stdec.models.llada import LLaDAConfig
 from stdec.models.llada_v import (
     LM,
-    SIGLIP_SO400M,
-    TOWER,
+    MM_NAMES,
     LLaDAVConfig,
     LLaDAVModel,
     best_resolution,
     preprocess_image,
+    rename_prefix,
     unpad_box,
 )
 
@@ -62,8 +62,7 @@ SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able 
                  "of tasks using natural language.")
 PINPOINTS = [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)]  # (w, h) pixels
 POOL_MODES = ("bilinear", "average", "max")
-MM_NAMES = ((TOWER, "vision_tower."), ("model.mm_projector.", "mm_projector."),
-            ("model.image_newline", "image_newline"))
+NAMES = (*MM_NAMES, ("model.transformer.", LM))  # LaViDa-LLaDA's: LLaDA's own under "model."
 
 
 def pooled_side(side: int, mode: str) -> int:
@@ -77,6 +76,7 @@ class LaViDaConfig(LLaDAVConfig):
 
     text_config_class = LLaDAConfig  # class attributes (no annotation: not fields)
     architecture, model_type = ARCHITECTURE, "llava_llada"
+    mm_keys = {**LLaDAVConfig.mm_keys, "mm_spatial_pool_mode": "pool_mode"}
 
     image_aspect_ratio: str = "anyres"
     image_grid_pinpoints: list | str = field(default_factory=lambda: [list(p) for p in PINPOINTS])
@@ -100,18 +100,8 @@ class LaViDaConfig(LLaDAVConfig):
 
     @classmethod
     def from_dict(cls, raw: dict) -> "LaViDaConfig":
-        text = cls.text_config_class.from_dict(raw)  # checked as for a plain LLaDA/Dream folder
-        vision = {k: v for k, v in raw.get("vision_config", {}).items() if k in SIGLIP_SO400M}
-        cfg = cls(text, vision, raw.get("mm_projector_type", "mlp2x_gelu"),
-                  raw.get("image_aspect_ratio", "anyres"),
-                  raw.get("image_grid_pinpoints") or [list(p) for p in PINPOINTS],
-                  raw.get("mm_patch_merge_type", "spatial_unpad"),
-                  raw.get("mm_spatial_pool_mode", "bilinear"))
-        mm = raw.get("mm_hidden_size", cfg.vision["hidden_size"])
-        if mm != cfg.vision["hidden_size"]:
-            raise StdecError(f"config.json has mm_hidden_size {mm}, but the vision tower's hidden "
-                             f"size is {cfg.vision['hidden_size']}.")
-        return cfg
+        # the language model's keys checked as for a plain LLaDA (or Dream) folder
+        return cls.around(cls.text_config_class.from_dict(raw), raw)
 
     def to_dict(self) -> dict:
         return {**self.text.to_dict(), "architectures": [self.architecture],
@@ -135,21 +125,11 @@ class LaViDaModel(LLaDAVModel):
     @staticmethod
     def from_checkpoint_name(name: str) -> str:
         """A LaViDa tensor name -> this module's (unknown names pass through unchanged)."""
-        if name.startswith("model.transformer."):
-            return LM + name[len("model.transformer."):]
-        for prefix, ours in MM_NAMES:
-            if name.startswith(prefix):
-                return ours + name[len(prefix):]
-        return name
+        return rename_prefix(name, NAMES) or name
 
     @staticmethod
     def to_checkpoint_name(name: str) -> str:
-        if name.startswith(LM):
-            return "model.transformer." + name[len(LM):]
-        for prefix, ours in MM_NAMES:
-            if name.startswith(ours):
-                return prefix + name[len(ours):]
-        return name
+        return rename_prefix(name, NAMES, reverse=True) or name
 
     def pool(self, feats: Tensor) -> Tensor:
         """(N, side**2, d) projected crop features -> (N, pooled**2, d)."""
@@ -206,17 +186,12 @@ class LaViDaDreamModel(LaViDaModel):
 
     @staticmethod
     def from_checkpoint_name(name: str) -> str:
-        for prefix, ours in MM_NAMES:  # "model.vision_tower..." before Dream's "model.*"
-            if name.startswith(prefix):
-                return ours + name[len(prefix):]
-        return "language_model." + name
+        # the vision parts first: Dream's own names start with "model." too
+        return rename_prefix(name, MM_NAMES) or "language_model." + name
 
     @staticmethod
     def to_checkpoint_name(name: str) -> str:
-        for prefix, ours in MM_NAMES:
-            if name.startswith(ours):
-                return prefix + name[len(ours):]
-        return name.removeprefix("language_model.")
+        return rename_prefix(name, MM_NAMES, reverse=True) or name.removeprefix("language_model.")
 
 
 def lavida_class(raw: dict) -> type[LaViDaModel] | None:

@@ -13,14 +13,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
-from stdec.models.layers import (
-    RMSNorm,
-    apply_rope,
-    attend,
-    fuse_linears,
-    qkv_heads,
-    sdpa_mask,
-)
+from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears, qkv_heads, sdpa_mask
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM"]
 

@@ -66,6 +66,19 @@ TOP_NAMES = {"model.embed_tokens.weight": "wte.weight", "model.norm.weight": "ln
              "lm_head.weight": "ff_out.weight"}
 LM = "language_model.model.transformer."
 TOWER = "model.vision_tower.vision_tower.vision_model."
+# the vision parts' names, the same in LLaDA-V and LaViDa checkpoints -> this module's
+MM_NAMES = ((TOWER, "vision_tower."), ("model.mm_projector.", "mm_projector."),
+            ("model.image_newline", "image_newline"))
+
+
+def rename_prefix(name: str, pairs, reverse: bool = False) -> str | None:
+    """`name` with the first of `pairs` (checkpoint prefix, module prefix) that it starts with
+    swapped, from the checkpoint's to the module's or with `reverse` back; None if none."""
+    for theirs, ours in pairs:
+        a, b = (ours, theirs) if reverse else (theirs, ours)
+        if name.startswith(a):
+            return b + name[len(a):]
+    return None
 
 
 def parse_pinpoints(spec: Any, tile: int) -> list[tuple[int, int]]:
@@ -130,12 +143,20 @@ class LLaDAVConfig:
         if isinstance(kw.get("eos_token_id"), list):
             kw["eos_token_id"] = kw["eos_token_id"][0]
         kw.setdefault("pad_token_id", kw.get("eos_token_id", 126081))
-        text = LLaDAConfig(**kw)
+        return cls.around(LLaDAConfig(**kw), raw)
+
+    # config.json's keys for the parts around the language model -> this class's fields
+    mm_keys = {"mm_projector_type": "projector_type", "image_aspect_ratio": "image_aspect_ratio",
+               "image_grid_pinpoints": "image_grid_pinpoints",
+               "mm_patch_merge_type": "mm_patch_merge_type"}
+
+    @classmethod
+    def around(cls, text, raw: dict) -> "LLaDAVConfig":
+        """This config around `text` (the language model's) from config.json's other keys; a
+        key it lacks keeps this class's default."""
         vision = {k: v for k, v in raw.get("vision_config", {}).items() if k in SIGLIP_SO400M}
-        cfg = cls(text, vision, raw.get("mm_projector_type", "mlp2x_gelu"),
-                  raw.get("image_aspect_ratio", "anyres_max_4"),
-                  raw.get("image_grid_pinpoints") or "(1x1),...,(6x6)",
-                  raw.get("mm_patch_merge_type", "spatial_unpad"))
+        cfg = cls(text, vision, **{ours: raw[theirs] for theirs, ours in cls.mm_keys.items()
+                                   if raw.get(theirs)})
         mm = raw.get("mm_hidden_size", cfg.vision["hidden_size"])
         if mm != cfg.vision["hidden_size"]:
             raise StdecError(f"config.json has mm_hidden_size {mm}, but the vision tower's hidden "
@@ -268,12 +289,7 @@ class LLaDAVModel(nn.Module):
         m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
         if m and m.group(2) in BLOCK_NAMES:
             return f"{LM}blocks.{m.group(1)}.{BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
-        for prefix, ours in ((TOWER, "vision_tower."),
-                             ("model.mm_projector.", "mm_projector."),
-                             ("model.image_newline", "image_newline")):
-            if name.startswith(prefix):
-                return ours + name[len(prefix):]
-        return name
+        return rename_prefix(name, MM_NAMES) or name
 
     @staticmethod
     def to_checkpoint_name(name: str) -> str:
@@ -285,11 +301,7 @@ class LLaDAVModel(nn.Module):
             _, i, ours, kind = rest.split(".")
             theirs = {v: k for k, v in BLOCK_NAMES.items()}[ours]
             return f"model.layers.{i}.{theirs}.{kind}"
-        for prefix, ours in ((TOWER, "vision_tower."),
-                             ("model.mm_projector.", "mm_projector.")):
-            if name.startswith(ours):
-                return prefix + name[len(ours):]
-        return "model." + name  # image_newline
+        return rename_prefix(name, MM_NAMES, reverse=True) or name
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state, strict=strict, assign=assign)
