@@ -198,8 +198,9 @@ class Engine:
         self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
         self.prev_logp: Tensor | None = None
         self.cache = None  # allocated by the first request that asks for one
-        graphs = self.device.type == "cuda" and getattr(model, "cuda_graphs", True)
-        self.static_wanted = graphs if static_step is None else static_step
+        self.capture = getattr(model, "cuda_graphs", True)  # replay fixed-shape steps (CUDA)
+        on_cuda = self.device.type == "cuda" and self.capture
+        self.static_wanted = on_cuda if static_step is None else static_step
         self.static: StaticBlockStep | None = None  # built with the cache
         self.features: Tensor | None = None  # (S, F, d) image vectors, by the first image
         self.slots: list[Request | None] = [None] * S
@@ -317,7 +318,7 @@ class Engine:
             if self.static_wanted:
                 self.static = StaticBlockStep(
                     self.model, self.cache, max_batch=self.max_batch, max_length=self.max_length,
-                    capture=getattr(self.model, "cuda_graphs", True))
+                    capture=self.capture)
         self.x[slot, :P] = on_device(r.prompt, self.device)
         self.x[slot, P:T] = self.mask_id
         self.stable[slot] = 0
@@ -397,10 +398,10 @@ class Engine:
         slot_t = on_device(slots, dev)
         ids = self.x[slot_t[:, None], cols]  # (n, L)
         mask = None
-        if min(ends) != keys:  # rows of different lengths: each attends to its own keys
-            mask = torch.arange(keys, device=dev) < on_device(ends, dev)[:, None]
         if self._feeds_prompt(rows, starts):  # a prefix LM's prompt sees only the prompt
             mask = self._prefix_lm_mask(rows, cols, keys)
+        elif min(ends) != keys:  # rows of different lengths: each attends to its own keys
+            mask = torch.arange(keys, device=dev) < on_device(ends, dev)[:, None]
         cache = None
         if self.cache is not None and any(r.config.cache != "none" for r in rows):
             # padding writes its K/V into the scratch column past max_length
