@@ -1,0 +1,86 @@
+"""Where a testbed loses its points: dev accuracy by kind of problem, and how often the
+arithmetic it writes is right.
+
+    python benchmarks/dev_breakdown.py --model testbed --tasks gsm,lists,arith --limit 200
+    python benchmarks/dev_breakdown.py --model runs/vision --tasks vision
+
+Vanilla decoding: `fixed`, one token per step, dual cache, each task's gen_length rounded up
+to whole blocks of 32. Kinds: gsm by template, code by family, lists by operation and item
+(numbers or words), vision by question kind and scene. For gsm and arith, every
+"a op b = r" the output writes is also checked, by operator: a model that lays out its
+solution right but computes wrongly shows here, not in the accuracy alone.
+"""
+
+import argparse
+import re
+from collections import Counter
+
+import torch
+
+import stdec
+from stdec.decoding.config import DecodeConfig
+from stdec.tasks import evaluate, get_task
+
+CLAIM = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+TRUE = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+        "/": lambda a, b: a // b if b and a % b == 0 else None}
+
+
+def kind(task: str, problem) -> str:
+    meta = problem.meta
+    if task == "gsm":
+        return meta["template"]
+    if task == "code":
+        return meta["family"]
+    if task == "lists":
+        return f"{meta['op']} {'numbers' if problem.answer[1:2].isdigit() else 'words'}"
+    if task == "vision":
+        scene = meta["scene"]
+        n = len(scene.get("objects", ()))
+        where = "bars" if scene["type"] == "bars" else f"{n} object" + "s" * (n != 1)
+        return f"{meta['kind']} ({where})"
+    return task
+
+
+def claims(texts: list[str]) -> tuple[Counter, Counter]:
+    """(all, right): the "a op b = r" lines the texts write, counted by operator."""
+    seen, right = Counter(), Counter()
+    for text in texts:
+        for a, op, b, r in CLAIM.findall(text):
+            seen[op] += 1
+            right[op] += TRUE[op](int(a), int(b)) == int(r)
+    return seen, right
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="testbed")
+    parser.add_argument("--tasks", default="gsm,code,lists")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = stdec.load(args.model)
+    for name in args.tasks.split(","):
+        task = get_task(name)
+        gen = -(-task.gen_length // 32) * 32
+        config = DecodeConfig(gen_length=gen, block_length=32, policy="fixed", steps=gen,
+                              cache="dual")
+        result = evaluate(model, tokenizer, task, args.split, config, limit=args.limit)
+        problems = {p.id: p for p in task.problems(args.split)[: args.limit]}
+        total, right = Counter(), Counter()
+        for r in result.records:
+            k = kind(name, problems[r.id])
+            total[k] += 1
+            right[k] += r.correct
+        print(f"\n{name} ({args.split}, n={result.n}): {100 * result.accuracy:.1f}%")
+        for k in sorted(total, key=lambda k: right[k] / total[k]):
+            print(f"  {k:28s} {100 * right[k] / total[k]:5.1f}%  ({right[k]}/{total[k]})")
+        seen, ok = claims([r.output for r in result.records])
+        for op in sorted(seen):
+            print(f"  arithmetic {op}: {100 * ok[op] / seen[op]:5.1f}% right of {seen[op]} written")
+
+
+if __name__ == "__main__":
+    main()

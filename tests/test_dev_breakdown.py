@@ -1,0 +1,38 @@
+"""benchmarks/dev_breakdown.py: the arithmetic checker and the report on the bundled testbed."""
+
+import importlib.util
+from pathlib import Path
+
+from stdec.tasks import get_task
+from stdec.tasks.gsm import TEMPLATES
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "dev_breakdown.py"
+spec = importlib.util.spec_from_file_location("dev_breakdown", SCRIPT)
+dev_breakdown = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dev_breakdown)
+
+
+def test_claims_counts_right_and_wrong_arithmetic_by_operator():
+    seen, right = dev_breakdown.claims([
+        "Ana has 18 + 31 = 49 dollars. 63 - 19 = 64, so 64 are left.",
+        "7 * 3 = 21\n45 / 5 = 9\n46 / 4 = 11",  # 46 / 4 is no whole division: wrong
+    ])
+    assert seen == {"+": 1, "-": 1, "*": 1, "/": 2}
+    assert right == {"+": 1, "-": 0, "*": 1, "/": 1}
+
+
+def test_kinds_name_what_each_task_varies():
+    lists, vision = get_task("lists").problems("dev"), get_task("vision").problems("dev")
+    assert dev_breakdown.kind("lists", lists[0]).split()[0] in ("sort", "reverse", "dedupe", "copy")
+    assert {dev_breakdown.kind("lists", p).split()[1] for p in lists} == {"numbers", "words"}
+    kinds = {dev_breakdown.kind("vision", p) for p in vision}
+    assert {"number (bars)", "number (1 object)", "number (2 objects)"} <= kinds
+    gsm = get_task("gsm").problems("dev")[0]
+    assert dev_breakdown.kind("gsm", gsm) in {t.id for t in TEMPLATES}
+
+
+def test_report_on_the_bundled_testbed(capsys):
+    dev_breakdown.main(["--tasks", "lists,arith", "--limit", "4", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "lists (dev, n=4):" in out and "arith (dev, n=4):" in out
+    assert "arithmetic +:" in out  # arith drills always write sums
