@@ -8,7 +8,11 @@ Vanilla decoding: `fixed`, one token per step, dual cache, each task's gen_lengt
 to whole blocks of 32. Kinds: gsm by template, code by family, lists by operation and item
 (numbers or words), vision by question kind and scene. For gsm and arith, every
 "a op b = r" the output writes is also checked, by operator: a model that lays out its
-solution right but computes wrongly shows here, not in the accuracy alone.
+solution right but computes wrongly shows here, not in the accuracy alone. With --probe,
+gsm also gets a teacher-forced check on its gold solutions: each result of an
+"a op b = r" is masked, alone and then with every later occurrence of r, and the model must
+give it back. Right alone but wrong with the copies masked means it copies results from
+later in the text instead of computing them.
 """
 
 import argparse
@@ -18,8 +22,10 @@ from collections import Counter
 import torch
 
 import stdec
+from stdec.api import encode
 from stdec.decoding.config import DecodeConfig
 from stdec.tasks import evaluate, get_task
+from stdec.tasks.base import format_prompt
 
 CLAIM = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 TRUE = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -52,6 +58,33 @@ def claims(texts: list[str]) -> tuple[Counter, Counter]:
     return seen, right
 
 
+@torch.no_grad()
+def copy_probe(model, tokenizer, problems) -> dict[tuple[str, str], list[int]]:
+    """{(operator, "alone" | "with its copies"): [right, all]} over the gold solutions."""
+    mask = model.config.mask_token_id
+    out: dict[tuple[str, str], list[int]] = {}
+    for p in problems:
+        prompt = encode(tokenizer, [format_prompt(p)], True)[0]
+        enc = tokenizer(p.answer, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = enc.input_ids, enc.offset_mapping
+
+        def tokens(a: int, b: int, spans=spans) -> list[int]:  # the tokens over a..b
+            return [i for i, (s, e) in enumerate(spans) if s < b and e > a and e > s]
+
+        for m in CLAIM.finditer(p.answer):
+            result = tokens(*m.span(4))
+            later = [i for c in re.finditer(rf"(?<!\d){m.group(4)}(?!\d)", p.answer)
+                     if c.start() >= m.end(4) for i in tokens(*c.span())]
+            for mode, hidden in (("alone", result), ("with its copies", result + later)):
+                x = torch.tensor([prompt + ids])
+                x[0, [len(prompt) + i for i in hidden]] = mask
+                logits = model(x)[0, len(prompt):]
+                tally = out.setdefault((m.group(2), mode), [0, 0])
+                tally[0] += all(logits[i].argmax().item() == ids[i] for i in result)
+                tally[1] += 1
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="testbed")
@@ -59,6 +92,8 @@ def main(argv=None):
     parser.add_argument("--split", default="dev")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--probe", action="store_true",
+                        help="gsm: does the model compute results or copy them (see above)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer = stdec.load(args.model)
@@ -80,6 +115,11 @@ def main(argv=None):
         seen, ok = claims([r.output for r in result.records])
         for op in sorted(seen):
             print(f"  arithmetic {op}: {100 * ok[op] / seen[op]:5.1f}% right of {seen[op]} written")
+        if args.probe and name == "gsm":
+            probe = copy_probe(model, tokenizer, task.problems(args.split)[: args.limit])
+            for (op, mode), (right_, all_) in sorted(probe.items()):
+                print(f"  gold solution, result of {op} masked {mode:15s} "
+                      f"{100 * right_ / all_:5.1f}% given back ({right_}/{all_})")
 
 
 if __name__ == "__main__":

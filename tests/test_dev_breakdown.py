@@ -36,3 +36,15 @@ def test_report_on_the_bundled_testbed(capsys):
     out = capsys.readouterr().out
     assert "lists (dev, n=4):" in out and "arith (dev, n=4):" in out
     assert "arithmetic +:" in out  # arith drills always write sums
+
+
+def test_copy_probe_masks_each_result_alone_and_with_its_copies():
+    import stdec
+
+    model, tokenizer = stdec.load("testbed")
+    problems = get_task("gsm").problems("dev")[:3]
+    probe = dev_breakdown.copy_probe(model, tokenizer, problems)
+    results = sum(len(dev_breakdown.CLAIM.findall(p.answer)) for p in problems)
+    assert sum(n for (_, mode), (_, n) in probe.items() if mode == "alone") == results
+    assert sum(n for (_, mode), (_, n) in probe.items() if mode == "with its copies") == results
+    assert all(0 <= right <= n for right, n in probe.values())
