@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import stdec
 from stdec.errors import StdecError
-from stdec.train import Batches, TrainConfig, diffusion_loss, lr_at, train
+from stdec.train import Batches, TrainConfig, diffusion_loss, digit_ids, lr_at, number_groups, train
 
 TOY = dict(train_limit=100, steps=4, batch_size=4, d_model=32, n_layers=1, n_heads=2,
            mlp_hidden_size=64, vocab_size=400, warmup=2, eval_every=4, eval_limit=2,
@@ -43,6 +44,54 @@ def test_a_batch_holds_one_task_and_spreads_its_mask_ratios():
         u = (t.flatten() - 1e-3) / (1 - 1e-3)
         assert sorted((u * 4).long().clamp(max=3).tolist()) == [0, 1, 2, 3]
     assert seen == {0, 1}
+
+
+def test_number_groups_give_each_value_one_group():
+    tokenizer = stdec.load("testbed")[1]
+    text = "So 63 - 19 = 44, so 44 are left. 4 + 40 = 44\n#### 44"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    groups = number_groups(ids, digit_ids(tokenizer))
+    numbers = {}  # value -> the groups of its digit tokens
+    for tok, g in zip(ids, groups, strict=True):
+        s = tokenizer.decode([tok])
+        assert (g > 0) == s.isdigit()
+    runs, run = [], []
+    for tok, g in zip([*ids, None], [*groups, 0], strict=True):
+        if g:
+            run.append((tokenizer.decode([tok]), g))
+        elif run:
+            runs.append(run)
+            run = []
+    for run in runs:
+        numbers.setdefault("".join(d for d, _ in run), set()).update(g for _, g in run)
+    assert set(numbers) == {"63", "19", "44", "4", "40"}
+    assert all(len(gs) == 1 for gs in numbers.values())  # each value one group, all its digits
+    assert len({next(iter(gs)) for gs in numbers.values()}) == 5  # and values never share one
+
+
+def test_tied_rows_mask_every_occurrence_of_a_number_together():
+    digits = np.full(100, -1)
+    digits[10:20] = np.arange(10)  # ids 10..19 are the digits 0..9
+    answer = [30, 14, 14, 31, 13, 32, 14, 14, 33, 14, 14, 99]  # 44 . 3 . 44 . 44
+    examples = [([7], answer, 0)]
+    ids = {"eos": 1, "pad": 1, "mask": 2}
+    plain = Batches(examples, [16], ids, 64, 0, 4)
+    tied = Batches(examples, [16], ids, 64, 0, 4, tie=1.0, digits=digits)
+    same = Batches(examples, [16], ids, 64, 0, 4, tie=0.0, digits=digits)
+    split = 0
+    for step in range(5):
+        masked = tied(step, "cpu")[4]
+        fours = masked[:, [1, 2, 6, 7, 9, 10]]
+        assert (fours == fours[:, :1]).all()  # all of 44's digits, everywhere, or none
+        split += int((plain(step, "cpu")[4][:, [1, 2, 6, 7, 9, 10]].sum(1) % 6 != 0).sum())
+        for a, b in zip(plain(step, "cpu"), same(step, "cpu"), strict=True):
+            assert torch.equal(a, b)  # tie 0 draws exactly what it drew before
+    assert split > 0  # untied rows do split a number's occurrences
+
+
+def test_tie_numbers_is_a_share():
+    with pytest.raises(StdecError, match="tie_numbers is a share of rows"):
+        TrainConfig(tie_numbers=1.5)
 
 
 def test_loss_is_weighted_by_the_mask_ratio(tiny_model):

@@ -6,6 +6,9 @@ so the model learns to end an answer at any gen_length. A mask ratio t ~ U(eps, 
 drawn per sequence, each response token is masked with probability t, and the loss is
 the cross-entropy on masked tokens weighted by 1/t, averaged over response tokens
 (LLaDA's SFT objective). Prompts are left-padded exactly as the decoding loop pads them.
+With --tie-numbers, a share of the rows draw one mask per number value instead of per token:
+each token is still masked with probability t, but a result and its later copies go
+together, so the model cannot learn to copy a result instead of computing it.
 """
 
 import json
@@ -61,6 +64,10 @@ class TrainConfig:
     mlp_hidden_size: int = _opt(768, "SwiGLU hidden size")
     block_length: int = _opt(32, "generation lengths are rounded up to multiples of this")
     long_factor: int = _opt(4, "long generation length = this x the longest gold answer")
+    tie_numbers: float = _opt(0.0, "share of rows whose numbers are masked by value: every "
+                              "occurrence of a number in the response masked or kept together, "
+                              "so a result must be computed, not copied from a later mention "
+                              "(0: each token drawn alone)")
     eval_every: int = _opt(1000, "steps between dev evaluations (0: never)")
     eval_limit: int = _opt(64, "dev problems per task at each evaluation")
     save_every: int = _opt(500, "steps between resumable checkpoints")
@@ -79,6 +86,9 @@ class TrainConfig:
         for name in ("train_limit", "time_budget"):
             if getattr(self, name) < 0:
                 raise StdecError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.tie_numbers <= 1:
+            raise StdecError(f"tie_numbers is a share of rows, between 0 and 1; got "
+                             f"{self.tie_numbers}.")
         for name in ("steps", "batch_size", "vocab_size", "d_model", "n_layers", "n_heads",
                      "mlp_hidden_size", "block_length", "long_factor", "save_every"):
             if getattr(self, name) < 1:
@@ -148,6 +158,31 @@ def train_splits(cfg: TrainConfig) -> list[list[Problem]]:
         return list(pool.map(_bare_train_split, cfg.task_names, [cfg] * len(cfg.task_names)))
 
 
+def number_groups(answer: list[int], digits: np.ndarray) -> list[int]:
+    """Per token of `answer`: k >= 1 on the digits of its k-th distinct number (a run of digit
+    tokens; `digits` gives each token id's digit, -1 for the rest), 0 elsewhere. Every
+    occurrence of one value gets the same k."""
+    out, values, run = [0] * len(answer), {}, []
+    for i, tok in enumerate([*answer, -1]):  # the -1 closes a number at the end
+        if tok >= 0 and digits[tok] >= 0:
+            run.append(i)
+            continue
+        if run:
+            k = values.setdefault(tuple(answer[j] for j in run), len(values) + 1)
+            for j in run:
+                out[j] = k
+            run = []
+    return out
+
+
+def digit_ids(tokenizer) -> np.ndarray:
+    """Each token id's digit, -1 for the rest (the tokenizer has one token per digit)."""
+    digits = np.full(len(tokenizer), -1, dtype=np.int64)
+    for d in range(10):
+        digits[tokenizer.convert_tokens_to_ids(str(d))] = d
+    return digits
+
+
 class Batches:
     """Random batches of left-padded prompts and EOS-padded responses, reproducible by step.
 
@@ -160,29 +195,37 @@ class Batches:
 
     def __init__(self, examples: list[tuple[list[int], list[int], int]], long_len: list[int],
                  ids: dict[str, int], batch_size: int, seed: int, long_factor: int,
-                 weights: list[float] | None = None):
+                 weights: list[float] | None = None, tie: float = 0.0,
+                 digits: np.ndarray | None = None):
         self.long_len, self.ids, self.long_factor = long_len, ids, long_factor
         self.batch_size, self.seed = batch_size, seed
+        # tie_numbers: the share of rows masked by number value; digits: each token id's
+        # digit, -1 for the rest (needed when tie > 0)
+        self.tie, self.digits = tie, digits
         w = np.ones(len(long_len)) if weights is None else np.asarray(weights, dtype=float)
         self.weights = w / w.sum()
         self.packed = [self._pack([(p, a) for p, a, t in examples if t == task])
                        for task in range(len(long_len))]
 
     def _pack(self, rows: list[tuple[list[int], list[int]]]) -> tuple[np.ndarray, ...]:
-        """(prompts right-aligned in pad, prompt lengths, answers left-aligned in EOS, lengths)"""
+        """(prompts right-aligned in pad, prompt lengths, answers left-aligned in EOS, lengths,
+        the answers' number groups (number_groups; all 0 unless numbers are tied))"""
         plen = np.array([len(p) for p, _ in rows], dtype=np.int64)
         alen = np.array([len(a) for _, a in rows], dtype=np.int64)
         prompts = np.full((len(rows), plen.max(initial=1)), self.ids["pad"], dtype=np.int64)
         answers = np.full((len(rows), alen.max(initial=1)), self.ids["eos"], dtype=np.int64)
+        groups = np.zeros(answers.shape, dtype=np.int64)
         for i, (p, a) in enumerate(rows):
             prompts[i, prompts.shape[1] - len(p):] = p
             answers[i, : len(a)] = a
-        return prompts, plen, answers, alen
+            if self.tie:
+                groups[i, : len(a)] = number_groups(a, self.digits)
+        return prompts, plen, answers, alen, groups
 
     def __call__(self, step: int, device) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.seed, step])
         task = int(rng.choice(len(self.packed), p=self.weights))
-        prompts, plen, answers, alen = self.packed[task]
+        prompts, plen, answers, alen, groups = self.packed[task]
         rows = rng.choice(len(plen), size=self.batch_size)
         shortest = int(alen[rows].max())
         # response length, shared by the batch: three batches in four near the answers' own
@@ -209,6 +252,12 @@ class Batches:
         u = (torch.arange(B) + torch.rand(B, generator=gen))[torch.randperm(B, generator=gen)] / B
         t = ((1 - 1e-3) * u + 1e-3)[:, None]
         masked = torch.rand(B, R, generator=gen) < t
+        if self.tie:  # in tied rows one draw per number value, each token's chance still t
+            g = torch.zeros(B, R, dtype=torch.long)
+            g[:, :width] = torch.from_numpy(groups[rows, :width])
+            by_value = torch.rand(B, int(g.max()) + 1, generator=gen) < t
+            tied = (torch.rand(B, 1, generator=gen) < self.tie) & (g > 0)
+            masked = torch.where(tied, by_value.gather(1, g), masked)
         target = x[:, P:].clone()
         x[:, P:] = target.masked_fill(masked, self.ids["mask"])
         return tuple(v.to(device, non_blocking=True)
@@ -383,7 +432,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
     ids = {"eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
            "mask": tokenizer.mask_token_id}
     batches = Batches(examples, [lengths[n]["long_gen_length"] for n in tasks], ids,
-                      cfg.batch_size, cfg.seed, cfg.long_factor, cfg.task_weights)
+                      cfg.batch_size, cfg.seed, cfg.long_factor, cfg.task_weights,
+                      cfg.tie_numbers, digit_ids(tokenizer))
     optimizer = make_optimizer(model, cfg)
     step, log = 0, []
     if resume and (ckpt / f"{STATE}.json").is_file():
