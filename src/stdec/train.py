@@ -209,16 +209,16 @@ class Batches:
 
     def _pack(self, rows: list[tuple[list[int], list[int]]]) -> tuple[np.ndarray, ...]:
         """(prompts right-aligned in pad, prompt lengths, answers left-aligned in EOS, lengths,
-        the answers' number groups (number_groups; all 0 unless numbers are tied))"""
+        the answers' number groups (number_groups) or None when numbers are not tied)"""
         plen = np.array([len(p) for p, _ in rows], dtype=np.int64)
         alen = np.array([len(a) for _, a in rows], dtype=np.int64)
         prompts = np.full((len(rows), plen.max(initial=1)), self.ids["pad"], dtype=np.int64)
         answers = np.full((len(rows), alen.max(initial=1)), self.ids["eos"], dtype=np.int64)
-        groups = np.zeros(answers.shape, dtype=np.int64)
+        groups = np.zeros(answers.shape, dtype=np.int64) if self.tie else None
         for i, (p, a) in enumerate(rows):
             prompts[i, prompts.shape[1] - len(p):] = p
             answers[i, : len(a)] = a
-            if self.tie:
+            if groups is not None:
                 groups[i, : len(a)] = number_groups(a, self.digits)
         return prompts, plen, answers, alen, groups
 
