@@ -4,9 +4,11 @@ arithmetic it writes is right.
     python benchmarks/dev_breakdown.py --model testbed --tasks gsm,lists,arith --limit 200
     python benchmarks/dev_breakdown.py --model runs/vision --tasks vision
 
-Vanilla decoding: `fixed`, one token per step, dual cache, each task's gen_length rounded up
-to whole blocks of 32. Kinds: gsm by template, code by family, lists by operation and item
-(numbers or words), vision by question kind and scene. For gsm and arith, every
+Vanilla decoding: `fixed`, one token per step, dual cache (blocks of 32 unless
+--block-length says otherwise), at each task's standard gen_length
+(the checkpoint's, as the model card uses; else the task's, rounded up to blocks of 32).
+Kinds: gsm by template, code by family, lists by operation and item (numbers or words),
+vision by question kind and scene. For gsm and arith, every
 "a op b = r" the output writes is also checked, by operator: a model that lays out its
 solution right but computes wrongly shows here, not in the accuracy alone. With --probe,
 gsm also gets a teacher-forced check on its gold solutions: each result of an
@@ -22,10 +24,11 @@ from collections import Counter
 import torch
 
 import stdec
-from stdec.api import encode
+from stdec.api import encode, resolve_model_path
 from stdec.decoding.config import DecodeConfig
 from stdec.tasks import evaluate, get_task
 from stdec.tasks.base import format_prompt
+from stdec.tasks.lengths import read_gen_lengths
 
 CLAIM = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 TRUE = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -92,31 +95,36 @@ def main(argv=None):
     parser.add_argument("--split", default="dev")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--block-length", type=int, default=32,
+                        help="1 decodes strictly left to right")
     parser.add_argument("--probe", action="store_true",
                         help="gsm: does the model compute results or copy them (see above)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer = stdec.load(args.model)
+    lengths = read_gen_lengths(resolve_model_path(args.model))
     for name in args.tasks.split(","):
         task = get_task(name)
-        gen = -(-task.gen_length // 32) * 32
-        config = DecodeConfig(gen_length=gen, block_length=32, policy="fixed", steps=gen,
-                              cache="dual")
+        gen = lengths.get(name, {}).get("gen_length") or -(-task.gen_length // 32) * 32
+        config = DecodeConfig(gen_length=gen, block_length=args.block_length, policy="fixed",
+                              steps=gen, cache="dual")
+        problems = task.problems(args.split)[: args.limit]
         result = evaluate(model, tokenizer, task, args.split, config, limit=args.limit)
-        problems = {p.id: p for p in task.problems(args.split)[: args.limit]}
+        by_id = {p.id: p for p in problems}
         total, right = Counter(), Counter()
         for r in result.records:
-            k = kind(name, problems[r.id])
+            k = kind(name, by_id[r.id])
             total[k] += 1
             right[k] += r.correct
-        print(f"\n{name} ({args.split}, n={result.n}): {100 * result.accuracy:.1f}%")
+        print(f"\n{name} ({args.split}, n={result.n}, gen_length {gen}): "
+              f"{100 * result.accuracy:.1f}%")
         for k in sorted(total, key=lambda k: right[k] / total[k]):
             print(f"  {k:28s} {100 * right[k] / total[k]:5.1f}%  ({right[k]}/{total[k]})")
         seen, ok = claims([r.output for r in result.records])
         for op in sorted(seen):
             print(f"  arithmetic {op}: {100 * ok[op] / seen[op]:5.1f}% right of {seen[op]} written")
         if args.probe and name == "gsm":
-            probe = copy_probe(model, tokenizer, task.problems(args.split)[: args.limit])
+            probe = copy_probe(model, tokenizer, problems)
             for (op, mode), (right_, all_) in sorted(probe.items()):
                 print(f"  gold solution, result of {op} masked {mode:15s} "
                       f"{100 * right_ / all_:5.1f}% given back ({right_}/{all_})")

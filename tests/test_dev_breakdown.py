@@ -34,7 +34,8 @@ def test_kinds_name_what_each_task_varies():
 def test_report_on_the_bundled_testbed(capsys):
     dev_breakdown.main(["--tasks", "lists,arith", "--limit", "4", "--threads", "1"])
     out = capsys.readouterr().out
-    assert "lists (dev, n=4):" in out and "arith (dev, n=4):" in out
+    assert "lists (dev, n=4, gen_length 64):" in out  # the checkpoint's standard length
+    assert "arith (dev, n=4, gen_length 96):" in out
     assert "arithmetic +:" in out  # arith drills always write sums
 
 
