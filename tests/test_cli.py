@@ -52,6 +52,10 @@ CASES = [
     (["random-model", "{file}"], "is a file"),
     (["train", "--steps", "x"], "--steps takes an integer"),
     (["train", "--out", "{file}"], "is a file"),
+    (["train", "--tasks", "gsm,vision"], "train it alone with --tasks vision"),
+    (["train", "--tasks", "vision", "--mixture", "gsm=1"], "--mixture is not an option of the "
+     "vision recipe"),
+    (["train", "--patch-size", "8"], "--patch-size sets the vision testbed's recipe"),
 ]
 
 
@@ -131,6 +135,18 @@ def test_train_options_read_from_source_match_the_dataclass():
     for name, f in read.items():
         assert f.metadata["help"] == real[name].metadata["help"]
         assert f.default is MISSING or f.default == real[name].default
+
+
+def test_vision_training_options_cover_its_recipe():
+    from dataclasses import fields
+
+    from stdec.cli import VISION_ONLY, VISION_SHARED, train_config_fields
+    from stdec.train_vision import VisionTrainConfig
+
+    text = {f.name for f in train_config_fields()}
+    assert set(VISION_SHARED) <= text and not {f.name for f in VISION_ONLY} & text
+    assert {f.name for f in fields(VisionTrainConfig)} == \
+        (set(VISION_SHARED) - {"tasks"}) | {f.name for f in VISION_ONLY}
 
 
 @pytest.mark.parametrize("flag, note", [

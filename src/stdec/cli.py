@@ -309,14 +309,59 @@ def cmd_random_model(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace):
-    out = Path(args.out or "runs/testbed").expanduser()
+    vision = "vision" in csv_list(args.tasks or "gsm", "--tasks")
+    out = Path(args.out or f"runs/testbed{'-vision' * vision}").expanduser()
     if out.exists() and not out.is_dir():
         raise StdecError(f"--out {str(out)!r} is a file; pass a folder for the checkpoints.")
     _check_creatable(out, "--out")
+    if vision:
+        return train_vision_testbed(args)
+    given = [f"--{f.name.replace('_', '-')}" for f in VISION_ONLY
+             if getattr(args, f.name) is not None]
+    if given:
+        raise StdecError(f"{given[0]} sets the vision testbed's recipe; add --tasks vision, or "
+                         "leave it out.")
     from stdec.train import TrainConfig, train
 
     config = from_options(TrainConfig, args)
     out = train(config, resume=args.resume)
+    print(f"wrote the trained checkpoint to {out}")
+
+
+# the vision testbed's recipe (stdec/train_vision.py) shares these options with TrainConfig (the
+# tasks option picks it) and has the VISION_ONLY ones besides. Defaults: VisionTrainConfig's.
+VISION_SHARED = ("tasks", "out", "steps", "batch_size", "lr", "min_lr", "warmup", "weight_decay",
+                 "vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden_size",
+                 "eval_every", "eval_limit", "save_every", "seed", "device")
+VISION_ONLY = [SimpleNamespace(name=name, type=int, default=MISSING, metadata={"help": text})
+               for name, text in (
+                   ("vision_hidden", "--tasks vision: width of the vision tower"),
+                   ("vision_layers", "--tasks vision: blocks of the vision tower"),
+                   ("patch_size", "--tasks vision: pixels a side of one patch"),
+                   ("gen_length", "--tasks vision: answer tokens trained and decoded"),
+                   ("train_size", "--tasks vision: pictures in the train split"),
+                   ("threads", "--tasks vision: CPU threads"))]
+
+
+def train_vision_testbed(args: argparse.Namespace):
+    """`stdec train --tasks vision`: the vision testbed, a small LLaDA-V, on the `vision` task's
+    pictures. Options the text recipe has and this one does not are refused, not ignored."""
+    if args.tasks.strip() != "vision":
+        raise StdecError(f"--tasks {args.tasks!r}: vision trains a model of its own (a "
+                         "LLaDA-V); train it alone with --tasks vision.")
+    unused = [f"--{f.name.replace('_', '-')}" for f in train_config_fields()
+              if f.name not in VISION_SHARED and getattr(args, f.name) is not None]
+    if unused:
+        raise StdecError(f"{unused[0]} is not an option of the vision recipe; leave it out "
+                         "with --tasks vision.")
+    out = args.out or "runs/testbed-vision"
+    if not args.resume and (Path(out) / "checkpoint").exists():
+        raise StdecError(f"--no-resume: {out!r} already holds a checkpoint; pass a new --out "
+                         "(results on disk are never overwritten).")
+    from stdec.train_vision import VisionTrainConfig, train_vision
+
+    config = from_options(VisionTrainConfig, args)
+    out = train_vision(config, log_to=lambda s: print(s, flush=True))
     print(f"wrote the trained checkpoint to {out}")
 
 
@@ -605,6 +650,7 @@ def _build_train(p: argparse.ArgumentParser):
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/checkpoint when it exists (default: on)")
     add_options(p, train_config_fields(), "training (TrainConfig)")
+    add_options(p, VISION_ONLY, "the vision testbed (--tasks vision; defaults: VisionTrainConfig)")
     p.set_defaults(run=cmd_train)
 
 
