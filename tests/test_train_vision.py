@@ -22,12 +22,12 @@ def test_one_step_trains_every_part():
     scenes = [p.meta["scene"] for p in problems]
     x, pos, keys, P, table = batch_inputs(model, rows, scenes, tok.pad_token_id,
                                           tok.eos_token_id, 16)
-    assert table.shape == (4 * 17, 32)  # 4x4 vectors of a 64-pixel tile and the newline
+    assert table.shape == (4 * 10, 32)  # 3x3 vectors of a 48-pixel tile and the newline
     for b, (p, a) in enumerate(rows):
         image = x[b] < 0
-        assert image.sum() == 17 and torch.equal(x[b, image], torch.arange(-1 - 17 * b,
-                                                                           -18 - 17 * b, -1))
-        assert keys[b].sum() == len(p) - 1 + 17 + 16 and x[b, P] == a[0]
+        assert image.sum() == 10 and torch.equal(x[b, image], torch.arange(-1 - 10 * b,
+                                                                           -11 - 10 * b, -1))
+        assert keys[b].sum() == len(p) - 1 + 10 + 16 and x[b, P] == a[0]
     loss = loss_at(model, rows, scenes, {"pad": tok.pad_token_id, "eos": tok.eos_token_id,
                                          "mask": tok.mask_token_id}, 16,
                    torch.Generator().manual_seed(0))
@@ -36,3 +36,19 @@ def test_one_step_trains_every_part():
     for part in (model.vision_tower, model.mm_projector, model.language_model):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     assert model.image_newline.grad.abs().sum() > 0
+
+
+def test_stdec_train_tasks_vision_writes_a_vision_checkpoint(tmp_path, capsys):
+    from stdec.cli import main
+    from stdec.models import load_model
+    from stdec.models.llada_v import LLaDAVModel
+
+    out = tmp_path / "run"
+    main(["train", "--tasks", "vision", "--out", str(out), "--steps", "2", "--train-size", "40",
+          "--d-model", "32", "--n-layers", "1", "--mlp-hidden-size", "64", "--vocab-size", "300",
+          "--vision-hidden", "32", "--vision-layers", "1", "--eval-every", "2",
+          "--eval-limit", "2", "--save-every", "2", "--threads", "1", "--device", "cpu"])
+    assert f"wrote the trained checkpoint to {out}" in capsys.readouterr().out
+    model = load_model(out)
+    assert isinstance(model, LLaDAVModel) and model.config.text.d_model == 32
+    assert (out / "checkpoint" / "optimizer").is_dir()  # resumable

@@ -10,7 +10,7 @@ import pytest
 from stdec.errors import StdecError
 from stdec.tasks import get_task
 from stdec.tasks.base import split_of
-from stdec.tasks.vision import VisionTask, mentions, problem_images, render
+from stdec.tasks.vision import SIZE, VisionTask, mentions, problem_images, render
 from stdec.tasks.vision_real import edit_distance, mathvision_extract, mathvista_normalize
 
 
@@ -42,7 +42,7 @@ def test_splits_never_share_an_image_or_a_question(task):
 def test_pictures_are_drawn_the_same_every_time(task):
     p = task.problems("test")[0]
     a, b = np.asarray(render(p.meta["scene"])), np.asarray(problem_images(p)[0])
-    assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+    assert a.shape == (SIZE, SIZE, 3) and np.array_equal(a, b)
     assert a.min() < 255  # something is drawn
 
 

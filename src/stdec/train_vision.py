@@ -24,7 +24,7 @@ from stdec.models import load_model, save_model
 from stdec.models.images import IMAGE_PLACEHOLDER
 from stdec.models.llada import LLaDAConfig
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
-from stdec.tasks.vision import VisionTask, render
+from stdec.tasks.vision import SIZE, VisionTask, render
 from stdec.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
 
 __all__ = ["VisionTrainConfig", "dev_accuracy", "train_vision"]
@@ -46,7 +46,7 @@ class VisionTrainConfig:
     mlp_hidden_size: int = 384
     vision_hidden: int = 64
     vision_layers: int = 2
-    patch_size: int = 8
+    patch_size: int = 16
     gen_length: int = 32
     train_size: int = 20000
     eval_every: int = 1000
@@ -70,10 +70,10 @@ def new_model(cfg: VisionTrainConfig, tokenizer) -> LLaDAVModel:
                        max_sequence_length=512, rope_theta=10000.0,
                        mask_token_id=tokenizer.mask_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    # one 64-pixel tile per picture (the "square" path of LLaDA-V's preprocessing): 8x8
-    # vectors and the newline
+    # one tile per picture (the "square" path of LLaDA-V's preprocessing): with the default
+    # 16-pixel patches, one vector per cell of the 48-pixel picture, and the newline
     vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
-                  num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=64,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=SIZE,
                   patch_size=cfg.patch_size)
     model = LLaDAVModel(LLaDAVConfig(text, vision, image_aspect_ratio="square"))
     for name, p in model.named_parameters():  # small init, as in LLaDA
@@ -96,7 +96,7 @@ def batch_inputs(model: LLaDAVModel, rows: list[tuple[list[int], list[int]]], sc
     EOS-padded responses, and the feature table of the batch's pictures (with grad)."""
     dev = model.device
     pixels = torch.stack([to_pixels(render(s)) for s in scenes]).to(dev)
-    feats = model.encode_images(pixels)  # (B, 64, d)
+    feats = model.encode_images(pixels)  # (B, patches, d)
     newline = model.image_newline.expand(len(rows), 1, -1)
     table = torch.cat([feats, newline], 1)  # (B, 65, d): base + newline, as LLaDA-V lays it
     n = table.shape[1]

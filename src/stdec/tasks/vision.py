@@ -30,8 +30,13 @@ COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),
 SHAPES = ("circle", "square", "triangle")
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-SIZE = 64  # pixels a side
-CELL = SIZE // 3
+# Each of the 3x3 cells is one 16-pixel patch of the testbed's vision tower, so an object lies
+# whole in one patch: its shape, colour and place are one vector. At 64 pixels with 8-pixel
+# patches every object straddled up to four patches, and a 6000-step CPU run stayed at chance on
+# every kind of question (shape had to be assembled from fragments before it could be bound to
+# a colour or a place).
+CELL = 16
+SIZE = 3 * CELL  # pixels a side
 
 
 def position(row: int, col: int) -> str:
@@ -57,16 +62,14 @@ def render(scene: dict) -> Image.Image:
             else:
                 draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLORS[color])
         return image
-    font = ImageFont.load_default(size=9)
-    n = len(scene["values"])
-    width = (SIZE - 8) // n
+    font = ImageFont.load_default(size=8)
+    base = SIZE - 10  # the labels go below the bars, the values above them
     for i, (label, value, color) in enumerate(zip(scene["labels"], scene["values"],
                                                   scene["colors"], strict=True)):
-        x0, base = 4 + i * width, SIZE - 12
-        top = base - 4 * value
-        draw.rectangle((x0 + 2, top, x0 + width - 3, base), fill=COLORS[color])
-        draw.text((x0 + width // 2, top - 1), str(value), fill=(0, 0, 0), font=font, anchor="mb")
-        draw.text((x0 + width // 2, base + 1), label, fill=(0, 0, 0), font=font, anchor="mt")
+        x0, top = i * CELL, base - 3 * value  # one bar to a column of cells
+        draw.rectangle((x0 + 3, top, x0 + CELL - 4, base), fill=COLORS[color])
+        draw.text((x0 + CELL // 2, top - 1), str(value), fill=(0, 0, 0), font=font, anchor="mb")
+        draw.text((x0 + CELL // 2, base + 1), label, fill=(0, 0, 0), font=font, anchor="mt")
     return image
 
 
@@ -130,15 +133,14 @@ class VisionTask(Task):
     def _shapes(rng: random.Random) -> dict:
         cells = rng.sample(range(9), rng.randint(1, 4))
         objects = [[rng.choice(SHAPES), rng.choice(tuple(COLORS)), c // 3, c % 3,
-                    rng.randint(5, 8)] for c in sorted(cells)]
+                    rng.randint(4, 7)] for c in sorted(cells)]  # radius: inside its cell
         return {"type": "shapes", "objects": objects}
 
     @staticmethod
     def _bars(rng: random.Random) -> dict:
-        n = rng.randint(3, 4)
-        return {"type": "bars", "labels": list("ABCD"[:n]),
-                "values": [rng.randint(1, 9) for _ in range(n)],
-                "colors": [rng.choice(tuple(COLORS)) for _ in range(n)]}
+        return {"type": "bars", "labels": list("ABC"),
+                "values": [rng.randint(1, 9) for _ in range(3)],
+                "colors": [rng.choice(tuple(COLORS)) for _ in range(3)]}
 
     # ---- questions: (question, answer, kind of fact, the fact) ----
 
