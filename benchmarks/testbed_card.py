@@ -1,10 +1,14 @@
 """Measure the testbed checks on the test split and write the model card.
 
     python benchmarks/testbed_card.py --model runs/testbed [--limit N] [--write]
+    python benchmarks/testbed_card.py --model runs/testbed-vision --tuned-tau 0.95 [--write]
 
 Rows: `fixed` with one and with four tokens per step (the parallelism penalty) and
 `threshold` 0.9 (its tokens per forward), each task at its standard gen_length, EOS stop
 on, with the dual cache unless --cache says otherwise; plus the wall time of each row.
+A vision-language checkpoint is measured on the `vision` task against the vision testbed's
+bars, with two more rows: STDec at the checkpoint's dev-tuned decoding_defaults.json and
+`threshold` at the dev-tuned tau (--tuned-tau, from `stdec tune threshold`).
 With --write, the card (README.md) is written into the model folder from the training log.
 """
 
@@ -27,11 +31,17 @@ ROWS = {"fixed, 1 token/step": dict(policy="fixed"),
         "threshold 0.9": dict(policy="threshold", tau=0.9)}
 
 
-def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cache: str) -> dict:
+def vision_rows(tuned_tau: float, defaults: dict) -> dict:
+    return {**ROWS, f"threshold {tuned_tau:g} (dev-tuned)": dict(policy="threshold", tau=tuned_tau),
+            "stdec (dev-tuned)": dict(policy="stdec", **defaults)}
+
+
+def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cache: str,
+            tasks=TASKS, rows=ROWS) -> dict:
     table = {}
-    for name in TASKS:
-        gen = lengths[name]["gen_length"]
-        for row, spec in ROWS.items():
+    for name in tasks:
+        gen = lengths.get(name, {}).get("gen_length", get_task(name).gen_length)
+        for row, spec in rows.items():
             spec = dict(spec)
             k = spec.pop("k", 1)
             steps = {"steps": gen // k} if spec["policy"] == "fixed" else {}
@@ -41,7 +51,7 @@ def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cach
                            batch_size=batch)
             table[(name, row)] = {"accuracy": res.accuracy, "tpf": res.gen_tokens / sum(
                 r.nfe for r in res.records), "n": res.n, "seconds": time.perf_counter() - start}
-            print(f"{name:6s} {row:22s} acc {100 * res.accuracy:5.1f}  TPF "
+            print(f"{name:6s} {row:28s} acc {100 * res.accuracy:5.1f}  TPF "
                   f"{table[(name, row)]['tpf']:.2f}  {table[(name, row)]['seconds']:.0f} s")
     return table
 
@@ -68,6 +78,28 @@ def checks(table: dict) -> list[str]:
     return lines
 
 
+def vision_checks(table: dict) -> list[str]:
+    """The bars of the multimodal issue for the vision testbed."""
+    rows = {r: v for (_, r), v in table.items()}  # one task: vision
+    one, four, thr = (rows[r] for r in ROWS)
+    st = rows["stdec (dev-tuned)"]
+    tuned = next(v for r, v in rows.items() if r.startswith("threshold ") and "tuned" in r)
+    base = 100 * one["accuracy"]
+    drop, gap = base - 100 * four["accuracy"], 100 * st["accuracy"] - base
+    return [
+        f"- fixed, 1 token/step: {base:.1f}% (bar >= 80%) {'met' if base >= 80 else 'MISSED'}",
+        f"- fixed, 4 tokens/step loses {drop:.1f} points (bar: >= 10) "
+        f"{'met' if drop >= 10 else 'MISSED'}",
+        f"- threshold 0.9 commits {thr['tpf']:.2f} tokens/forward (bar: 1.5 to 6) "
+        f"{'met' if 1.5 <= thr['tpf'] <= 6 else 'MISSED'}",
+        f"- stdec (dev-tuned) is {gap:+.1f} points from vanilla (bar: within 2) "
+        f"{'met' if abs(gap) <= 2 else 'MISSED'}; its TPF {st['tpf']:.2f} against the dev-tuned "
+        f"threshold's {tuned['tpf']:.2f}",
+        f"- fixed, 1 token/step takes {one['seconds']:.0f} s for the test split (bar: <= 120 s) "
+        f"{'met' if one['seconds'] <= 120 else 'MISSED'}",
+    ]
+
+
 def spans(points: list[tuple[int, str]]) -> str:
     """Runs of one value: [(1000, "a"), (2000, "a"), (3000, "b")] -> "a to step 2000, b to
     step 3000"."""
@@ -80,12 +112,12 @@ def spans(points: list[tuple[int, str]]) -> str:
     return ", ".join(f"{value} to step {step}" for step, value in runs) or "unrecorded"
 
 
-def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
+def card(folder: Path, table: dict, limit: int | None, cache: str, vision: bool = False) -> str:
     log = json.loads((folder / "train_log.json").read_text())
     cfg, entries = log["config"], log["log"]
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
-                    if v is not None and k != "out")
-    n_params = sum(p.numel() for p in stdec.load_model(folder).parameters())
+                    if v not in (None, "") and k != "out")
+    size = f"{sum(p.numel() for p in stdec.load_model(folder).parameters()) / 1e6:.1f}M"
     rows = ["| task | rule | accuracy % | tokens/forward | n | seconds |",
             "|---|---|---|---|---|---|"]
     for (task, row), r in table.items():
@@ -106,12 +138,31 @@ def card(folder: Path, table: dict, limit: int | None, cache: str) -> str:
     history = ("The command is the final recipe, from scratch in one run; the run that made this "
                "checkpoint was resumed with changes along the way, listed below.\n\n"
                if changed else "")
-    return f"""# stdec testbed dLLM
-
-A {n_params / 1e6:.1f}M-parameter LLaDA-architecture masked diffusion model trained by
+    if vision:
+        title = "stdec vision testbed (a small LLaDA-V)"
+        about = f"""A {size}-parameter LLaDA-V-layout vision-language
+masked diffusion model (a SigLIP tower, an MLP projector, a LLaDA language model) trained
+by `stdec train --tasks vision` on pictures stdec draws itself (shapes, colours, counts,
+positions, small bar charts), bundled so that decoding rules can be measured on image
+prompts anywhere with no downloads. It is a measuring instrument, not a useful
+vision-language model."""
+        args, details = "--tasks vision " + args, "float32, one fixed-length cosine schedule."
+        dev = " Dev accuracy (vanilla) at the logged evaluations: " + ", ".join(
+            f"{100 * e['dev']:.0f}% at step {e['step']}" for e in entries) + "."
+        checked = vision_checks(table)
+    else:
+        title = "stdec testbed dLLM"
+        about = f"""A {size}-parameter LLaDA-architecture masked diffusion model trained by
 `stdec train` on the synthetic suite (gsm, code, lists), bundled so that stdec runs and
 measures decoding rules anywhere with no downloads. It is a measuring instrument, not a
-useful language model.
+useful language model."""
+        details = (f"Precision at the logged evaluations (bf16: autocast over\nfloat32 weights): "
+                   f"{precision}. Tasks trained on: {mixture}.\nLearning-rate schedule (a resume "
+                   f"may change its length): {schedule}.")
+        dev, checked = "", checks(table)
+    return f"""# {title}
+
+{about}
 
 ## Recipe
 
@@ -121,9 +172,7 @@ stdec train {args} --out OUT
 
 {history}seed {cfg['seed']}; card measured at git commit {git_commit()[:12]}; training time
 {elapsed / 60:.0f} min on {where}; Python {platform.python_version()},
-torch {torch.__version__}. Precision at the logged evaluations (bf16: autocast over
-float32 weights): {precision}. Tasks trained on: {mixture}.
-Learning-rate schedule (a resume may change its length): {schedule}.
+torch {torch.__version__}. {details}{dev}
 
 ## Test split (standard gen_length, {cache} cache, EOS stop on{subset}, 2 CPU threads)
 
@@ -131,9 +180,10 @@ Learning-rate schedule (a resume may change its length): {schedule}.
 
 Checks (the bars this model was trained to meet):
 
-{chr(10).join(checks(table))}
+{chr(10).join(checked)}
 
-Reproduce: `python benchmarks/testbed_card.py --cache {cache}` from the repository root.
+Reproduce: `python benchmarks/testbed_card.py --model {folder.name} --cache {cache}\
+{" --tuned-tau TAU" if vision else ""}` from the repository root.
 """
 
 
@@ -144,16 +194,28 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="test problems per task")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--cache", default="dual", choices=["none", "prefix", "dual"])
+    parser.add_argument("--tuned-tau", type=float, default=None,
+                        help="vision testbed: the dev-tuned threshold (stdec tune threshold)")
     parser.add_argument("--write", action="store_true", help="write README.md into the model")
     args = parser.parse_args()
     from stdec.api import resolve_model_path
+    from stdec.decoding.defaults import checkpoint_defaults
+    from stdec.models import model_class, read_config
+    from stdec.models.images import sees_images
 
     folder = resolve_model_path(args.model)
+    vision = sees_images(model_class(read_config(folder), folder))
+    if vision and args.tuned_tau is None:
+        parser.error("a vision testbed needs --tuned-tau (from stdec tune threshold)")
     model, tokenizer = stdec.load(folder, device="cpu")
+    tasks, rows = TASKS, ROWS
+    if vision:
+        defaults = checkpoint_defaults(args.model, folder, read_config(folder))
+        tasks, rows = ("vision",), vision_rows(args.tuned_tau, defaults)
     table = measure(model, tokenizer, read_gen_lengths(folder), args.limit, args.batch_size,
-                    args.cache)
+                    args.cache, tasks, rows)
     if args.write:
-        (folder / "README.md").write_text(card(folder, table, args.limit, args.cache))
+        (folder / "README.md").write_text(card(folder, table, args.limit, args.cache, vision))
         print(f"wrote {folder / 'README.md'}")
 
 

@@ -198,7 +198,10 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
             tokenizer.save_pretrained(str(ckpt))
     save_model(model, out)
     tokenizer.save_pretrained(str(out))
-    (out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
+    from stdec.bench import hardware
+
+    record = {"config": asdict(cfg), "hardware": hardware(device), "log": log}
+    (out / "train_log.json").write_text(json.dumps(record, indent=1))
     return out
 
 
