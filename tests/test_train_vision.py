@@ -6,6 +6,7 @@ import torch
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX
 from stdec.tasks.vision import VisionTask
 from stdec.tokenizer import train_tokenizer
+from stdec.models import load_model
 from stdec.train_vision import VisionTrainConfig, batch_inputs, encode, loss_at, new_model
 
 
@@ -52,3 +53,35 @@ def test_stdec_train_tasks_vision_writes_a_vision_checkpoint(tmp_path, capsys):
     model = load_model(out)
     assert isinstance(model, LLaDAVModel) and model.config.text.d_model == 32
     assert (out / "checkpoint" / "optimizer").is_dir()  # resumable
+
+
+def test_the_pictures_vectors_start_at_the_token_embeddings_scale():
+    from stdec.models.llada_v import to_pixels
+    from stdec.tasks.vision import render
+
+    task = VisionTask({"train": 40, "dev": 4, "test": 4})
+    problems = task.problems("train")
+    tok = train_tokenizer([t for p in problems for t in (p.prompt, p.answer)], vocab_size=300)
+    model = new_model(VisionTrainConfig(), tok)
+    with torch.no_grad():
+        feats = model.encode_images(torch.stack([to_pixels(render(p.meta["scene"]))
+                                                 for p in problems[:8]]))
+    words = model.language_model.get_input_embeddings().weight
+    ratio = feats.norm(dim=-1).mean() / words.norm(dim=-1).mean()
+    assert 0.5 < ratio < 2, ratio  # at the projector's default init: about 20
+
+
+def test_init_starts_from_a_text_checkpoints_language_model(tmp_path):
+    from stdec.api import load
+    from stdec.testing import random_checkpoint
+    from stdec.train_vision import train_vision
+
+    text, _ = load(random_checkpoint(tmp_path / "text"), dtype="float32", fuse=False)
+    cfg = VisionTrainConfig(out=str(tmp_path / "run"), init=str(tmp_path / "text"), steps=1,
+                            train_size=40, vision_hidden=32, vision_layers=1, eval_every=0,
+                            save_every=1, device="cpu")
+    model = load_model(train_vision(cfg, log_to=lambda _: None))
+    assert model.config.text.d_model == text.config.d_model != cfg.d_model
+    for (name, theirs), ours in zip(text.state_dict().items(),
+                                    model.language_model.state_dict().values(), strict=True):
+        assert ours.shape == theirs.shape, name  # one step moved the weights, not the layout

@@ -332,7 +332,7 @@ def cmd_train(args: argparse.Namespace):
 # tasks option picks it) and has the VISION_ONLY ones besides. Defaults: VisionTrainConfig's.
 VISION_SHARED = ("tasks", "out", "steps", "batch_size", "lr", "min_lr", "warmup", "weight_decay",
                  "vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden_size",
-                 "eval_every", "eval_limit", "save_every", "seed", "device")
+                 "eval_every", "eval_limit", "save_every", "seed", "device", "init")
 VISION_ONLY = [SimpleNamespace(name=name, type=int, default=MISSING, metadata={"help": text})
                for name, text in (
                    ("vision_hidden", "--tasks vision: width of the vision tower"),

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from stdec.errors import StdecError
 from stdec.models import load_model, save_model
 from stdec.models.images import IMAGE_PLACEHOLDER
-from stdec.models.llada import LLaDAConfig
+from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
 from stdec.tasks.vision import SIZE, VisionTask, render
 from stdec.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
@@ -55,6 +57,10 @@ class VisionTrainConfig:
     seed: int = 0
     threads: int = 1
     device: str = ""  # cpu or cuda (default: cuda when there is one)
+    # a text LLaDA checkpoint (a folder, or "testbed") whose language model and tokenizer the
+    # new model starts from, as LLaDA-V starts from LLaDA-8B-Instruct; its shape replaces
+    # d_model, n_layers, n_heads, mlp_hidden_size and vocab_size. "": a new one from scratch.
+    init: str = ""
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -64,23 +70,41 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
                        prompt.count(IMAGE_PLACEHOLDER))
 
 
-def new_model(cfg: VisionTrainConfig, tokenizer) -> LLaDAVModel:
-    text = LLaDAConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                       mlp_hidden_size=cfg.mlp_hidden_size, vocab_size=len(tokenizer),
-                       max_sequence_length=512, rope_theta=10000.0,
-                       mask_token_id=tokenizer.mask_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+def new_model(cfg: VisionTrainConfig, tokenizer, language_model=None) -> LLaDAVModel:
+    """A small LLaDA-V: a new language model, or `language_model`'s weights and shape."""
+    if language_model is not None:
+        text = language_model.config
+    else:
+        text = LLaDAConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                           mlp_hidden_size=cfg.mlp_hidden_size, vocab_size=len(tokenizer),
+                           max_sequence_length=512, rope_theta=10000.0,
+                           mask_token_id=tokenizer.mask_token_id,
+                           eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id)
     # one tile per picture (the "square" path of LLaDA-V's preprocessing): with the default
     # 16-pixel patches, one vector per cell of the 48-pixel picture, and the newline
     vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
                   num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=SIZE,
                   patch_size=cfg.patch_size)
     model = LLaDAVModel(LLaDAVConfig(text, vision, image_aspect_ratio="square"))
-    for name, p in model.named_parameters():  # small init, as in LLaDA
-        if p.dim() >= 2 and name.startswith("language_model"):
-            torch.nn.init.normal_(p, std=0.02)
+    if language_model is not None:
+        model.language_model.load_state_dict(language_model.state_dict())
+    else:
+        for name, p in model.named_parameters():  # small init, as in LLaDA
+            if p.dim() >= 2 and name.startswith("language_model"):
+                torch.nn.init.normal_(p, std=0.02)
+    # The picture's vectors start at the scale of the token embeddings (measured on a blank
+    # picture). With the
+    # projector's default init they were 18x larger, grew to 5000x within 2000 steps, and the
+    # LLaDA blocks' RMSNorm then divided the tower's gradient by that much: the tower stopped
+    # learning and the model answered from the question alone.
     with torch.no_grad():
-        model.image_newline.normal_(0, cfg.d_model ** -0.5)
+        out = model.mm_projector[-1]
+        out.bias.zero_()
+        blank = to_pixels(Image.new("RGB", (SIZE, SIZE), (255, 255, 255)))[None]
+        words = model.language_model.get_input_embeddings().weight.norm(dim=-1).mean()
+        out.weight.mul_(words / model.encode_images(blank).norm(dim=-1).mean())
+        model.image_newline.normal_(0, float(words) / text.d_model ** 0.5)
     return model
 
 
@@ -163,6 +187,14 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
 
         model = load_model(ckpt, device=device)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(ckpt))
+    elif cfg.init:
+        from stdec.api import load
+
+        language_model, tokenizer = load(cfg.init, dtype="float32", device="cpu", fuse=False)
+        if not isinstance(language_model, LLaDAModelLM):
+            raise StdecError(f"--init {cfg.init!r} is a {type(language_model).__name__}; the "
+                             "vision testbed starts from a text LLaDA checkpoint.")
+        model = new_model(cfg, tokenizer, language_model).to(device)
     else:
         tokenizer = train_tokenizer([t for p in train for t in (p.prompt, p.answer)],
                                     vocab_size=cfg.vocab_size)
@@ -185,7 +217,7 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
         optimizer_step(model, optimizer, loss)
         step += 1
         losses.append(loss.item())
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):  # 0: never
             model.eval()
             acc = dev_accuracy(model, tokenizer, task, limit=cfg.eval_limit,
                                gen_length=cfg.gen_length)
