@@ -133,7 +133,7 @@ class VisionTask(Task):
     def _shapes(rng: random.Random) -> dict:
         cells = rng.sample(range(9), rng.randint(1, 4))
         objects = [[rng.choice(SHAPES), rng.choice(tuple(COLORS)), c // 3, c % 3,
-                    rng.randint(4, 7)] for c in sorted(cells)]  # radius: inside its cell
+                    rng.randint(6, 7)] for c in sorted(cells)]  # radius: inside its cell
         return {"type": "shapes", "objects": objects}
 
     @staticmethod
