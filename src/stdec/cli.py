@@ -340,7 +340,9 @@ VISION_ONLY = [SimpleNamespace(name=name, type=int, default=MISSING, metadata={"
                    ("patch_size", "--tasks vision: pixels a side of one patch"),
                    ("gen_length", "--tasks vision: answer tokens trained and decoded"),
                    ("train_size", "--tasks vision: pictures in the train split"),
-                   ("threads", "--tasks vision: CPU threads"))]
+                   ("threads", "--tasks vision: CPU threads"),
+                   ("tower_steps", "--tasks vision: steps of the tower alone on what each "
+                    "cell of a picture holds, before the whole model trains"))]
 
 
 def train_vision_testbed(args: argparse.Namespace):

@@ -26,10 +26,12 @@ from stdec.models import load_model, save_model
 from stdec.models.images import IMAGE_PLACEHOLDER
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
-from stdec.tasks.vision import SIZE, VisionTask, render
+from stdec.tasks.vision import COLORS, SHAPES, SIZE, VisionTask, render
 from stdec.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
 
 __all__ = ["VisionTrainConfig", "dev_accuracy", "train_vision"]
+
+COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class VisionTrainConfig:
     # new model starts from, as LLaDA-V starts from LLaDA-8B-Instruct; its shape replaces
     # d_model, n_layers, n_heads, mlp_hidden_size and vocab_size. "": a new one from scratch.
     init: str = ""
+    # stage 0: steps of the tower alone on what each cell holds (pretrain_tower); 0: none
+    tower_steps: int = 0
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -93,19 +97,66 @@ def new_model(cfg: VisionTrainConfig, tokenizer, language_model=None) -> LLaDAVM
         for name, p in model.named_parameters():  # small init, as in LLaDA
             if p.dim() >= 2 and name.startswith("language_model"):
                 torch.nn.init.normal_(p, std=0.02)
-    # The picture's vectors start at the scale of the token embeddings (measured on a blank
-    # picture). With the
-    # projector's default init they were 18x larger, grew to 5000x within 2000 steps, and the
-    # LLaDA blocks' RMSNorm then divided the tower's gradient by that much: the tower stopped
-    # learning and the model answered from the question alone.
+    match_scale(model)
     with torch.no_grad():
-        out = model.mm_projector[-1]
-        out.bias.zero_()
-        blank = to_pixels(Image.new("RGB", (SIZE, SIZE), (255, 255, 255)))[None]
+        model.mm_projector[-1].bias.zero_()
         words = model.language_model.get_input_embeddings().weight.norm(dim=-1).mean()
-        out.weight.mul_(words / model.encode_images(blank).norm(dim=-1).mean())
         model.image_newline.normal_(0, float(words) / text.d_model ** 0.5)
     return model
+
+
+@torch.no_grad()
+def match_scale(model: LLaDAVModel):
+    """Scale the projector's output so that a blank picture's vectors have the token
+    embeddings' mean norm: a new tower's vectors start as words do, not 20x larger. (In
+    training they grow to hundreds of times the words' norm whatever they start at; holding
+    them down was measured not to speed learning.)"""
+    blank = to_pixels(Image.new("RGB", (SIZE, SIZE), (255, 255, 255)))[None].to(model.device)
+    words = model.language_model.get_input_embeddings().weight.norm(dim=-1).mean()
+    model.mm_projector[-1].weight.mul_(words / model.encode_images(blank).norm(dim=-1).mean())
+
+
+def cell_labels(scene: dict) -> list[list[int]]:
+    """What each of the 3x3 cells (one patch each, row by row) holds: [shape, colour, bar
+    value], 0 for none; a bar's colour and value label every cell of its column."""
+    shape, color, value = [0] * 9, [0] * 9, [0] * 9
+    if scene["type"] == "shapes":
+        for name, c, row, col, _ in scene["objects"]:
+            shape[3 * row + col], color[3 * row + col] = 1 + SHAPES.index(name), 1 + COLOR_IDS[c]
+    else:
+        for col, (v, c) in enumerate(zip(scene["values"], scene["colors"], strict=True)):
+            for row in range(3):
+                value[3 * row + col], color[3 * row + col] = v, 1 + COLOR_IDS[c]
+    return [shape, color, value]
+
+
+def pretrain_tower(model: LLaDAVModel, scenes: list[dict], cfg: VisionTrainConfig,
+                   log_to=print) -> None:
+    """Stage 0, as LLaDA-V starts from a pretrained SigLIP: the tower alone learns what each
+    cell holds (shape, colour, bar value) through a linear head that is then dropped. Dense
+    labels make it quick: 400 steps of 64 pictures reach about 100%, 99% and 97% per cell."""
+    head = torch.nn.Linear(model.vision_tower.config.hidden_size, 4 + 7 + 10).to(model.device)
+    params = [*model.vision_tower.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for step in range(cfg.tower_steps):
+        pick = torch.randint(len(scenes), (64,), generator=gen).tolist()
+        pixels = torch.stack([to_pixels(render(scenes[i])) for i in pick]).to(model.device)
+        labels = torch.tensor([cell_labels(scenes[i]) for i in pick], device=model.device)
+        hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+        logits = head(hidden).split([4, 7, 10], dim=-1)
+        loss = sum(F.cross_entropy(part.flatten(0, 1), labels[:, k].flatten())
+                   for k, part in enumerate(logits))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 100 == 0 or step + 1 == cfg.tower_steps:
+            right = [(part.argmax(-1) == labels[:, k]).float().mean().item()
+                     for k, part in enumerate(logits)]
+            names = ("shape", "color", "bar")
+            log_to(json.dumps({"tower_step": step + 1, "loss": loss.item(),
+                               "cells_right": dict(zip(names, right, strict=True))}))
+    match_scale(model)
 
 
 def encode(tokenizer, problems) -> list[tuple[list[int], list[int]]]:
@@ -199,12 +250,14 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
         tokenizer = train_tokenizer([t for p in train for t in (p.prompt, p.answer)],
                                     vocab_size=cfg.vocab_size)
         model = new_model(cfg, tokenizer).to(device)
+    resumed = (ckpt / f"{STATE}.json").is_file()
+    if cfg.tower_steps and not resumed:
+        pretrain_tower(model, [p.meta["scene"] for p in train], cfg, log_to)
     examples = encode(tokenizer, train)
     ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id,
            "mask": tokenizer.mask_token_id}
     optimizer = make_optimizer(model, cfg)
-    step, log = load_state(ckpt, model, optimizer) if (ckpt / f"{STATE}.json").is_file() \
-        else (0, [])
+    step, log = load_state(ckpt, model, optimizer) if resumed else (0, [])
     model.train()
     start, losses = time.perf_counter() - (log[-1]["elapsed_s"] if log else 0.0), []
     while step < cfg.steps:
