@@ -14,7 +14,9 @@ solution right but computes wrongly shows here, not in the accuracy alone. With 
 gsm also gets a teacher-forced check on its gold solutions: each result of an
 "a op b = r" is masked, alone and then with every later occurrence of r, and the model must
 give it back. Right alone but wrong with the copies masked means it copies results from
-later in the text instead of computing them.
+later in the text instead of computing them. For vision, --probe masks only the fact of each
+gold answer (the colour, place, number... it asks for) and the model must give it back from
+the picture, by kind of question.
 """
 
 import argparse
@@ -88,6 +90,33 @@ def copy_probe(model, tokenizer, problems) -> dict[tuple[str, str], list[int]]:
     return out
 
 
+@torch.no_grad()
+def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
+    """{kind: [right, all]}: the gold answer shown with only its fact (the colour, shape,
+    place, number or bar it asks for) masked, picture and all; right when the model gives
+    every token of the fact back. Low means it does not read the picture."""
+    from stdec.tasks.vision import NUMBERS, problem_images
+    from stdec.train_vision import prompt_ids
+
+    mask = tokenizer.mask_token_id
+    out: dict[str, list[int]] = {}
+    for p in problems:
+        fact = p.meta["gold"]
+        if p.meta["kind"] == "number" and p.meta["scene"]["type"] == "shapes":
+            fact = NUMBERS[int(fact)]  # shapes are counted in words, bars read in digits
+        where = re.search(rf"\b{re.escape(fact)}\b", p.answer, re.IGNORECASE)
+        enc = tokenizer(p.answer, add_special_tokens=False, return_offsets_mapping=True)
+        hidden = [i for i, (s, e) in enumerate(enc.offset_mapping)
+                  if s < where.end() and e > where.start()]
+        ids = [mask if i in hidden else t for i, t in enumerate(enc.input_ids)]
+        embeds, x = model.embed_prompt(prompt_ids(tokenizer, p.prompt) + ids, problem_images(p))
+        logits = model(x, inputs_embeds=embeds)[0, -len(ids):]
+        tally = out.setdefault(kind("vision", p), [0, 0])
+        tally[0] += all(logits[i].argmax().item() == enc.input_ids[i] for i in hidden)
+        tally[1] += 1
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="testbed")
@@ -98,7 +127,8 @@ def main(argv=None):
     parser.add_argument("--block-length", type=int, default=32,
                         help="1 decodes strictly left to right")
     parser.add_argument("--probe", action="store_true",
-                        help="gsm: does the model compute results or copy them (see above)")
+                        help="gsm: does the model compute results or copy them; vision: "
+                        "does it read the picture (see above)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer = stdec.load(args.model)
@@ -128,6 +158,13 @@ def main(argv=None):
             for (op, mode), (right_, all_) in sorted(probe.items()):
                 print(f"  gold solution, result of {op} masked {mode:15s} "
                       f"{100 * right_ / all_:5.1f}% given back ({right_}/{all_})")
+        if args.probe and name == "vision":
+            probe = fact_probe(model, tokenizer, problems)
+            right_, all_ = (sum(v[i] for v in probe.values()) for i in (0, 1))
+            print(f"  gold answer, its fact masked: {100 * right_ / all_:5.1f}% given back "
+                  f"({right_}/{all_})")
+            for k, (right_, all_) in sorted(probe.items()):
+                print(f"    {k:26s} {100 * right_ / all_:5.1f}%  ({right_}/{all_})")
 
 
 if __name__ == "__main__":

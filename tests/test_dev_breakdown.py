@@ -49,3 +49,15 @@ def test_copy_probe_masks_each_result_alone_and_with_its_copies():
     assert sum(n for (_, mode), (_, n) in probe.items() if mode == "alone") == results
     assert sum(n for (_, mode), (_, n) in probe.items() if mode == "with its copies") == results
     assert all(0 <= right <= n for right, n in probe.values())
+
+
+def test_the_vision_probe_masks_each_answers_fact_and_tallies_it_by_kind(tmp_path):
+    import stdec
+    from stdec.testing import random_llava_checkpoint
+
+    vision = get_task("vision").problems("dev")[:6]
+    model, tok = stdec.load(random_llava_checkpoint(tmp_path / "vl"), device="cpu")
+    tally = dev_breakdown.fact_probe(model, tok, vision)
+    assert sum(n for _, n in tally.values()) == 6
+    assert set(tally) == {dev_breakdown.kind("vision", p) for p in vision}
+    assert all(0 <= right <= n for right, n in tally.values())
