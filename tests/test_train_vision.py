@@ -5,10 +5,10 @@ import json
 
 import torch
 
+from stdec.models import load_model
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX
 from stdec.tasks.vision import VisionTask
 from stdec.tokenizer import train_tokenizer
-from stdec.models import load_model
 from stdec.train_vision import VisionTrainConfig, batch_inputs, encode, loss_at, new_model
 
 
