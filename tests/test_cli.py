@@ -56,6 +56,8 @@ CASES = [
     (["train", "--tasks", "vision", "--mixture", "gsm=1"], "--mixture is not an option of the "
      "vision recipe"),
     (["train", "--patch-size", "8"], "--patch-size sets the vision testbed's recipe"),
+    (["train", "--tasks", "vision", "--init", "testbed", "--d-model", "64"],
+     "--d-model comes from --init's checkpoint"),
 ]
 
 

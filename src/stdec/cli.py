@@ -356,6 +356,11 @@ def train_vision_testbed(args: argparse.Namespace):
     if unused:
         raise StdecError(f"{unused[0]} is not an option of the vision recipe; leave it out "
                          "with --tasks vision.")
+    shaped = [f"--{name.replace('_', '-')}" for name in ("d_model", "n_layers", "n_heads",
+              "mlp_hidden_size", "vocab_size") if getattr(args, name) is not None]
+    if args.init and shaped:
+        raise StdecError(f"{shaped[0]} comes from --init's checkpoint ({args.init!r}); leave "
+                         "it out.")
     out = args.out or "runs/testbed-vision"
     if not args.resume and (Path(out) / "checkpoint").exists():
         raise StdecError(f"--no-resume: {out!r} already holds a checkpoint; pass a new --out "

@@ -134,7 +134,7 @@ def pretrain_tower(model: LLaDAVModel, scenes: list[dict], cfg: VisionTrainConfi
                    log_to=print) -> None:
     """Stage 0, as LLaDA-V starts from a pretrained SigLIP: the tower alone learns what each
     cell holds (shape, colour, bar value) through a linear head that is then dropped. Dense
-    labels make it quick: 400 steps of 64 pictures reach about 100%, 99% and 97% per cell."""
+    labels make it quick: 400 steps of 64 pictures reach about 100%, 97% and 97% per cell."""
     head = torch.nn.Linear(model.vision_tower.config.hidden_size, 4 + 7 + 10).to(model.device)
     params = [*model.vision_tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -173,7 +173,7 @@ def batch_inputs(model: LLaDAVModel, rows: list[tuple[list[int], list[int]]], sc
     pixels = torch.stack([to_pixels(render(s)) for s in scenes]).to(dev)
     feats = model.encode_images(pixels)  # (B, patches, d)
     newline = model.image_newline.expand(len(rows), 1, -1)
-    table = torch.cat([feats, newline], 1)  # (B, 65, d): base + newline, as LLaDA-V lays it
+    table = torch.cat([feats, newline], 1)  # (B, patches + 1, d): as LLaDA-V lays it
     n = table.shape[1]
     prompts = []
     for b, (p, _) in enumerate(rows):

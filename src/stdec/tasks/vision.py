@@ -31,10 +31,9 @@ SHAPES = ("circle", "square", "triangle")
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Each of the 3x3 cells is one 16-pixel patch of the testbed's vision tower, so an object lies
-# whole in one patch: its shape, colour and place are one vector. At 64 pixels with 8-pixel
-# patches every object straddled up to four patches, and a 6000-step CPU run stayed at chance on
-# every kind of question (shape had to be assembled from fragments before it could be bound to
-# a colour or a place).
+# whole in one patch: its shape, colour and place are one vector, and a tower learns what each
+# cell holds in a few hundred steps (train_vision.pretrain_tower). At 64 pixels with 8-pixel
+# patches every object straddled up to four patches.
 CELL = 16
 SIZE = 3 * CELL  # pixels a side
 
