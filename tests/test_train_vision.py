@@ -94,12 +94,12 @@ def test_cell_labels_name_what_each_patch_holds():
 
     shapes = {"type": "shapes", "objects": [["square", "blue", 0, 2, 6],
                                             ["triangle", "red", 2, 1, 7]]}
-    shape, color, value = cell_labels(shapes)
+    shape, color, value, cell = cell_labels(shapes)
     assert shape == [0, 0, 2, 0, 0, 0, 0, 3, 0] and color == [0, 0, 3, 0, 0, 0, 0, 1, 0]
-    assert value == [0] * 9
+    assert value == [0] * 9 and cell == list(range(9))
     bars = {"type": "bars", "labels": ["A", "B", "C"], "values": [4, 9, 1],
             "colors": ["green", "green", "orange"]}
-    shape, color, value = cell_labels(bars)
+    shape, color, value, _ = cell_labels(bars)
     assert value == [4, 9, 1] * 3 and color == [2, 2, 6] * 3 and shape == [0] * 9
 
 
