@@ -94,7 +94,8 @@ def copy_probe(model, tokenizer, problems) -> dict[tuple[str, str], list[int]]:
 def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
     """{kind: [right, all]}: the gold answer shown with only its fact (the colour, shape,
     place, number or bar it asks for) masked, picture and all; right when the model gives
-    every token of the fact back. Low means it does not read the picture."""
+    every token of the fact back. Low means it does not read the picture. Counts are
+    flattered: the noun around a masked count is singular only for one ("one circle")."""
     from stdec.tasks.vision import NUMBERS, problem_images
     from stdec.train_vision import prompt_ids
 
