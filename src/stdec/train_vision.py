@@ -238,7 +238,8 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
     task = VisionTask({"train": cfg.train_size})
     train = task.problems("train")
-    if (ckpt / f"{STATE}.json").is_file():
+    resumed = (ckpt / f"{STATE}.json").is_file()
+    if resumed:
         from transformers import PreTrainedTokenizerFast
 
         model = load_model(ckpt, device=device)
@@ -255,7 +256,6 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
         tokenizer = train_tokenizer([t for p in train for t in (p.prompt, p.answer)],
                                     vocab_size=cfg.vocab_size)
         model = new_model(cfg, tokenizer).to(device)
-    resumed = (ckpt / f"{STATE}.json").is_file()
     if cfg.tower_steps and not resumed:
         pretrain_tower(model, [p.meta["scene"] for p in train], cfg, log_to)
     examples = encode(tokenizer, train)
