@@ -97,9 +97,10 @@ def new_model(cfg: VisionTrainConfig, tokenizer, language_model=None) -> LLaDAVM
         for name, p in model.named_parameters():  # small init, as in LLaDA
             if p.dim() >= 2 and name.startswith("language_model"):
                 torch.nn.init.normal_(p, std=0.02)
+    with torch.no_grad():
+        model.mm_projector[-1].bias.zero_()  # before the scale is measured, not after it
     match_scale(model)
     with torch.no_grad():
-        model.mm_projector[-1].bias.zero_()
         words = model.language_model.get_input_embeddings().weight.norm(dim=-1).mean()
         model.image_newline.normal_(0, float(words) / text.d_model ** 0.5)
     return model
