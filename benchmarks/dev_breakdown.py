@@ -63,6 +63,11 @@ def claims(texts: list[str]) -> tuple[Counter, Counter]:
     return seen, right
 
 
+def tokens_over(spans: list[tuple[int, int]], a: int, b: int) -> list[int]:
+    """The tokens (by their character spans) that overlap the characters a..b."""
+    return [i for i, (s, e) in enumerate(spans) if s < b and e > a and e > s]
+
+
 @torch.no_grad()
 def copy_probe(model, tokenizer, problems) -> dict[tuple[str, str], list[int]]:
     """{(operator, "alone" | "with its copies"): [right, all]} over the gold solutions."""
@@ -72,14 +77,10 @@ def copy_probe(model, tokenizer, problems) -> dict[tuple[str, str], list[int]]:
         prompt = encode(tokenizer, [format_prompt(p)], True)[0]
         enc = tokenizer(p.answer, add_special_tokens=False, return_offsets_mapping=True)
         ids, spans = enc.input_ids, enc.offset_mapping
-
-        def tokens(a: int, b: int, spans=spans) -> list[int]:  # the tokens over a..b
-            return [i for i, (s, e) in enumerate(spans) if s < b and e > a and e > s]
-
         for m in CLAIM.finditer(p.answer):
-            result = tokens(*m.span(4))
+            result = tokens_over(spans, *m.span(4))
             later = [i for c in re.finditer(rf"(?<!\d){m.group(4)}(?!\d)", p.answer)
-                     if c.start() >= m.end(4) for i in tokens(*c.span())]
+                     if c.start() >= m.end(4) for i in tokens_over(spans, *c.span())]
             for mode, hidden in (("alone", result), ("with its copies", result + later)):
                 x = torch.tensor([prompt + ids])
                 x[0, [len(prompt) + i for i in hidden]] = mask
@@ -107,8 +108,7 @@ def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
             fact = NUMBERS[int(fact)]  # shapes are counted in words, bars read in digits
         where = re.search(rf"\b{re.escape(fact)}\b", p.answer, re.IGNORECASE)
         enc = tokenizer(p.answer, add_special_tokens=False, return_offsets_mapping=True)
-        hidden = [i for i, (s, e) in enumerate(enc.offset_mapping)
-                  if s < where.end() and e > where.start()]
+        hidden = tokens_over(enc.offset_mapping, *where.span())
         ids = [mask if i in hidden else t for i, t in enumerate(enc.input_ids)]
         embeds, x = model.embed_prompt(prompt_ids(tokenizer, p.prompt) + ids, problem_images(p))
         logits = model(x, inputs_embeds=embeds)[0, -len(ids):]
