@@ -15,8 +15,9 @@ gsm also gets a teacher-forced check on its gold solutions: each result of an
 "a op b = r" is masked, alone and then with every later occurrence of r, and the model must
 give it back. Right alone but wrong with the copies masked means it copies results from
 later in the text instead of computing them. For vision, --probe masks only the fact of each
-gold answer (the colour, place, number... it asks for) and the model must give it back from
-the picture, by kind of question.
+gold answer (the colour, place, number... it asks for) and the model must give it back, by
+kind of question, once with the problem's own picture and once with another problem's: what
+it gets right with the wrong picture too, it did not read from the picture.
 """
 
 import argparse
@@ -93,16 +94,18 @@ def copy_probe(model, tokenizer, problems) -> dict[tuple[str, str], list[int]]:
 
 @torch.no_grad()
 def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
-    """{kind: [right, all]}: the gold answer shown with only its fact (the colour, shape,
-    place, number or bar it asks for) masked, picture and all; right when the model gives
-    every token of the fact back. Low means it does not read the picture. Counts are
-    flattered: the noun around a masked count is singular only for one ("one circle")."""
+    """{kind: [right, right with another picture, all]}: the gold answer shown with only its
+    fact (the colour, shape, place, number or bar it asks for) masked; right when the model
+    gives every token of the fact back. It is asked twice: with the problem's own picture,
+    and with the next problem's picture in its place. Only the gap between the two is read
+    from the picture: the rest comes from the question and the words around the fact (counts
+    are flattered: the noun around a masked count is singular only for one, "one circle")."""
     from stdec.tasks.vision import NUMBERS, problem_images
     from stdec.train_vision import prompt_ids
 
     mask = tokenizer.mask_token_id
     out: dict[str, list[int]] = {}
-    for p in problems:
+    for n, p in enumerate(problems):
         fact = p.meta["gold"]
         if p.meta["kind"] == "number" and p.meta["scene"]["type"] == "shapes":
             fact = NUMBERS[int(fact)]  # shapes are counted in words, bars read in digits
@@ -110,11 +113,14 @@ def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
         enc = tokenizer(p.answer, add_special_tokens=False, return_offsets_mapping=True)
         hidden = tokens_over(enc.offset_mapping, *where.span())
         ids = [mask if i in hidden else t for i, t in enumerate(enc.input_ids)]
-        embeds, x = model.embed_prompt(prompt_ids(tokenizer, p.prompt) + ids, problem_images(p))
-        logits = model(x, inputs_embeds=embeds)[0, -len(ids):]
-        tally = out.setdefault(kind("vision", p), [0, 0])
-        tally[0] += all(logits[i].argmax().item() == enc.input_ids[i] for i in hidden)
-        tally[1] += 1
+        other = problems[(n + 1) % len(problems)]
+        tally = out.setdefault(kind("vision", p), [0, 0, 0])
+        for j, picture in enumerate((p, other)):
+            embeds, x = model.embed_prompt(prompt_ids(tokenizer, p.prompt) + ids,
+                                           problem_images(picture))
+            logits = model(x, inputs_embeds=embeds)[0, -len(ids):]
+            tally[j] += all(logits[i].argmax().item() == enc.input_ids[i] for i in hidden)
+        tally[2] += 1
     return out
 
 
@@ -161,11 +167,13 @@ def main(argv=None):
                       f"{100 * right_ / all_:5.1f}% given back ({right_}/{all_})")
         if args.probe and name == "vision":
             probe = fact_probe(model, tokenizer, problems)
-            right_, all_ = (sum(v[i] for v in probe.values()) for i in (0, 1))
-            print(f"  gold answer, its fact masked: {100 * right_ / all_:5.1f}% given back "
-                  f"({right_}/{all_})")
-            for k, (right_, all_) in sorted(probe.items()):
-                print(f"    {k:26s} {100 * right_ / all_:5.1f}%  ({right_}/{all_})")
+            probe["all"] = [sum(v[i] for v in probe.values()) for i in range(3)]
+            print("  gold answer, its fact masked, given back with its own picture | with "
+                  "the next problem's picture")
+            for k in sorted(probe, key=lambda k: (k != "all", k)):
+                own, other, all_ = probe[k]
+                print(f"    {k:26s} {100 * own / all_:5.1f}% ({own}/{all_}) | "
+                      f"{100 * other / all_:5.1f}% ({other}/{all_})")
 
 
 if __name__ == "__main__":
