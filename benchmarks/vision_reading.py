@@ -1,0 +1,164 @@
+"""Is it the tower or the language model? The vision testbed's recipe with reading made easy.
+
+    python benchmarks/vision_reading.py --feed codes --steps 1000
+    python benchmarks/vision_reading.py --feed text --steps 1000
+    python benchmarks/vision_reading.py --feed pixels --steps 1000
+
+Each starts a vision testbed from `--init` (the text testbed) and trains it with
+train_vision's objective, printing dev accuracy (vanilla decoding) as it goes. What the
+language model is given in place of the picture:
+- pixels: the picture through a new tower and projector, as `stdec train --tasks vision`;
+- codes: perfect vision. Each cell's vector is the sum of learned codes for what the cell
+  holds (shape, colour, bar value), where it is and the kind of scene; no tower;
+- text: the scene written out in the prompt after the picture ("Objects: red circle at top
+  left; ..."), the picture's vectors zero.
+If codes and text stay as low as pixels, the language model is what learns slowly.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import time
+
+import torch
+from torch import nn
+
+from stdec.api import load
+from stdec.models.llada_v import to_pixels
+from stdec.tasks.vision import COLORS, SHAPES, VisionTask, position, render
+from stdec.train import lr_at, make_optimizer, optimizer_step
+from stdec.train_vision import VisionTrainConfig, dev_accuracy, encode, loss_at, new_model
+
+
+def describe(scene: dict) -> str:
+    """The scene in words, as --feed text writes it into the prompt."""
+    if scene["type"] == "shapes":
+        return "Objects: " + "; ".join(f"{color} {shape} at {position(row, col)}"
+                                       for shape, color, row, col, _ in scene["objects"]) + "."
+    return "Bars: " + ", ".join(f"{label}={value} {color}" for label, value, color in
+                                zip(scene["labels"], scene["values"], scene["colors"],
+                                    strict=True)) + "."
+
+
+class SceneCodes(nn.Module):
+    """(9, d) vectors for a scene, one per cell: codes of its shape (or none), colour (or
+    none), bar value (0 outside bar charts), cell and kind of scene, summed."""
+
+    def __init__(self, d: int, scale: float):
+        super().__init__()
+        sizes = {"shape": len(SHAPES) + 1, "color": len(COLORS) + 1, "value": 10, "cell": 9,
+                 "kind": 2}
+        self.codes = nn.ModuleDict({k: nn.Embedding(n, d) for k, n in sizes.items()})
+        for table in self.codes.values():  # five codes summed: about the words' norm
+            nn.init.normal_(table.weight, std=scale / (5 * d) ** 0.5)
+
+    def forward(self, scene: dict) -> torch.Tensor:
+        shape = torch.full((9,), len(SHAPES))
+        color = torch.full((9,), len(COLORS))
+        value = torch.zeros(9, dtype=torch.long)
+        names = list(COLORS)
+        if scene["type"] == "shapes":
+            for s, c, row, col, _ in scene["objects"]:
+                shape[3 * row + col], color[3 * row + col] = SHAPES.index(s), names.index(c)
+        else:
+            for col, (v, c) in enumerate(zip(scene["values"], scene["colors"], strict=True)):
+                value[col::3], color[col::3] = v, names.index(c)  # a bar fills its column
+        kind = torch.full((9,), int(scene["type"] == "bars"))
+        c = self.codes
+        return (c["shape"](shape) + c["color"](color) + c["value"](value)
+                + c["cell"](torch.arange(9)) + c["kind"](kind))
+
+
+class Scenes:
+    """The scene each rendered picture shows, found again from its pixels (training and
+    decoding hand the model pixels only)."""
+
+    def __init__(self):
+        self.by_digest: dict[str, dict] = {}
+
+    @staticmethod
+    def digest(pixels: torch.Tensor) -> str:
+        return hashlib.sha1(pixels.cpu().numpy().tobytes()).hexdigest()
+
+    def add(self, problems):
+        for p in problems:
+            scene = p.meta["scene"]
+            self.by_digest.setdefault(self.digest(to_pixels(render(scene))), scene)
+
+    def __getitem__(self, pixels: torch.Tensor) -> dict:
+        return self.by_digest[self.digest(pixels)]
+
+
+class Fixed(VisionTask):
+    """The vision task over given problem lists (the --feed text prompts)."""
+
+    def __init__(self, splits: dict):
+        super().__init__()
+        self.splits = splits
+
+    def problems(self, split: str):
+        return self.splits[split]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--feed", choices=("pixels", "codes", "text"), required=True)
+    parser.add_argument("--init", default="testbed")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-limit", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = VisionTrainConfig(steps=args.steps, lr=args.lr, warmup=50, vision_hidden=128,
+                            batch_size=args.batch_size, init=args.init)
+    base = VisionTask()
+    train, dev = base.problems("train"), base.problems("dev")[: args.eval_limit]
+    if args.feed == "text":
+        def spell(p):
+            return dataclasses.replace(
+                p, prompt=p.prompt.replace("<image>\n", f"<image>\n{describe(p.meta['scene'])}\n"))
+        train, dev = [spell(p) for p in train], [spell(p) for p in dev]
+    task = Fixed({"train": train, "dev": dev})
+    language_model, tokenizer = load(args.init, dtype="float32", device="cpu", fuse=False)
+    model = new_model(cfg, tokenizer, language_model)
+    scenes = Scenes()
+    if args.feed != "pixels":
+        wte = model.language_model.get_input_embeddings().weight
+        # a submodule, so the optimizer trains it with the rest
+        model.scene_codes = SceneCodes(wte.shape[1], wte.norm(dim=-1).mean().item())
+        scale = float(args.feed == "codes")  # text: the picture's vectors are zero
+
+        def encode_images(pixels):
+            return torch.stack([model.scene_codes(scenes[p]) for p in pixels]) * scale
+
+        model.encode_images = encode_images
+        scenes.add(dev)
+    examples = encode(tokenizer, train)
+    ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id,
+           "mask": tokenizer.mask_token_id}
+    optimizer = make_optimizer(model, cfg)
+    model.train()
+    start = time.perf_counter()
+    for step in range(args.steps):
+        gen = torch.Generator().manual_seed(step)
+        pick = torch.randint(len(train), (args.batch_size,), generator=gen).tolist()
+        scenes.add([train[i] for i in pick])
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = loss_at(model, [examples[i] for i in pick], [train[i].meta["scene"] for i in pick],
+                       ids, cfg.gen_length, gen)
+        optimizer_step(model, optimizer, loss)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            model.eval()
+            acc = dev_accuracy(model, tokenizer, task, limit=args.eval_limit)
+            model.train()
+            print(f"{args.feed} step {step + 1}: loss {loss.item():.3f} dev {100 * acc:.1f}% "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

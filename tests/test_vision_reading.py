@@ -1,0 +1,55 @@
+"""benchmarks/vision_reading.py: the picture stand-ins hold the scene, and each feed trains."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from stdec.models.llada_v import to_pixels
+from stdec.tasks.vision import VisionTask, render
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "vision_reading.py"
+spec = importlib.util.spec_from_file_location("vision_reading", SCRIPT)
+vision_reading = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(vision_reading)
+
+SHAPES_SCENE = {"type": "shapes", "objects": [["circle", "red", 0, 0, 6],
+                                              ["square", "blue", 1, 1, 7]]}
+BARS_SCENE = {"type": "bars", "labels": ["A", "B", "C"], "values": [3, 9, 1],
+              "colors": ["green", "green", "red"]}
+
+
+def test_describe_names_every_object_and_bar():
+    assert vision_reading.describe(SHAPES_SCENE) == \
+        "Objects: red circle at top left; blue square at center."
+    assert vision_reading.describe(BARS_SCENE) == "Bars: A=3 green, B=9 green, C=1 red."
+
+
+def test_scene_codes_differ_exactly_where_the_scenes_do():
+    codes = vision_reading.SceneCodes(16, 1.0)
+    moved = {"type": "shapes", "objects": [["circle", "red", 0, 0, 6],
+                                           ["square", "blue", 2, 2, 7]]}
+    a, b = codes(SHAPES_SCENE), codes(moved)
+    assert a.shape == (9, 16)
+    differs = (a - b).abs().sum(-1) > 0
+    assert differs.nonzero().flatten().tolist() == [4, 8]  # the center and the bottom right
+    bars = codes(BARS_SCENE)
+    assert not torch.equal(bars[1], bars[7])  # the same bar in another cell
+    raised = codes({**BARS_SCENE, "values": [3, 8, 1]})
+    assert ((bars - raised).abs().sum(-1) > 0).nonzero().flatten().tolist() == [1, 4, 7]
+
+
+def test_scenes_finds_a_picture_again_from_its_pixels():
+    problems = VisionTask().problems("dev")[:5]
+    scenes = vision_reading.Scenes()
+    scenes.add(problems)
+    for p in problems:
+        assert scenes[to_pixels(render(p.meta["scene"]))] == p.meta["scene"]
+
+
+@pytest.mark.parametrize("feed", ["pixels", "codes", "text"])
+def test_each_feed_trains_and_reports(feed, capsys):
+    vision_reading.main(["--feed", feed, "--steps", "2", "--eval-every", "2",
+                         "--eval-limit", "2", "--batch-size", "4", "--threads", "1"])
+    assert f"{feed} step 2: loss" in capsys.readouterr().out
