@@ -12,7 +12,8 @@ language model is given in place of the picture:
   holds (shape, colour, bar value), where it is and the kind of scene; no tower;
 - text: the scene written out in the prompt after the picture ("Objects: red circle at top
   left; ..."), the picture's vectors zero.
-If codes and text stay as low as pixels, the language model is what learns slowly.
+If codes and text stay as low as pixels, the language model is what learns slowly. The last
+evaluation is also split by kind of question.
 """
 
 import argparse
@@ -27,7 +28,7 @@ from stdec.api import load
 from stdec.models.llada_v import to_pixels
 from stdec.tasks.vision import COLORS, SHAPES, VisionTask, position, render
 from stdec.train import lr_at, make_optimizer, optimizer_step
-from stdec.train_vision import VisionTrainConfig, dev_accuracy, encode, loss_at, new_model
+from stdec.train_vision import VisionTrainConfig, dev_scores, encode, loss_at, new_model
 
 
 def describe(scene: dict) -> str:
@@ -154,10 +155,16 @@ def main(argv=None):
         optimizer_step(model, optimizer, loss)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             model.eval()
-            acc = dev_accuracy(model, tokenizer, task, limit=args.eval_limit)
+            right = dev_scores(model, tokenizer, task, limit=args.eval_limit)
             model.train()
-            print(f"{args.feed} step {step + 1}: loss {loss.item():.3f} dev {100 * acc:.1f}% "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(f"{args.feed} step {step + 1}: loss {loss.item():.3f} dev "
+                  f"{100 * sum(right) / len(right):.1f}% ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+    by_kind: dict[str, list[bool]] = {}
+    for p, ok in zip(dev, right, strict=True):
+        by_kind.setdefault(f"{p.meta['kind']} ({p.meta['scene']['type']})", []).append(ok)
+    for kind, oks in sorted(by_kind.items()):
+        print(f"  {kind:18s} {100 * sum(oks) / len(oks):5.1f}% ({sum(oks)}/{len(oks)})")
 
 
 if __name__ == "__main__":

@@ -212,10 +212,17 @@ def loss_at(model, rows, scenes, ids: dict, R: int, gen: torch.Generator) -> tor
     return (ce.view_as(target) * masked / t).sum() / target.numel()
 
 
-@torch.no_grad()
 def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "dev",
                  limit: int = 100, gen_length: int = 32, **decode_options) -> float:
     """Accuracy on `split` with vanilla decoding (fixed, one token a step) unless told."""
+    right = dev_scores(model, tokenizer, task, split, limit, gen_length, **decode_options)
+    return sum(right) / len(right)
+
+
+@torch.no_grad()
+def dev_scores(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "dev",
+               limit: int = 100, gen_length: int = 32, **decode_options) -> list[bool]:
+    """Whether each of the first `limit` problems of `split` is answered right."""
     from stdec.decoding.config import DecodeConfig
     from stdec.decoding.engine import decode
 
@@ -226,7 +233,7 @@ def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "
     out = decode(model, [prompt_ids(tokenizer, p.prompt) for p in problems], cfg, eos_ids=[eot],
                  images=[[render(p.meta["scene"])] for p in problems])
     texts = [tokenizer.decode(r.tolist(), skip_special_tokens=True) for r in out.ids]
-    return sum(task.score(p, t) for p, t in zip(problems, texts, strict=True)) / len(problems)
+    return [task.score(p, t) for p, t in zip(problems, texts, strict=True)]
 
 
 def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
