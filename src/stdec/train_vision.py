@@ -29,7 +29,7 @@ from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, t
 from stdec.tasks.vision import COLORS, SHAPES, SIZE, VisionTask, render
 from stdec.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
 
-__all__ = ["VisionTrainConfig", "dev_accuracy", "train_vision"]
+__all__ = ["VisionTrainConfig", "dev_accuracy", "dev_scores", "train_vision"]
 
 COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
 
