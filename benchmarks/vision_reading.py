@@ -7,7 +7,8 @@
 Each starts a vision testbed from `--init` (the text testbed) and trains it with
 train_vision's objective, printing dev accuracy (vanilla decoding) as it goes. What the
 language model is given in place of the picture:
-- pixels: the picture through a new tower and projector, as `stdec train --tasks vision`;
+- pixels: the picture through a new tower and projector, as `stdec train --tasks vision
+  --init testbed` (without the tower stage);
 - codes: perfect vision. Each cell's vector is the sum of learned codes for what the cell
   holds (shape, colour, bar value), where it is and the kind of scene; no tower;
 - text: the scene written out in the prompt after the picture ("Objects: red circle at top
@@ -112,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--eval-limit", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.eval_limit < 1:
+        parser.error("--steps and --eval-limit must be at least 1.")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = VisionTrainConfig(steps=args.steps, lr=args.lr, warmup=50, vision_hidden=128,
