@@ -10,7 +10,9 @@ language model is given in place of the picture:
 - pixels: the picture through a new tower and projector, as `stdec train --tasks vision
   --init testbed` (without the tower stage);
 - codes: perfect vision. Each cell's vector is the sum of learned codes for what the cell
-  holds (shape, colour, bar value), where it is and the kind of scene; no tower;
+  holds (shape, colour, bar value), where it is and the kind of scene; no tower. With
+  --codes-from words the codes start at the embeddings of their words ("red", "circle", "7",
+  "top left"), as a projector aligned with the language model would give them;
 - text: the scene written out in the prompt after the picture ("Objects: red circle at top
   left; ..."), the picture's vectors zero.
 If codes and text stay as low as pixels, the language model is what learns slowly. The last
@@ -53,6 +55,22 @@ class SceneCodes(nn.Module):
         self.codes = nn.ModuleDict({k: nn.Embedding(n, d) for k, n in sizes.items()})
         for table in self.codes.values():  # five codes summed: about the words' norm
             nn.init.normal_(table.weight, std=scale / (5 * d) ** 0.5)
+
+    @torch.no_grad()
+    def start_from_words(self, embed):
+        """Each code set to `embed(words)` of the words that name it (a place's two words
+        summed); "nothing here", bar value 0 and the kind of scene start at zero."""
+        c = self.codes
+        for table in c.values():
+            table.weight.zero_()
+        for i, shape in enumerate(SHAPES):
+            c["shape"].weight[i] = embed(shape)
+        for i, color in enumerate(COLORS):
+            c["color"].weight[i] = embed(color)
+        for value in range(1, 10):
+            c["value"].weight[value] = embed(str(value))
+        for cell in range(9):
+            c["cell"].weight[cell] = embed(position(cell // 3, cell % 3))
 
     def forward(self, scene: dict) -> torch.Tensor:
         shape = torch.full((9,), len(SHAPES))
@@ -105,6 +123,8 @@ class Fixed(VisionTask):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--feed", choices=("pixels", "codes", "text"), required=True)
+    parser.add_argument("--codes-from", choices=("random", "words"), default="random",
+                        help="--feed codes: where the codes start")
     parser.add_argument("--init", default="testbed")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -115,6 +135,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 1 or args.eval_limit < 1:
         parser.error("--steps and --eval-limit must be at least 1.")
+    if args.codes_from == "words" and args.feed != "codes":
+        parser.error("--codes-from words is for --feed codes; leave it out.")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = VisionTrainConfig(steps=args.steps, lr=args.lr, warmup=50, vision_hidden=128,
@@ -134,6 +156,10 @@ def main(argv=None):
         wte = model.language_model.get_input_embeddings().weight
         # a submodule, so the optimizer trains it with the rest
         model.scene_codes = SceneCodes(wte.shape[1], wte.norm(dim=-1).mean().item())
+        if args.codes_from == "words":
+            model.scene_codes.start_from_words(
+                lambda words: wte[tokenizer(f" {words}", add_special_tokens=False).input_ids]
+                .sum(0))
         scale = float(args.feed == "codes")  # text: the picture's vectors are zero
 
         def encode_images(pixels):
