@@ -31,7 +31,14 @@ from stdec.api import load
 from stdec.models.llada_v import to_pixels
 from stdec.tasks.vision import COLORS, SHAPES, VisionTask, position, render
 from stdec.train import lr_at, make_optimizer, optimizer_step
-from stdec.train_vision import VisionTrainConfig, dev_scores, encode, loss_at, new_model
+from stdec.train_vision import (
+    VisionTrainConfig,
+    cell_labels,
+    dev_scores,
+    encode,
+    loss_at,
+    new_model,
+)
 
 
 def describe(scene: dict) -> str:
@@ -45,8 +52,11 @@ def describe(scene: dict) -> str:
 
 
 class SceneCodes(nn.Module):
-    """(9, d) vectors for a scene, one per cell: codes of its shape (or none), colour (or
-    none), bar value (0 outside bar charts), cell and kind of scene, summed."""
+    """(9, d) vectors for a scene, one per cell: codes of what the cell holds and where it is
+    (train_vision.cell_labels: shape, colour, bar value, cell; 0 for none) and of the kind of
+    scene, summed."""
+
+    NAMES = ("shape", "color", "value", "cell")
 
     def __init__(self, d: int, scale: float):
         super().__init__()
@@ -63,9 +73,9 @@ class SceneCodes(nn.Module):
         c = self.codes
         for table in c.values():
             table.weight.zero_()
-        for i, shape in enumerate(SHAPES):
+        for i, shape in enumerate(SHAPES, 1):
             c["shape"].weight[i] = embed(shape)
-        for i, color in enumerate(COLORS):
+        for i, color in enumerate(COLORS, 1):
             c["color"].weight[i] = embed(color)
         for value in range(1, 10):
             c["value"].weight[value] = embed(str(value))
@@ -73,20 +83,10 @@ class SceneCodes(nn.Module):
             c["cell"].weight[cell] = embed(position(cell // 3, cell % 3))
 
     def forward(self, scene: dict) -> torch.Tensor:
-        shape = torch.full((9,), len(SHAPES))
-        color = torch.full((9,), len(COLORS))
-        value = torch.zeros(9, dtype=torch.long)
-        names = list(COLORS)
-        if scene["type"] == "shapes":
-            for s, c, row, col, _ in scene["objects"]:
-                shape[3 * row + col], color[3 * row + col] = SHAPES.index(s), names.index(c)
-        else:
-            for col, (v, c) in enumerate(zip(scene["values"], scene["colors"], strict=True)):
-                value[col::3], color[col::3] = v, names.index(c)  # a bar fills its column
+        labels = torch.tensor(cell_labels(scene))  # (4, 9)
         kind = torch.full((9,), int(scene["type"] == "bars"))
-        c = self.codes
-        return (c["shape"](shape) + c["color"](color) + c["value"](value)
-                + c["cell"](torch.arange(9)) + c["kind"](kind))
+        return sum(self.codes[name](row) for name, row in zip(self.NAMES, labels, strict=True)) \
+            + self.codes["kind"](kind)
 
 
 class Scenes:
