@@ -32,6 +32,7 @@ from stdec.models.llada_v import to_pixels
 from stdec.tasks.vision import COLORS, SHAPES, VisionTask, position, render
 from stdec.train import lr_at, make_optimizer, optimizer_step
 from stdec.train_vision import (
+    CELL_LABELS,
     VisionTrainConfig,
     cell_labels,
     dev_scores,
@@ -56,12 +57,9 @@ class SceneCodes(nn.Module):
     (train_vision.cell_labels: shape, colour, bar value, cell; 0 for none) and of the kind of
     scene, summed."""
 
-    NAMES = ("shape", "color", "value", "cell")
-
     def __init__(self, d: int, scale: float):
         super().__init__()
-        sizes = {"shape": len(SHAPES) + 1, "color": len(COLORS) + 1, "value": 10, "cell": 9,
-                 "kind": 2}
+        sizes = {**CELL_LABELS, "kind": 2}
         self.codes = nn.ModuleDict({k: nn.Embedding(n, d) for k, n in sizes.items()})
         for table in self.codes.values():  # five codes summed: about the words' norm
             nn.init.normal_(table.weight, std=scale / (5 * d) ** 0.5)
@@ -78,14 +76,14 @@ class SceneCodes(nn.Module):
         for i, color in enumerate(COLORS, 1):
             c["color"].weight[i] = embed(color)
         for value in range(1, 10):
-            c["value"].weight[value] = embed(str(value))
+            c["bar"].weight[value] = embed(str(value))
         for cell in range(9):
             c["cell"].weight[cell] = embed(position(cell // 3, cell % 3))
 
     def forward(self, scene: dict) -> torch.Tensor:
         labels = torch.tensor(cell_labels(scene))  # (4, 9)
         kind = torch.full((9,), int(scene["type"] == "bars"))
-        return sum(self.codes[name](row) for name, row in zip(self.NAMES, labels, strict=True)) \
+        return sum(self.codes[name](row) for name, row in zip(CELL_LABELS, labels, strict=True)) \
             + self.codes["kind"](kind)
 
 

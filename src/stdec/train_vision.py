@@ -32,6 +32,8 @@ from stdec.train import STATE, load_state, lr_at, make_optimizer, optimizer_step
 __all__ = ["VisionTrainConfig", "dev_accuracy", "dev_scores", "train_vision"]
 
 COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
+# cell_labels' four labels and how many values each takes (0 is "none" for shape and colour)
+CELL_LABELS = {"shape": 1 + len(SHAPES), "color": 1 + len(COLORS), "bar": 10, "cell": 9}
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def pretrain_tower(model: LLaDAVModel, scenes: list[dict], cfg: VisionTrainConfi
     cell holds (shape, colour, bar value) and where it is, through a linear head that is then
     dropped. Dense labels make it quick: after 400 steps of 64 pictures every label is right
     in every cell of the batch (a run with the vision testbed's recipe)."""
-    sizes = [4, 7, 10, 9]  # none + 3 shapes, none + 6 colours, none + 9 values, 9 cells
+    sizes = list(CELL_LABELS.values())
     head = torch.nn.Linear(model.vision_tower.config.hidden_size, sum(sizes)).to(model.device)
     params = [*model.vision_tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -159,9 +161,8 @@ def pretrain_tower(model: LLaDAVModel, scenes: list[dict], cfg: VisionTrainConfi
         if (step + 1) % 100 == 0 or step + 1 == cfg.tower_steps:
             right = [(part.argmax(-1) == labels[:, k]).float().mean().item()
                      for k, part in enumerate(logits)]
-            names = ("shape", "color", "bar", "cell")
             log_to(json.dumps({"tower_step": step + 1, "loss": loss.item(),
-                               "cells_right": dict(zip(names, right, strict=True))}))
+                               "cells_right": dict(zip(CELL_LABELS, right, strict=True))}))
     match_scale(model)
 
 
