@@ -113,11 +113,11 @@ def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
         enc = tokenizer(p.answer, add_special_tokens=False, return_offsets_mapping=True)
         hidden = tokens_over(enc.offset_mapping, *where.span())
         ids = [mask if i in hidden else t for i, t in enumerate(enc.input_ids)]
+        shown = prompt_ids(tokenizer, p.prompt) + ids
         other = problems[(n + 1) % len(problems)]
         tally = out.setdefault(kind("vision", p), [0, 0, 0])
         for j, picture in enumerate((p, other)):
-            embeds, x = model.embed_prompt(prompt_ids(tokenizer, p.prompt) + ids,
-                                           problem_images(picture))
+            embeds, x = model.embed_prompt(shown, problem_images(picture))
             logits = model(x, inputs_embeds=embeds)[0, -len(ids):]
             tally[j] += all(logits[i].argmax().item() == enc.input_ids[i] for i in hidden)
         tally[2] += 1
