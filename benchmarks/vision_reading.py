@@ -29,16 +29,18 @@ from torch import nn
 
 from stdec.api import load
 from stdec.models.llada_v import to_pixels
-from stdec.tasks.vision import COLORS, SHAPES, VisionTask, position, render
+from stdec.tasks.vision import VisionTask, position, render
 from stdec.train import lr_at, make_optimizer, optimizer_step
 from stdec.train_vision import (
     CELL_LABELS,
     VisionTrainConfig,
     cell_labels,
     dev_scores,
+    embed_words,
     encode,
     loss_at,
     new_model,
+    word_tables,
 )
 
 
@@ -66,19 +68,12 @@ class SceneCodes(nn.Module):
 
     @torch.no_grad()
     def start_from_words(self, embed):
-        """Each code set to `embed(words)` of the words that name it (a place's two words
-        summed); "nothing here", bar value 0 and the kind of scene start at zero."""
-        c = self.codes
-        for table in c.values():
-            table.weight.zero_()
-        for i, shape in enumerate(SHAPES, 1):
-            c["shape"].weight[i] = embed(shape)
-        for i, color in enumerate(COLORS, 1):
-            c["color"].weight[i] = embed(color)
-        for value in range(1, 10):
-            c["bar"].weight[value] = embed(str(value))
-        for cell in range(9):
-            c["cell"].weight[cell] = embed(position(cell // 3, cell % 3))
+        """Each code set to `embed(words)` of the words that name it (train_vision.word_tables:
+        a place's two words summed); "nothing here", bar value 0 and the kind of scene start
+        at zero."""
+        self.codes["kind"].weight.zero_()
+        for label, table in word_tables(embed).items():
+            self.codes[label].weight.copy_(table)
 
     def forward(self, scene: dict) -> torch.Tensor:
         labels = torch.tensor(cell_labels(scene))  # (4, 9)
@@ -155,9 +150,7 @@ def main(argv=None):
         # a submodule, so the optimizer trains it with the rest
         model.scene_codes = SceneCodes(wte.shape[1], wte.norm(dim=-1).mean().item())
         if args.codes_from == "words":
-            model.scene_codes.start_from_words(
-                lambda words: wte[tokenizer(f" {words}", add_special_tokens=False).input_ids]
-                .sum(0))
+            model.scene_codes.start_from_words(embed_words(tokenizer, model))
         scale = float(args.feed == "codes")  # text: the picture's vectors are zero
 
         def encode_images(pixels):

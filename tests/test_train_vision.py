@@ -1,5 +1,6 @@
 """The vision testbed recipe: batches lay the picture's vectors where the prompt's <image>
-stands, and one loss step trains the tower, the projector and the language model."""
+stands, one loss step trains the tower, the projector and the language model, and a tower stage
+aligns the picture's vectors with the words that name them."""
 
 import json
 
@@ -103,7 +104,7 @@ def test_cell_labels_name_what_each_patch_holds():
     assert value == [4, 9, 1] * 3 and color == [2, 2, 6] * 3 and shape == [0] * 9
 
 
-def test_the_tower_learns_what_each_cell_holds_before_the_whole_model_trains():
+def test_the_tower_learns_what_each_cell_holds_in_the_language_models_words():
     from stdec.train_vision import pretrain_tower
 
     task = VisionTask({"train": 200, "dev": 4, "test": 4})
@@ -112,7 +113,33 @@ def test_the_tower_learns_what_each_cell_holds_before_the_whole_model_trains():
                           vocab_size=300)
     model = new_model(VisionTrainConfig(d_model=32, n_layers=1, mlp_hidden_size=64), tok)
     logs = []
-    pretrain_tower(model, scenes, VisionTrainConfig(tower_steps=100), logs.append)
+    pretrain_tower(model, scenes, VisionTrainConfig(tower_steps=200), tok, logs.append)
     right = json.loads(logs[-1])["cells_right"]
     # always guessing the commonest label: shape 83%, colour 45%, bar 62% of the cells
     assert right["shape"] > 0.95 and right["color"] > 0.8 and right["bar"] > 0.8, right
+    # and the projected vectors sit near their words' sum (1.0: as far as zero vectors would)
+    assert json.loads(logs[-1])["off_words"] < 0.2, logs
+
+
+def test_after_the_tower_stage_only_the_language_model_trains_even_when_resumed(tmp_path,
+                                                                              monkeypatch):
+    import stdec.train_vision as tv
+
+    aligned = {}
+
+    def pretrain_and_remember(model, *args):
+        real_pretrain(model, *args)
+        aligned.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    real_pretrain = tv.pretrain_tower
+    monkeypatch.setattr(tv, "pretrain_tower", pretrain_and_remember)
+    cfg = dict(out=str(tmp_path / "run"), train_size=40, d_model=32, n_layers=1,
+               mlp_hidden_size=64, vocab_size=300, vision_hidden=32, vision_layers=1,
+               eval_every=0, save_every=1, device="cpu", tower_steps=3, lr=1e-2, warmup=1)
+    for steps in (1, 3):  # the second run resumes the first's checkpoint
+        model = load_model(tv.train_vision(VisionTrainConfig(steps=steps, **cfg),
+                                           log_to=lambda _: None))
+        state = model.state_dict()
+        for name, before in aligned.items():
+            frozen = name.startswith(("vision_tower.", "mm_projector."))
+            assert torch.equal(state[name], before) == frozen, name

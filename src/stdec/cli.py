@@ -341,8 +341,9 @@ VISION_ONLY = [SimpleNamespace(name=name, type=int, default=MISSING, metadata={"
                    ("gen_length", "--tasks vision: answer tokens trained and decoded"),
                    ("train_size", "--tasks vision: pictures in the train split"),
                    ("threads", "--tasks vision: CPU threads"),
-                   ("tower_steps", "--tasks vision: steps of the tower alone on what each "
-                    "cell of a picture holds, before the whole model trains"))]
+                   ("tower_steps", "--tasks vision: steps of the tower and projector alone "
+                    "on what each cell of a picture holds, in the language model's words; "
+                    "they are then frozen"))]
 
 
 def train_vision_testbed(args: argparse.Namespace):
