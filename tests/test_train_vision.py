@@ -117,7 +117,8 @@ def test_the_tower_learns_what_each_cell_holds_in_the_language_models_words():
     right = json.loads(logs[-1])["cells_right"]
     # always guessing the commonest label: shape 83%, colour 45%, bar 62% of the cells
     assert right["shape"] > 0.95 and right["color"] > 0.8 and right["bar"] > 0.8, right
-    # and the projected vectors sit near their words' sum (1.0: as far as zero vectors would)
+    # and the projected vectors sit near their words' sum (off_words: squared distance in
+    # units of one word's mean squared norm; a cell's words are two to four)
     assert json.loads(logs[-1])["off_words"] < 0.2, logs
 
 
