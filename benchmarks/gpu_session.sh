@@ -41,7 +41,7 @@ else
   # the vision testbed: the CPU recipe (README) with what the CPU cannot give, steps. Its
   # language model learns to read slowly (benchmarks/vision_reading.py), not its tower.
   vision=(--steps 40000 --batch-size 64 --lr 0.001 --warmup 500 --eval-every 2000
-          --eval-limit 100 --save-every 1000 --train-size 60000 --threads 4 --tower-steps 400)
+          --eval-limit 100 --save-every 1000 --train-size 60000 --threads 4 --tower-steps 600)
   latency=(--random-8b --iters 10)
   image=(--random-llada-v --iters 5 --batch 1 8)
   e2e=(--repeats 1 --batch 1 8 --cache dual --graphs on,off)

@@ -5,6 +5,7 @@ aligns the picture's vectors with the words that name them."""
 import json
 
 import torch
+from transformers import PreTrainedTokenizerFast
 
 from stdec.models import load_model
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX
@@ -83,11 +84,16 @@ def test_init_starts_from_a_text_checkpoints_language_model(tmp_path):
     cfg = VisionTrainConfig(out=str(tmp_path / "run"), init=str(tmp_path / "text"), steps=1,
                             train_size=40, vision_hidden=32, vision_layers=1, eval_every=0,
                             save_every=1, device="cpu")
-    model = load_model(train_vision(cfg, log_to=lambda _: None))
+    out = train_vision(cfg, log_to=lambda _: None)
+    model = load_model(out)
     assert model.config.text.d_model == text.config.d_model != cfg.d_model
+    words = len(PreTrainedTokenizerFast.from_pretrained(str(out)))  # the task's words added
     for (name, theirs), ours in zip(text.state_dict().items(),
                                     model.language_model.state_dict().values(), strict=True):
-        assert ours.shape == theirs.shape, name  # one step moved the weights, not the layout
+        # one step moved the weights, not the layout; the vocabulary rows grew by the words
+        vocabulary = name.endswith(("wte.weight", "ff_out.weight")) and "blocks" not in name
+        expected = (words, *theirs.shape[1:]) if vocabulary else theirs.shape
+        assert ours.shape == expected, name
 
 
 def test_cell_labels_name_what_each_patch_holds():
@@ -144,3 +150,24 @@ def test_after_the_tower_stage_only_the_language_model_trains_even_when_resumed(
         for name, before in aligned.items():
             frozen = name.startswith(("vision_tower.", "mm_projector."))
             assert torch.equal(state[name], before) == frozen, name
+
+
+def test_words_the_text_tokenizer_splits_get_tokens_of_their_own():
+    from stdec.api import load
+    from stdec.train_vision import add_words
+
+    text, tok = load("testbed", dtype="float32", device="cpu", fuse=False)
+    before = len(tok)
+    pieces = tok(" yellow", add_special_tokens=False).input_ids
+    assert len(pieces) > 1  # the text testbed spells it out
+    old = torch.tensor([tok("What is 3 + 4?", add_special_tokens=False).input_ids])
+    grown = add_words(text, tok, ["The yellow circle is in the top left.", "Bar B reaches 7."])
+    sentence = "The yellow circle is in the top left of the picture."
+    ids = tok(sentence, add_special_tokens=False).input_ids
+    assert [tok.decode([i]) for i in ids][:4] == ["The", " yellow", " circle", " is"]
+    assert tok.decode(ids) == sentence and len(tok) == grown.config.vocab_size > before
+    yellow = tok.convert_tokens_to_ids(" yellow")
+    wte = grown.get_input_embeddings().weight
+    assert torch.allclose(wte[yellow], text.get_input_embeddings().weight[pieces].mean(0))
+    with torch.no_grad():  # what the old tokens meant is untouched
+        assert torch.allclose(grown(old)[..., :before], text(old), atol=1e-5)

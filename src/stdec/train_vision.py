@@ -14,7 +14,9 @@ Checkpoints are resumable (weights in LLaDA-V layout, optimizer moments, step, l
 """
 
 import argparse
+import dataclasses
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -79,6 +81,37 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
     return encode_chat(tokenizer, [{"role": "user", "content": prompt}],
                        prompt.count(IMAGE_PLACEHOLDER))
+
+
+def add_words(language_model: LLaDAModelLM, tokenizer, texts: list[str]) -> LLaDAModelLM:
+    """Give each word that `texts` use after a space and `tokenizer` splits into pieces a token
+    of its own (" yellow", not " y" "e" "ll" "ow"), and the language model rows for it in its
+    input embeddings and output layer, started at the mean of its pieces' rows. The text
+    testbed's tokenizer never met these words; spelt in pieces, a colour, shape or place is
+    several vectors to sum when the projector is aligned with the words, and several tokens to
+    get right in one answer. Adds to `tokenizer`; returns the grown language model."""
+    words = sorted({w for t in texts for w in re.findall(r" [A-Za-z]+", t)})
+    pieces = {w: tokenizer(w, add_special_tokens=False).input_ids for w in words}
+    new = [w for w in words if len(pieces[w]) > 1]
+    if not new:
+        return language_model
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(w, normalized=False) for w in new])
+    ids = tokenizer.convert_tokens_to_ids(new)
+    size = max(language_model.config.embedding_size, max(ids) + 1)
+    grown = LLaDAModelLM(dataclasses.replace(language_model.config, vocab_size=size,
+                                             embedding_size=size))
+    state = language_model.state_dict()
+    for name in ("model.transformer.wte.weight", "model.transformer.ff_out.weight"):
+        if name in state:
+            rows = torch.cat([state[name], state[name].new_zeros(size - len(state[name]),
+                                                                 state[name].shape[1])])
+            for w, i in zip(new, ids, strict=True):
+                rows[i] = state[name][pieces[w]].mean(0)
+            state[name] = rows
+    grown.load_state_dict(state)
+    return grown
 
 
 def new_model(cfg: VisionTrainConfig, tokenizer, language_model=None) -> LLaDAVModel:
@@ -291,6 +324,8 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
         if not isinstance(language_model, LLaDAModelLM):
             raise StdecError(f"--init {cfg.init!r} is a {type(language_model).__name__}; the "
                              "vision testbed starts from a text LLaDA checkpoint.")
+        language_model = add_words(language_model, tokenizer,
+                                   [t for p in train for t in (p.prompt, p.answer)])
         model = new_model(cfg, tokenizer, language_model).to(device)
     else:
         tokenizer = train_tokenizer([t for p in train for t in (p.prompt, p.answer)],
