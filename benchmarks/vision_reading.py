@@ -8,7 +8,8 @@ Each starts a vision testbed from `--init` (the text testbed) and trains it with
 train_vision's objective, printing dev accuracy (vanilla decoding) as it goes. What the
 language model is given in place of the picture:
 - pixels: the picture through a new tower and projector, as `stdec train --tasks vision
-  --init testbed` (without the tower stage);
+  --init testbed` without the tower stage (and, as the figures in the README were measured,
+  without the task's words added to the tokenizer);
 - codes: perfect vision. Each cell's vector is the sum of learned codes for what the cell
   holds (shape, colour, bar value), where it is and the kind of scene; no tower. With
   --codes-from words the codes start at the embeddings of their words ("red", "circle", "7",
