@@ -8,16 +8,17 @@ Each starts a vision testbed from `--init` (the text testbed) and trains it with
 train_vision's objective, printing dev accuracy (vanilla decoding) as it goes. What the
 language model is given in place of the picture:
 - pixels: the picture through a new tower and projector, as `stdec train --tasks vision
-  --init testbed` without the tower stage (and, as the figures in the README were measured,
-  without the task's words added to the tokenizer);
+  --init testbed` without the tower stage;
 - codes: perfect vision. Each cell's vector is the sum of learned codes for what the cell
   holds (shape, colour, bar value), where it is and the kind of scene; no tower. With
   --codes-from words the codes start at the embeddings of their words ("red", "circle", "7",
   "top left"), as a projector aligned with the language model would give them;
 - text: the scene written out in the prompt after the picture ("Objects: red circle at top
   left; ..."), the picture's vectors zero.
-If codes and text stay as low as pixels, the language model is what learns slowly. The last
-evaluation is also split by kind of question.
+All feeds keep the text testbed's tokenizer as it is (the recipe now adds the task's words
+to it; the README's figures were measured without). If codes and text stay as low as pixels,
+the language model is what learns slowly. The last evaluation is also split by kind of
+question.
 """
 
 import argparse
