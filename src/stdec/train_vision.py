@@ -177,8 +177,7 @@ def cell_labels(scene: dict) -> list[list[int]]:
 def word_tables(embed) -> dict[str, torch.Tensor]:
     """For each of cell_labels' labels, a (values, d) table of the vectors of the words that
     name its values, `embed(words)` (zero where no word names it: none, bar value 0)."""
-    names = [w for words in LABEL_WORDS.values() for w in words if w]
-    zero = torch.zeros_like(embed(names[0]))
+    zero = torch.zeros_like(embed(SHAPES[0]))
     return {label: torch.stack([embed(w) if w else zero for w in words])
             for label, words in LABEL_WORDS.items()}
 
@@ -311,6 +310,7 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
     task = VisionTask({"train": cfg.train_size})
     train = task.problems("train")
+    texts = [t for p in train for t in (p.prompt, p.answer)]
     resumed = (ckpt / f"{STATE}.json").is_file()
     if resumed:
         from transformers import PreTrainedTokenizerFast
@@ -324,12 +324,10 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
         if not isinstance(language_model, LLaDAModelLM):
             raise StdecError(f"--init {cfg.init!r} is a {type(language_model).__name__}; the "
                              "vision testbed starts from a text LLaDA checkpoint.")
-        language_model = add_words(language_model, tokenizer,
-                                   [t for p in train for t in (p.prompt, p.answer)])
+        language_model = add_words(language_model, tokenizer, texts)
         model = new_model(cfg, tokenizer, language_model).to(device)
     else:
-        tokenizer = train_tokenizer([t for p in train for t in (p.prompt, p.answer)],
-                                    vocab_size=cfg.vocab_size)
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
         model = new_model(cfg, tokenizer).to(device)
     if cfg.tower_steps:
         if not resumed:
