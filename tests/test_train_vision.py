@@ -96,6 +96,35 @@ def test_init_starts_from_a_text_checkpoints_language_model(tmp_path):
         assert ours.shape == expected, name
 
 
+def test_init_from_a_vision_testbed_trains_it_on_with_the_projector_aligned_again(tmp_path):
+    from stdec.train_vision import train_vision
+
+    tiny = dict(train_size=40, d_model=32, n_layers=1, mlp_hidden_size=64, vocab_size=300,
+                vision_hidden=32, vision_layers=1, eval_every=0, save_every=1, device="cpu")
+    first = train_vision(VisionTrainConfig(out=str(tmp_path / "first"), steps=1, **tiny),
+                         log_to=lambda _: None)
+    logs = []
+    out = train_vision(VisionTrainConfig(out=str(tmp_path / "on"), init=str(first), steps=1,
+                                         tower_steps=2, **tiny), log_to=logs.append)
+    assert json.loads(logs[-1])["tower_step"] == 2  # stage 0 ran on the loaded tower
+    before, after = load_model(first).state_dict(), load_model(out).state_dict()
+    assert before.keys() == after.keys()
+    assert all(before[k].shape == after[k].shape for k in before)  # the same model, trained on
+    assert len(PreTrainedTokenizerFast.from_pretrained(str(out))) == len(
+        PreTrainedTokenizerFast.from_pretrained(str(first)))
+
+
+def test_stdec_train_refuses_a_tower_shape_with_a_vision_init(tmp_path, capsys):
+    from stdec.cli import main
+    from stdec.testing import random_llava_checkpoint
+
+    init = random_llava_checkpoint(tmp_path / "v")
+    rc = main(["train", "--tasks", "vision", "--init", str(init), "--vision-hidden", "64",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--vision-hidden comes from --init's vision checkpoint" in err, err
+
+
 def test_cell_labels_name_what_each_patch_holds():
     from stdec.train_vision import cell_labels
 
@@ -130,6 +159,7 @@ def test_the_tower_learns_what_each_cell_holds_in_the_language_models_words():
 
 def test_after_the_tower_stage_only_the_language_model_trains_even_when_resumed(tmp_path,
                                                                               monkeypatch):
+    # (and not its input embeddings: the picture's vectors were aligned with them)
     import stdec.train_vision as tv
 
     aligned = {}
@@ -148,7 +178,8 @@ def test_after_the_tower_stage_only_the_language_model_trains_even_when_resumed(
                                            log_to=lambda _: None))
         state = model.state_dict()
         for name, before in aligned.items():
-            frozen = name.startswith(("vision_tower.", "mm_projector."))
+            frozen = name.startswith(("vision_tower.", "mm_projector.")) or name.endswith(
+                ".wte.weight")
             assert torch.equal(state[name], before) == frozen, name
 
 

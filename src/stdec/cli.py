@@ -346,6 +346,15 @@ VISION_ONLY = [SimpleNamespace(name=name, type=int, default=MISSING, metadata={"
                     "they are then frozen"))]
 
 
+def init_is_vision(init: str) -> bool:
+    """Whether --init names a vision-language checkpoint (its tower comes with it)."""
+    from stdec.api import resolve_model_path
+    from stdec.models import LLaDAVModel, model_class, read_config
+
+    path = resolve_model_path(init)
+    return model_class(read_config(path), path) is LLaDAVModel
+
+
 def train_vision_testbed(args: argparse.Namespace):
     """`stdec train --tasks vision`: the vision testbed, a small LLaDA-V, on the `vision` task's
     pictures. Options the text recipe has and this one does not are refused, not ignored."""
@@ -362,6 +371,11 @@ def train_vision_testbed(args: argparse.Namespace):
     if args.init and shaped:
         raise StdecError(f"{shaped[0]} comes from --init's checkpoint ({args.init!r}); leave "
                          "it out.")
+    towered = [f"--{name.replace('_', '-')}" for name in ("vision_hidden", "vision_layers",
+               "patch_size") if getattr(args, name) is not None]
+    if args.init and towered and init_is_vision(args.init):
+        raise StdecError(f"{towered[0]} comes from --init's vision checkpoint ({args.init!r}); "
+                         "leave it out.")
     out = args.out or "runs/testbed-vision"
     if not args.resume and (Path(out) / "checkpoint").exists():
         raise StdecError(f"--no-resume: {out!r} already holds a checkpoint; pass a new --out "
