@@ -7,23 +7,25 @@ value), so a picture lives in one split only and the splits never share an image
 `render(scene)` draws it, the same pixels every time. The prompt starts with "<image>" where
 the picture goes (LLaVA's convention).
 
-Answers are a sentence or two in several phrasings. Scoring: the answer's one fact (a number,
-a colour, a shape, a position or a bar label) must be the only fact of its kind the output
-mentions; wording around it is free, a second, conflicting fact fails.
+Answers are a sentence in one of several phrasings, each stating one fact (a number, a colour,
+a shape, a position or a bar label). Scoring: the output must be one of the question's
+phrasings with the right fact (meta["answers"]; case and spacing aside). Parallel commits
+break the sentence far more often than the fact: the vision testbed's answers with four tokens
+a step were right in fact as often as with one, but only 44.5% were a phrasing (100% with
+one), as "I is one square."; a scorer that read only the fact would not see that.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from typing import ClassVar
 
 from PIL import Image, ImageDraw, ImageFont
 
 from stdec.tasks.base import Problem, Task
 
-__all__ = ["COLORS", "SHAPES", "VisionTask", "mentions", "problem_images", "render"]
+__all__ = ["COLORS", "SHAPES", "VisionTask", "problem_images", "render"]
 
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),
           "yellow": (230, 200, 30), "purple": (140, 60, 170), "orange": (240, 130, 20)}
@@ -92,21 +94,8 @@ def _count_phrase(n: int, what: str) -> str:
     return f"{NUMBERS[n]} {_plural(what, n)}"
 
 
-def mentions(text: str, vocab: tuple[str, ...]) -> set[str]:
-    """Which entries of `vocab` a text names (whole words; plurals and digits for numbers)."""
-    low = text.lower()
-    found = set()
-    for item in sorted(vocab, key=len, reverse=True):  # "top left" before "left"
-        pattern = rf"\b{re.escape(item)}(e?s)?\b"
-        if re.search(pattern, low):
-            found.add(item)
-            low = re.sub(pattern, " ", low)
-    return found
-
-
-def _numbers(text: str) -> set[int]:
-    return {NUMBERS.index(w) for w in mentions(text, NUMBERS)} | \
-        {int(d) for d in re.findall(r"\b\d+\b", text)}
+def _plain(text: str) -> str:
+    return " ".join(text.split()).lower()
 
 
 class VisionTask(Task):
@@ -117,8 +106,9 @@ class VisionTask(Task):
     def sample(self, rng: random.Random) -> tuple[str, str, str, dict]:
         scene = self._bars(rng) if rng.random() < 0.35 else self._shapes(rng)
         ask = self._ask_bars if scene["type"] == "bars" else self._ask_shapes
-        question, answer, kind, gold = ask(scene, rng)
-        meta = {"scene": scene, "kind": kind, "gold": gold}
+        question, answers, kind, gold = ask(scene, rng)
+        answer = rng.choice(answers)
+        meta = {"scene": scene, "kind": kind, "gold": gold, "answers": list(answers)}
         return json.dumps(scene, sort_keys=True), f"<image>\n{question}", answer, meta
 
     @staticmethod
@@ -141,10 +131,10 @@ class VisionTask(Task):
                 "values": [rng.randint(1, 9) for _ in range(3)],
                 "colors": [rng.choice(tuple(COLORS)) for _ in range(3)]}
 
-    # ---- questions: (question, answer, kind of fact, the fact) ----
+    # ---- questions: (question, its answer's phrasings, kind of fact, the fact) ----
 
     @staticmethod
-    def _ask_shapes(scene: dict, rng: random.Random) -> tuple[str, str, str, str]:
+    def _ask_shapes(scene: dict, rng: random.Random) -> tuple[str, tuple, str, str]:
         objs = scene["objects"]
         by_shape = {s: [o for o in objs if o[0] == s] for s in SHAPES}
         by_color = {c: [o for o in objs if o[1] == c] for c in COLORS}
@@ -158,9 +148,9 @@ class VisionTask(Task):
             n = len(objs)
             q = rng.choice(("How many shapes are in the picture?", "How many shapes do you see?",
                             "Count the shapes in the picture."))
-            a = rng.choice((f"There {'is' if n == 1 else 'are'} {_count_phrase(n, 'shape')}.",
-                            f"I can see {_count_phrase(n, 'shape')} in the picture.",
-                            f"The picture shows {_count_phrase(n, 'shape')} in all."))
+            a = (f"There {'is' if n == 1 else 'are'} {_count_phrase(n, 'shape')}.",
+                 f"I can see {_count_phrase(n, 'shape')} in the picture.",
+                 f"The picture shows {_count_phrase(n, 'shape')} in all.")
             return q, a, "number", str(n)
         if kind in ("count_shape", "count_color"):
             if kind == "count_shape":
@@ -171,35 +161,35 @@ class VisionTask(Task):
                 n, noun = len(by_color[what]), f"{what} shape"
             q = rng.choice((f"How many {noun}s are there?", f"How many {noun}s can you see?",
                             f"Count the {noun}s."))
-            a = rng.choice((f"There {'is' if n == 1 else 'are'} {_count_phrase(n, noun)}.",
-                            f"I count {_count_phrase(n, noun)}.",
-                            f"The picture has {_count_phrase(n, noun)}."))
+            a = (f"There {'is' if n == 1 else 'are'} {_count_phrase(n, noun)}.",
+                 f"I count {_count_phrase(n, noun)}.",
+                 f"The picture has {_count_phrase(n, noun)}.")
             return q, a, "number", str(n)
         if kind == "color_of":
             shape, color = next((s, v[0][1]) for s, v in rng.sample(list(by_shape.items()), 3)
                                 if len(v) == 1)
             q = rng.choice((f"What color is the {shape}?", f"Which color does the {shape} have?"))
-            a = rng.choice((f"The {shape} is {color}.", f"It is {color}.",
-                            f"The {shape} in the picture is {color}."))
+            a = (f"The {shape} is {color}.", f"It is {color}.",
+                 f"The {shape} in the picture is {color}.")
             return q, a, "color", color
         if kind == "shape_of":
             color, shape = next((c, v[0][0]) for c, v in rng.sample(list(by_color.items()), 6)
                                 if len(v) == 1)
             q = rng.choice((f"What shape is the {color} one?", f"Which shape is {color}?"))
-            a = rng.choice((f"The {color} one is a {shape}.", f"It is a {shape}.",
-                            f"The {color} shape is a {shape}."))
+            a = (f"The {color} one is a {shape}.", f"It is a {shape}.",
+                 f"The {color} shape is a {shape}.")
             return q, a, "shape", shape
         shape, color, row, col, _ = rng.choice(unique)  # "where" needs one of its kind
         name = f"{color} {shape}"
         where = position(row, col)
         place = "the center" if where == "center" else f"the {where}"
         q = rng.choice((f"Where is the {name}?", f"In which part of the picture is the {name}?"))
-        a = rng.choice((f"The {name} is in {place}.", f"It is in {place} of the picture.",
-                        f"You can find it in {place}."))
+        a = (f"The {name} is in {place}.", f"It is in {place} of the picture.",
+             f"You can find it in {place}.")
         return q, a, "position", where
 
     @staticmethod
-    def _ask_bars(scene: dict, rng: random.Random) -> tuple[str, str, str, str]:
+    def _ask_bars(scene: dict, rng: random.Random) -> tuple[str, tuple, str, str]:
         labels, values = scene["labels"], scene["values"]
         kinds = ["value", "value"]
         kinds += ["tallest"] * (values.count(max(values)) == 1)
@@ -210,21 +200,16 @@ class VisionTask(Task):
             b, v = labels[i], values[i]
             q = rng.choice((f"What is the value of bar {b}?", f"How high is bar {b}?",
                             f"Read the value of bar {b} from the chart."))
-            a = rng.choice((f"Bar {b} has a value of {v}.", f"The value of bar {b} is {v}.",
-                            f"Bar {b} reaches {v}."))
+            a = (f"Bar {b} has a value of {v}.", f"The value of bar {b} is {v}.",
+                 f"Bar {b} reaches {v}.")
             return q, a, "number", str(v)
         pick = max if kind == "tallest" else min
         b = labels[values.index(pick(values))]
         q = rng.choice((f"Which bar is the {kind}?", f"Which bar in the chart is the {kind}?"))
-        a = rng.choice((f"Bar {b} is the {kind}.", f"The {kind} bar is bar {b}.",
-                        f"It is bar {b}, the {kind} one."))
+        a = (f"Bar {b} is the {kind}.", f"The {kind} bar is bar {b}.",
+             f"It is bar {b}, the {kind} one.")
         return q, a, "bar", b
 
     def score(self, problem: Problem, output: str) -> bool:
-        kind, gold = problem.meta["kind"], problem.meta["gold"]
-        if kind == "number":
-            return _numbers(output) == {int(gold)}
-        if kind == "bar":
-            return {b.upper() for b in re.findall(r"\bbar ([a-z])\b", output, re.I)} == {gold}
-        vocab = {"color": tuple(COLORS), "shape": SHAPES, "position": POSITIONS}[kind]
-        return mentions(output, vocab) == {gold}
+        said = _plain(output)
+        return any(said == _plain(a) for a in problem.meta["answers"])
