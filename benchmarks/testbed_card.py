@@ -9,7 +9,8 @@ on, with the dual cache unless --cache says otherwise; plus the wall time of eac
 A vision-language checkpoint is measured on the `vision` task against the vision testbed's
 bars, with two more rows: STDec at the checkpoint's dev-tuned decoding_defaults.json and
 `threshold` at the dev-tuned tau (--tuned-tau, from `stdec tune threshold`).
-With --write, the card (README.md) is written into the model folder from the training log.
+With --write, the card (README.md) is written into the model folder from the training log,
+with --history FILE's text after the recipe (how a run's --init checkpoint was made).
 """
 
 import argparse
@@ -112,7 +113,10 @@ def spans(points: list[tuple[int, str]]) -> str:
     return ", ".join(f"{value} to step {step}" for step, value in runs) or "unrecorded"
 
 
-def card(folder: Path, table: dict, limit: int | None, cache: str, vision: bool = False) -> str:
+def card(folder: Path, table: dict, limit: int | None, cache: str, vision: bool = False,
+         history: str = "") -> str:
+    """The model card. `history`: what the training records do not hold, in the trainer's
+    words (a run started from another run's checkpoint: how that one was made)."""
     log = json.loads((folder / "train_log.json").read_text())
     cfg, entries = log["config"], log["log"]
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
@@ -137,7 +141,7 @@ def card(folder: Path, table: dict, limit: int | None, cache: str, vision: bool 
     changed = any(len({value for _, value in points}) > 1 for points in settings)
     history = ("The command is the final recipe, from scratch in one run; the run that made this "
                "checkpoint was resumed with changes along the way, listed below.\n\n"
-               if changed else "")
+               if changed else "") + (history.strip() + "\n\n" if history.strip() else "")
     if vision:
         title = "stdec vision testbed (a small LLaDA-V)"
         about = f"""A {size}-parameter LLaDA-V-layout vision-language
@@ -197,6 +201,8 @@ def main():
     parser.add_argument("--tuned-tau", type=float, default=None,
                         help="vision testbed: the dev-tuned threshold (stdec tune threshold)")
     parser.add_argument("--write", action="store_true", help="write README.md into the model")
+    parser.add_argument("--history", type=Path, default=None,
+                        help="a Markdown file: what the training log does not record")
     args = parser.parse_args()
     from stdec.api import resolve_model_path
     from stdec.decoding.defaults import checkpoint_defaults
@@ -215,7 +221,9 @@ def main():
     table = measure(model, tokenizer, read_gen_lengths(folder), args.limit, args.batch_size,
                     args.cache, tasks, rows)
     if args.write:
-        (folder / "README.md").write_text(card(folder, table, args.limit, args.cache, vision))
+        history = args.history.read_text() if args.history else ""
+        (folder / "README.md").write_text(card(folder, table, args.limit, args.cache, vision,
+                                               history))
         print(f"wrote {folder / 'README.md'}")
 
 

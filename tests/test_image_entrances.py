@@ -175,8 +175,8 @@ def test_cli_generate_and_viz_take_images(vl, folder, png, tmp_path, checkpoint)
 def start(loaded, **kw):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn_server(*loaded, ServerConfig(name="m", defaults=CFG, max_batch=4, **kw),
-                            drain_s=1.0)
+    config = ServerConfig(**{"name": "m", "defaults": CFG, "max_batch": 4, **kw})
+    server = uvicorn_server(*loaded, config, drain_s=1.0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

@@ -49,3 +49,13 @@ def test_the_vision_card_names_the_recipe_the_log_and_the_bars(tmp_path):
     assert "2 min on a test machine" in text and "86% at step 2000" in text
     assert "| vision | stdec (dev-tuned) | 84.0 | 2.60 | 400 | 60 |" in text
     assert "--tuned-tau TAU` from the repository root" in text
+
+
+def test_the_card_carries_the_history_the_log_does_not_hold(tmp_path):
+    folder = random_llava_checkpoint(tmp_path / "ckpt")
+    (folder / "train_log.json").write_text(json.dumps(
+        {"config": {"steps": 10, "init": "/runs/first", "seed": 0}, "log": []}))
+    text = testbed_card.card(folder, vision_table(0.85, 0.70, 2.0, 0.84), None, "dual",
+                             vision=True, history="`/runs/first` was made by ...\n")
+    recipe = text.index("--init /runs/first --seed 0 --out OUT")
+    assert recipe < text.index("`/runs/first` was made by ...\n\nseed 0;")
