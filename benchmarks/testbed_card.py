@@ -24,6 +24,7 @@ import torch
 import stdec
 from stdec.bench import git_commit
 from stdec.decoding.config import DecodeConfig
+from stdec.errors import StdecError
 from stdec.tasks import TASKS, evaluate, get_task
 from stdec.tasks.lengths import read_gen_lengths
 
@@ -113,6 +114,21 @@ def spans(points: list[tuple[int, str]]) -> str:
     return ", ".join(f"{value} to step {step}" for step, value in runs) or "unrecorded"
 
 
+def from_init(init: str) -> tuple[str, ...]:
+    """The vision recipe's options that --init's checkpoint sets (the CLI refuses them with
+    it): the language model's shape, and the tower's too when it is a vision checkpoint."""
+    if not init:
+        return ()
+    text = ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "vocab_size")
+    from stdec.cli import init_is_vision
+
+    try:
+        vision = init_is_vision(init)
+    except StdecError:  # not on this machine: its tower's options stay in the command
+        vision = False
+    return text + ("vision_hidden", "vision_layers", "patch_size") * vision
+
+
 def card(folder: Path, table: dict, limit: int | None, cache: str, vision: bool = False,
          history: str = "") -> str:
     """The model card. `history`: what the training records do not hold, in the trainer's
@@ -150,6 +166,9 @@ by `stdec train --tasks vision` on pictures stdec draws itself (shapes, colours,
 positions, small bar charts), bundled so that decoding rules can be measured on image
 prompts anywhere with no downloads. It is a measuring instrument, not a useful
 vision-language model."""
+        given = {k: v for k, v in cfg.items() if k not in from_init(cfg.get("init", ""))}
+        args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items()
+                        if v not in (None, "") and k != "out")
         args, details = "--tasks vision " + args, "float32, one fixed-length cosine schedule."
         dev = " Dev accuracy (vanilla) at the logged evaluations: " + ", ".join(
             f"{100 * e['dev']:.0f}% at step {e['step']}" for e in entries) + "."

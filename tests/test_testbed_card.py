@@ -53,9 +53,11 @@ def test_the_vision_card_names_the_recipe_the_log_and_the_bars(tmp_path):
 
 def test_the_card_carries_the_history_the_log_does_not_hold(tmp_path):
     folder = random_llava_checkpoint(tmp_path / "ckpt")
-    (folder / "train_log.json").write_text(json.dumps(
-        {"config": {"steps": 10, "init": "/runs/first", "seed": 0}, "log": []}))
+    first = random_llava_checkpoint(tmp_path / "first")
+    # the shapes an --init checkpoint sets are not options of the command (the CLI refuses them)
+    config = {"steps": 10, "d_model": 128, "vision_hidden": 64, "init": str(first), "seed": 0}
+    (folder / "train_log.json").write_text(json.dumps({"config": config, "log": []}))
     text = testbed_card.card(folder, vision_table(0.85, 0.70, 2.0, 0.84), None, "dual",
-                             vision=True, history="`/runs/first` was made by ...\n")
-    recipe = text.index("--init /runs/first --seed 0 --out OUT")
-    assert recipe < text.index("`/runs/first` was made by ...\n\nseed 0;")
+                             vision=True, history="`first` was made by ...\n")
+    recipe = text.index(f"stdec train --tasks vision --steps 10 --init {first} --seed 0 --out OUT")
+    assert recipe < text.index("`first` was made by ...\n\nseed 0;")

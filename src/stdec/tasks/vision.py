@@ -10,9 +10,10 @@ the picture goes (LLaVA's convention).
 Answers are a sentence in one of several phrasings, each stating one fact (a number, a colour,
 a shape, a position or a bar label). Scoring: the output must be one of the question's
 phrasings with the right fact (meta["answers"]; case and spacing aside). Parallel commits
-break the sentence far more often than the fact: the vision testbed's answers with four tokens
-a step were right in fact as often as with one, but only 44.5% were a phrasing (100% with
-one), as "I is one square."; a scorer that read only the fact would not see that.
+break the sentence far more often than the fact. On 400 test problems, the bundled vision
+testbed with four tokens a step got the fact right 87.5% of the time (91.5% with one), but
+62 of those answers were broken sentences such as "I is one square." (none with one token a
+step). A scorer that reads only the fact does not see that.
 """
 
 from __future__ import annotations
