@@ -255,6 +255,16 @@ def test_bench_decodes_the_vision_task_with_its_pictures(vl):
     assert [r.output for r in result.records] == alone and result.mean_nfe > 0
 
 
+def test_stdec_bench_times_the_vision_task_with_its_pictures(folder, tmp_path):
+    from stdec.bench import BenchConfig, run_bench
+
+    # the timed passes decode the problems again, pictures and all
+    cfg = BenchConfig(model=str(folder), out=str(tmp_path), tasks=("vision",), limit=3,
+                      batch_size=2, lengths=("standard",), policies=("fixed:k=4",), repeats=2)
+    records = run_bench(cfg, progress=False)
+    assert len(records) == 2 and all(len(r["wall_s"]) == 2 for r in records)
+
+
 def test_bench_refuses_image_tasks_for_a_text_only_model(checkpoint):
     run = cli("bench", "--model", checkpoint, "--tasks", "vision", "--limit", 2)
     assert run.returncode == 2 and "asks questions about images" in run.stderr

