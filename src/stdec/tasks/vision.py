@@ -149,10 +149,10 @@ class VisionTask(Task):
             n = len(objs)
             q = rng.choice(("How many shapes are in the picture?", "How many shapes do you see?",
                             "Count the shapes in the picture."))
-            a = (f"There {'is' if n == 1 else 'are'} {_count_phrase(n, 'shape')}.",
-                 f"I can see {_count_phrase(n, 'shape')} in the picture.",
-                 f"The picture shows {_count_phrase(n, 'shape')} in all.")
-            return q, a, "number", str(n)
+            answers = (f"There {'is' if n == 1 else 'are'} {_count_phrase(n, 'shape')}.",
+                       f"I can see {_count_phrase(n, 'shape')} in the picture.",
+                       f"The picture shows {_count_phrase(n, 'shape')} in all.")
+            return q, answers, "number", str(n)
         if kind in ("count_shape", "count_color"):
             if kind == "count_shape":
                 what = rng.choice([s for s in SHAPES if by_shape[s]])
@@ -162,32 +162,32 @@ class VisionTask(Task):
                 n, noun = len(by_color[what]), f"{what} shape"
             q = rng.choice((f"How many {noun}s are there?", f"How many {noun}s can you see?",
                             f"Count the {noun}s."))
-            a = (f"There {'is' if n == 1 else 'are'} {_count_phrase(n, noun)}.",
-                 f"I count {_count_phrase(n, noun)}.",
-                 f"The picture has {_count_phrase(n, noun)}.")
-            return q, a, "number", str(n)
+            answers = (f"There {'is' if n == 1 else 'are'} {_count_phrase(n, noun)}.",
+                       f"I count {_count_phrase(n, noun)}.",
+                       f"The picture has {_count_phrase(n, noun)}.")
+            return q, answers, "number", str(n)
         if kind == "color_of":
             shape, color = next((s, v[0][1]) for s, v in rng.sample(list(by_shape.items()), 3)
                                 if len(v) == 1)
             q = rng.choice((f"What color is the {shape}?", f"Which color does the {shape} have?"))
-            a = (f"The {shape} is {color}.", f"It is {color}.",
-                 f"The {shape} in the picture is {color}.")
-            return q, a, "color", color
+            answers = (f"The {shape} is {color}.", f"It is {color}.",
+                       f"The {shape} in the picture is {color}.")
+            return q, answers, "color", color
         if kind == "shape_of":
             color, shape = next((c, v[0][0]) for c, v in rng.sample(list(by_color.items()), 6)
                                 if len(v) == 1)
             q = rng.choice((f"What shape is the {color} one?", f"Which shape is {color}?"))
-            a = (f"The {color} one is a {shape}.", f"It is a {shape}.",
-                 f"The {color} shape is a {shape}.")
-            return q, a, "shape", shape
+            answers = (f"The {color} one is a {shape}.", f"It is a {shape}.",
+                       f"The {color} shape is a {shape}.")
+            return q, answers, "shape", shape
         shape, color, row, col, _ = rng.choice(unique)  # "where" needs one of its kind
         name = f"{color} {shape}"
         where = position(row, col)
         place = "the center" if where == "center" else f"the {where}"
         q = rng.choice((f"Where is the {name}?", f"In which part of the picture is the {name}?"))
-        a = (f"The {name} is in {place}.", f"It is in {place} of the picture.",
-             f"You can find it in {place}.")
-        return q, a, "position", where
+        answers = (f"The {name} is in {place}.", f"It is in {place} of the picture.",
+                   f"You can find it in {place}.")
+        return q, answers, "position", where
 
     @staticmethod
     def _ask_bars(scene: dict, rng: random.Random) -> tuple[str, tuple, str, str]:
@@ -201,15 +201,15 @@ class VisionTask(Task):
             b, v = labels[i], values[i]
             q = rng.choice((f"What is the value of bar {b}?", f"How high is bar {b}?",
                             f"Read the value of bar {b} from the chart."))
-            a = (f"Bar {b} has a value of {v}.", f"The value of bar {b} is {v}.",
-                 f"Bar {b} reaches {v}.")
-            return q, a, "number", str(v)
+            answers = (f"Bar {b} has a value of {v}.", f"The value of bar {b} is {v}.",
+                       f"Bar {b} reaches {v}.")
+            return q, answers, "number", str(v)
         pick = max if kind == "tallest" else min
         b = labels[values.index(pick(values))]
         q = rng.choice((f"Which bar is the {kind}?", f"Which bar in the chart is the {kind}?"))
-        a = (f"Bar {b} is the {kind}.", f"The {kind} bar is bar {b}.",
-             f"It is bar {b}, the {kind} one.")
-        return q, a, "bar", b
+        answers = (f"Bar {b} is the {kind}.", f"The {kind} bar is bar {b}.",
+                   f"It is bar {b}, the {kind} one.")
+        return q, answers, "bar", b
 
     def score(self, problem: Problem, output: str) -> bool:
         said = _plain(output)
