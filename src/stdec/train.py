@@ -74,7 +74,9 @@ class TrainConfig:
     seed: int = _opt(0, "seed of data order, masks and initialisation")
     init: str = _opt("", "start from this checkpoint's weights and tokenizer (a folder or a "
                      "bundled name such as testbed) instead of random ones; its width and "
-                     "depth must be the ones given here")
+                     "depth must be the ones given here. --tasks vision: a text LLaDA "
+                     "checkpoint (a new tower on its language model) or a vision testbed "
+                     "to train on; the shape comes from it")
     device: str | None = _opt(None, "cpu or cuda (default: cuda if available)")
     time_budget: float = _opt(0.0, "seconds of training: after a short probe, `steps` is set "
                               "to what fits (0: train for `steps`); the log records the count")
