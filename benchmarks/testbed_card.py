@@ -135,8 +135,10 @@ def card(folder: Path, table: dict, limit: int | None, cache: str, vision: bool 
     words (a run started from another run's checkpoint: how that one was made)."""
     log = json.loads((folder / "train_log.json").read_text())
     cfg, entries = log["config"], log["log"]
+    # a vision run from --init: the options its checkpoint sets are not part of the command
+    skip = ("out", *from_init(cfg.get("init", ""))) if vision else ("out",)
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
-                    if v not in (None, "") and k != "out")
+                    if v not in (None, "") and k not in skip)
     size = f"{sum(p.numel() for p in stdec.load_model(folder).parameters()) / 1e6:.1f}M"
     rows = ["| task | rule | accuracy % | tokens/forward | n | seconds |",
             "|---|---|---|---|---|---|"]
@@ -166,9 +168,6 @@ by `stdec train --tasks vision` on pictures stdec draws itself (shapes, colours,
 positions, small bar charts), bundled so that decoding rules can be measured on image
 prompts anywhere with no downloads. It is a measuring instrument, not a useful
 vision-language model."""
-        given = {k: v for k, v in cfg.items() if k not in from_init(cfg.get("init", ""))}
-        args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items()
-                        if v not in (None, "") and k != "out")
         args, details = "--tasks vision " + args, "float32, one fixed-length cosine schedule."
         dev = " Dev accuracy (vanilla) at the logged evaluations: " + ", ".join(
             f"{100 * e['dev']:.0f}% at step {e['step']}" for e in entries) + "."
