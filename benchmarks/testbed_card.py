@@ -130,9 +130,10 @@ def from_init(init: str) -> tuple[str, ...]:
 
 
 def card(folder: Path, table: dict, limit: int | None, cache: str, vision: bool = False,
-         history: str = "") -> str:
+         history: str = "", tuned_tau: float | None = None) -> str:
     """The model card. `history`: what the training records do not hold, in the trainer's
-    words (a run started from another run's checkpoint: how that one was made)."""
+    words (a run started from another run's checkpoint: how that one was made). `tuned_tau`:
+    the dev-tuned threshold a vision card was measured with, for its reproduce line."""
     log = json.loads((folder / "train_log.json").read_text())
     cfg, entries = log["config"], log["log"]
     # a vision run from --init: the options its checkpoint sets are not part of the command
@@ -205,7 +206,7 @@ Checks (the bars this model was trained to meet):
 {chr(10).join(checked)}
 
 Reproduce: `python benchmarks/testbed_card.py --model {folder.name} --cache {cache}\
-{" --tuned-tau TAU" if vision else ""}` from the repository root.
+{"" if tuned_tau is None else f" --tuned-tau {tuned_tau:g}"}` from the repository root.
 """
 
 
@@ -241,7 +242,7 @@ def main():
     if args.write:
         history = args.history.read_text() if args.history else ""
         (folder / "README.md").write_text(card(folder, table, args.limit, args.cache, vision,
-                                               history))
+                                               history, args.tuned_tau))
         print(f"wrote {folder / 'README.md'}")
 
 

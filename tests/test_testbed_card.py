@@ -44,11 +44,11 @@ def test_the_vision_card_names_the_recipe_the_log_and_the_bars(tmp_path):
     (folder / "train_log.json").write_text(json.dumps(
         {"config": config, "hardware": "a test machine", "log": log}))
     text = testbed_card.card(folder, vision_table(0.85, 0.70, 2.0, 0.84), None, "dual",
-                             vision=True)
+                             vision=True, tuned_tau=0.8)
     assert "stdec train --tasks vision --steps 2000 --d-model 128 --seed 0 --out OUT" in text
     assert "2 min on a test machine" in text and "86% at step 2000" in text
     assert "| vision | stdec (dev-tuned) | 84.0 | 2.60 | 400 | 60 |" in text
-    assert "--tuned-tau TAU` from the repository root" in text
+    assert "--cache dual --tuned-tau 0.8` from the repository root" in text
 
 
 def test_the_card_carries_the_history_the_log_does_not_hold(tmp_path):
