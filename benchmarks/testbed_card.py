@@ -169,7 +169,8 @@ by `stdec train --tasks vision` on pictures stdec draws itself (shapes, colours,
 positions, small bar charts), bundled so that decoding rules can be measured on image
 prompts anywhere with no downloads. It is a measuring instrument, not a useful
 vision-language model."""
-        args, details = "--tasks vision " + args, "float32, one fixed-length cosine schedule."
+        args, details = "--tasks vision " + args, ("float32, a cosine learning-rate schedule over "
+                                                     "--steps (a resume may change its length).")
         dev = " Dev accuracy (vanilla) at the logged evaluations: " + ", ".join(
             f"{100 * e['dev']:.0f}% at step {e['step']}" for e in entries) + "."
         checked = vision_checks(table)
