@@ -137,6 +137,9 @@ def main(argv=None):
                         help="gsm: does the model compute results or copy them; vision: "
                         "does it read the picture (see above)")
     args = parser.parse_args(argv)
+    if args.probe and "vision" in args.tasks.split(",") and args.limit < 2:
+        parser.error(f"--probe on vision shows each problem the next one's picture, so it needs "
+                     f"--limit 2 or more, not {args.limit}")
     torch.set_num_threads(args.threads)
     model, tokenizer = stdec.load(args.model)
     lengths = read_gen_lengths(resolve_model_path(args.model))

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from stdec.tasks import get_task
 from stdec.tasks.gsm import TEMPLATES
 
@@ -37,6 +39,13 @@ def test_report_on_the_bundled_testbed(capsys):
     assert "lists (dev, n=4, gen_length 64):" in out  # the checkpoint's standard length
     assert "arith (dev, n=4, gen_length 96):" in out
     assert "arithmetic +:" in out  # arith drills always write sums
+
+
+def test_the_vision_probe_refuses_a_single_problem(capsys):
+    # with one problem, "the next problem's picture" would be its own: the gap would read zero
+    with pytest.raises(SystemExit):
+        dev_breakdown.main(["--tasks", "vision", "--probe", "--limit", "1"])
+    assert "needs --limit 2 or more, not 1" in capsys.readouterr().err
 
 
 def test_copy_probe_masks_each_result_alone_and_with_its_copies():
