@@ -45,7 +45,8 @@ def kind(task: str, problem) -> str:
     if task == "code":
         return meta["family"]
     if task == "lists":
-        return f"{meta['op']} {'numbers' if problem.answer[1:2].isdigit() else 'words'}"
+        items = problem.prompt.rsplit("[", 1)[1]  # the input list, whatever the answer's layout
+        return f"{meta['op']} {'numbers' if items[:1].isdigit() else 'words'}"
     if task == "vision":
         scene = meta["scene"]
         n = len(scene.get("objects", ()))
@@ -124,6 +125,27 @@ def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
     return out
 
 
+def vanilla_dev(model, tokenizer, task, lengths: dict, args):
+    """The split's first `args.limit` problems, decoded the vanilla way; and the gen_length."""
+    gen = lengths.get(task.name, {}).get("gen_length") or -(-task.gen_length // 32) * 32
+    config = DecodeConfig(gen_length=gen, block_length=args.block_length, policy="fixed",
+                          steps=gen, cache="dual")
+    problems = task.problems(args.split)[: args.limit]
+    result = evaluate(model, tokenizer, task, args.split, config, limit=args.limit)
+    by_id = {p.id: p for p in problems}
+    return [by_id[r.id] for r in result.records], result, gen  # problems in records' order
+
+
+def print_by_kind(name: str, problems, right_or_not: list[bool], what: str = "") -> None:
+    """One line a kind of problem, weakest first: the share of its problems that are right."""
+    total, right = Counter(), Counter()
+    for p, ok in zip(problems, right_or_not, strict=True):
+        total[kind(name, p)] += 1
+        right[kind(name, p)] += ok
+    for k in sorted(total, key=lambda k: right[k] / total[k]):
+        print(f"  {k + what:28s} {100 * right[k] / total[k]:5.1f}%  ({right[k]}/{total[k]})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="testbed")
@@ -145,21 +167,10 @@ def main(argv=None):
     lengths = read_gen_lengths(resolve_model_path(args.model))
     for name in args.tasks.split(","):
         task = get_task(name)
-        gen = lengths.get(name, {}).get("gen_length") or -(-task.gen_length // 32) * 32
-        config = DecodeConfig(gen_length=gen, block_length=args.block_length, policy="fixed",
-                              steps=gen, cache="dual")
-        problems = task.problems(args.split)[: args.limit]
-        result = evaluate(model, tokenizer, task, args.split, config, limit=args.limit)
-        by_id = {p.id: p for p in problems}
-        total, right = Counter(), Counter()
-        for r in result.records:
-            k = kind(name, by_id[r.id])
-            total[k] += 1
-            right[k] += r.correct
+        problems, result, gen = vanilla_dev(model, tokenizer, task, lengths, args)
         print(f"\n{name} ({args.split}, n={result.n}, gen_length {gen}): "
               f"{100 * result.accuracy:.1f}%")
-        for k in sorted(total, key=lambda k: right[k] / total[k]):
-            print(f"  {k:28s} {100 * right[k] / total[k]:5.1f}%  ({right[k]}/{total[k]})")
+        print_by_kind(name, problems, [r.correct for r in result.records])
         seen, ok = claims([r.output for r in result.records])
         for op in sorted(seen):
             print(f"  arithmetic {op}: {100 * ok[op] / seen[op]:5.1f}% right of {seen[op]} written")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from stdec.tasks import get_task
+from stdec.tasks import Problem, get_task
 from stdec.tasks.gsm import TEMPLATES
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "dev_breakdown.py"
@@ -27,6 +27,9 @@ def test_kinds_name_what_each_task_varies():
     lists, vision = get_task("lists").problems("dev"), get_task("vision").problems("dev")
     assert dev_breakdown.kind("lists", lists[0]).split()[0] in ("sort", "reverse", "dedupe", "copy")
     assert {dev_breakdown.kind("lists", p).split()[1] for p in lists} == {"numbers", "words"}
+    worked = Problem("x", "Sort the list: [75, 23, 75]", "1 of 23, 2 of 75. So [23, 75, 75]",
+                     {"op": "sort"})
+    assert dev_breakdown.kind("lists", worked) == "sort numbers"  # read from the input list
     kinds = {dev_breakdown.kind("vision", p) for p in vision}
     assert {"number (bars)", "number (1 object)", "number (2 objects)"} <= kinds
     gsm = get_task("gsm").problems("dev")[0]
