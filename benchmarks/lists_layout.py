@@ -71,6 +71,10 @@ class WorkedListsTask(ListsTask):
         return bool(lists) and same_but_spacing(lists[-1], problem.meta["list"])
 
 
+def use_worked_layout() -> None:
+    tasks._CLASSES["lists"] = WorkedListsTask  # what get_task("lists") builds from here on
+
+
 def breakdown(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="lists_layout.py breakdown")
     parser.add_argument("--model", required=True)
@@ -101,12 +105,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{argv[0] if argv else 'nothing'}; e.g. lists_layout.py breakdown --model "
               f"runs/lists-worked.", file=sys.stderr)
         return 2
-    tasks._CLASSES["lists"] = WorkedListsTask  # what get_task("lists") builds from now on
+    use_worked_layout()
     if argv[0] == "train":
         return stdec_main(argv)
     breakdown(argv[1:])
     return 0
 
 
+if __name__ == "__mp_main__":  # a process the script spawns (train draws splits in them)
+    use_worked_layout()
 if __name__ == "__main__":
     sys.exit(main())
