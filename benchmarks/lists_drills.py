@@ -8,13 +8,14 @@ item's other copies in the list, lift them?
     python benchmarks/dev_breakdown.py --model runs/lists-drills --tasks lists
 
 The drill, `count`, asks how often an item occurs in a list of the same kind as `lists`
-draws ("How many times does 65 occur in [65, 39, 65, 71]?" "2"); a third of the time the
-item is not in the list ("0"). For as long as the process runs, `count` is a task that
+draws ("How many times does 65 occur in [65, 39, 65, 71]?" "2"); about a third of the items
+it asks for are not in the list ("0"). For as long as the process runs, `count` is a task that
 `stdec train` can train on; everything after `train` goes to it unchanged.
 """
 
 import random
 import sys
+from typing import ClassVar
 
 from stdec import tasks
 from stdec.cli import main as stdec_main
@@ -28,7 +29,7 @@ PROMPTS = ("How many times does {x} occur in {l}?", "Count the copies of {x} in 
 class CountTask(Task):
     name = "count"
     gen_length = 8
-    default_sizes = {"train": 10000, "dev": 200, "test": 400}  # noqa: RUF012 (as ListsTask's)
+    default_sizes: ClassVar[dict[str, int]] = {"train": 10000, "dev": 200, "test": 400}
 
     def sample(self, rng: random.Random) -> tuple[str, str, str, dict]:
         n = rng.randint(3, 8)  # as lists draws its inputs
