@@ -140,8 +140,9 @@ def print_by_kind(name: str, problems, right_or_not: list[bool], what: str = "")
     """One line a kind of problem, weakest first: the share of its problems that are right."""
     total, right = Counter(), Counter()
     for p, ok in zip(problems, right_or_not, strict=True):
-        total[kind(name, p)] += 1
-        right[kind(name, p)] += ok
+        k = kind(name, p)
+        total[k] += 1
+        right[k] += ok
     for k in sorted(total, key=lambda k: right[k] / total[k]):
         print(f"  {k + what:28s} {100 * right[k] / total[k]:5.1f}%  ({right[k]}/{total[k]})")
 
