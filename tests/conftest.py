@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from stdec import tasks
 from stdec.testing import random_checkpoint, random_model, tiny_config
 
 
@@ -8,6 +9,24 @@ from stdec.testing import random_checkpoint, random_model, tiny_config
 def _deterministic():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Whatever a test changes of the process's global state (torch's thread count, default
+    dtype, dynamo's limits, the task registry) is put back after it, so that no test sees
+    another's settings and the suite passes in any order."""
+    import torch._dynamo.config as dynamo
+
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    recompile_limit = dynamo.recompile_limit
+    registered = dict(tasks._CLASSES)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    dynamo.recompile_limit = recompile_limit
+    tasks._CLASSES.clear()
+    tasks._CLASSES.update(registered)
 
 
 @pytest.fixture(scope="session")

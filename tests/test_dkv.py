@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tolerance import TINY, assert_f32_close
 
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine, decode
@@ -35,7 +36,7 @@ def test_nothing_committed_since_a_refresh_gives_uncached_logits(arch):
     with torch.inference_mode():
         full = engine._forward("full", [r])  # a refresh: every K/V from the current sequence
         dkv = engine._forward("dkv", [r])
-    torch.testing.assert_close(dkv, full, atol=1e-5, rtol=0)
+    assert_f32_close(dkv, full, **TINY)
 
 
 @pytest.mark.parametrize("arch", MODELS)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from reference import config, ref_attention, ref_rope, reference_decode
+from tolerance import TINY, assert_f32_close
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import stdec
@@ -72,7 +73,7 @@ def test_padding_and_positions_make_rows_independent(dream):
     pos = (torch.arange(13) - 4).clamp(min=0)[None]
     keys = (torch.arange(13) >= 4)[None]
     batched = dream(padded, position_ids=pos, attention_mask=keys, logits_slice=slice(5, 13))
-    torch.testing.assert_close(batched, alone[:, 1:], atol=1e-5, rtol=0)
+    assert_f32_close(batched, alone[:, 1:], **TINY)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
@@ -82,11 +83,11 @@ def test_cached_logits_equal_uncached_after_refresh(dream, mode):
     s, e = 16, 24
     full = dream(ids)
     cache = dream.new_cache(3, 40)
-    torch.testing.assert_close(dream(ids, cache=cache), full, atol=1e-5, rtol=0)
+    assert_f32_close(dream(ids, cache=cache), full, **TINY)
     end = 40 if mode == "prefix" else e
     step = dream(ids[:, s - 1 : end], cache=cache, cache_start=s - 1,
                  logits_slice=slice(1, 1 + e - s))
-    torch.testing.assert_close(step, full[:, s:e], atol=1e-5, rtol=0)
+    assert_f32_close(step, full[:, s:e], **TINY)
 
 
 # ---- a plain reference: one row, Python loops, explicit K/V, the shift done by hand ----

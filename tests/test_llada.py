@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tolerance import TINY, assert_f32_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from stdec.models import load_model, save_model
@@ -58,7 +59,7 @@ def test_padding_and_positions_make_rows_independent(tiny_model):
     pos = (torch.arange(13) - 4).clamp(min=0)[None]
     keys = (torch.arange(13) >= 4)[None]
     batched = tiny_model(padded, position_ids=pos, attention_mask=keys)
-    torch.testing.assert_close(batched[:, 4:], alone, atol=1e-5, rtol=0)
+    assert_f32_close(batched[:, 4:], alone, **TINY)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
@@ -68,12 +69,12 @@ def test_cached_logits_equal_uncached_after_refresh(tiny_model, mode):
     full = tiny_model(ids)
     cache = tiny_model.new_cache(3, 40)
     refreshed = tiny_model(ids, cache=cache)
-    torch.testing.assert_close(refreshed, full, atol=1e-5, rtol=0)
+    assert_f32_close(refreshed, full, **TINY)
     if mode == "prefix":
         step = tiny_model(ids[:, s:], cache=cache, cache_start=s, logits_slice=slice(0, e - s))
     else:
         step = tiny_model(ids[:, s:e], cache=cache, cache_start=s)
-    torch.testing.assert_close(step, full[:, s:e], atol=1e-5, rtol=0)
+    assert_f32_close(step, full[:, s:e], **TINY)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

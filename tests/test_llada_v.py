@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from reference import config, ref_attention, ref_rope, reference_decode
+from tolerance import TINY, assert_f32_close
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from stdec.decoding.config import CACHE_MODES
@@ -185,12 +186,12 @@ def test_cached_logits_equal_uncached_with_an_image_prefix(vl, mode):
     s, e = len(row), len(row) + 8
     full = model(ids)
     cache = vl.new_cache(1, ids.shape[1])
-    torch.testing.assert_close(model(ids, cache=cache), full, atol=1e-5, rtol=0)
+    assert_f32_close(model(ids, cache=cache), full, **TINY)
     if mode == "prefix":
         step = model(ids[:, s:], cache=cache, cache_start=s, logits_slice=slice(0, e - s))
     else:
         step = model(ids[:, s:e], cache=cache, cache_start=s)
-    torch.testing.assert_close(step, full[:, s:e], atol=1e-5, rtol=0)
+    assert_f32_close(step, full[:, s:e], **TINY)
 
 
 @pytest.mark.parametrize("cache", CACHE_MODES)

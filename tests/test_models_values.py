@@ -4,6 +4,7 @@ found surviving in models/)."""
 
 import pytest
 import torch
+from tolerance import TINY, assert_f32_close
 
 from stdec.errors import StdecError
 from stdec.models.dream import DreamConfig
@@ -220,4 +221,4 @@ def test_logits_index_picks_each_rows_positions(make):
         full = model(ids)
         got = model(ids, logits_index=index)
     want = torch.stack([full[0, 3:7], full[1, 10:14]])
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert_f32_close(got, want, **TINY)

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 from reference import config
+from tolerance import TINY, assert_f32_close
 
 import stdec
 from stdec.api import encode
@@ -58,7 +59,7 @@ def test_the_static_step_gives_the_plain_steps_logits():
     static = engine._forward("dual", rows)
     engine.static = None
     plain = engine._forward("dual", rows)
-    torch.testing.assert_close(static, plain, atol=1e-5, rtol=1e-5)
+    assert_f32_close(static, plain, **TINY)
 
 
 def test_shapes_are_bucketed_so_few_graphs_cover_every_mix():
