@@ -63,17 +63,25 @@ def param_fields(params: type) -> dict[str, tuple[type, Any, str, str | None]]:
 def check_params(params) -> None:
     """Each parameter's type and range, in one sentence naming the bad value."""
     for name, (kind, _, _, rng) in param_fields(type(params)).items():
-        value = getattr(params, name)
-        if value is None:
-            continue
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise StdecError(f"{name} must be an integer, got {value!r}.")
-        if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)
-                              or math.isnan(value)):
-            raise StdecError(f"{name} must be a number, got {value!r}.")
-        if rng is not None and not RANGES[rng](value):
-            raise StdecError(f"{name} must be {'in ' if rng[0] in '([' else ''}{rng}, got "
-                             f"{value}.")
+        check_value(name, getattr(params, name), kind, rng)
+
+
+def check_value(name: str, value, kind: type, rng: str | None) -> None:
+    """One option's type and range (None: unset)."""
+    if value is None:
+        return
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        what = {">= 1": "a positive integer", ">= 0": "an integer >= 0"}.get(rng, "an integer")
+        raise StdecError(f"{name} must be {what}, got {value!r}.")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)
+                          or math.isnan(value)):
+        raise StdecError(f"{name} must be a number, got {value!r}.")
+    if rng is not None and not RANGES[rng](value):
+        if kind is int and rng in (">= 1", ">= 0"):
+            what = "a positive integer" if rng == ">= 1" else "an integer >= 0"
+            raise StdecError(f"{name} must be {what}, got {value!r}.")
+        where = "in " if rng[0] in "([" else ""
+        raise StdecError(f"{name} must be {where}{rng}, got {value}.")
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,25 @@ class FixedParams:
         if self.steps is not None and self.k is not None:
             raise StdecError(f"fixed takes steps ({self.steps}) or k ({self.k}), not both; "
                              "k tokens a step is steps = gen_length / k.")
+
+    def total_steps(self, gen_length: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return gen_length // self.k if self.k is not None else gen_length
+
+    def check(self, config) -> None:
+        """The steps must split evenly over the blocks, at most one per position."""
+        if self.k is not None and config.block_length % self.k:
+            raise StdecError(f"fixed:k={self.k} must divide block_length "
+                             f"({config.block_length}) so that every block takes whole steps.")
+        steps, blocks = self.total_steps(config.gen_length), config.num_blocks
+        if steps % blocks or not 1 <= steps // blocks <= config.block_length:
+            what = f"steps ({steps})" if self.k is None else f"steps ({steps}, from k {self.k})"
+            raise StdecError(f"{what} must be a multiple of the number of blocks ({blocks}) "
+                             f"between {blocks} and gen_length ({config.gen_length}).")
+
+    def steps_per_block(self, config) -> int:
+        return self.total_steps(config.gen_length) // config.num_blocks
 
 
 @dataclass(frozen=True)
