@@ -420,9 +420,9 @@ def cmd_bench(args: argparse.Namespace):
 
 def cmd_tune(args: argparse.Namespace):
     import stdec
-    from stdec.bench import dist_setup, rank_device
     from stdec.tasks.lengths import read_gen_lengths
     from stdec.tune import parse_grid, report, tune
+    from stdec.util import dist_setup, rank_device
 
     check_model(args.model)
     if args.out:

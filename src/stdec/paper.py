@@ -8,7 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from stdec.bench import VANILLA, BenchConfig, run_bench, write_atomic
+from stdec.bench import VANILLA, BenchConfig, run_bench
+from stdec.util import write_atomic
 
 __all__ = ["ROWS", "paper_table", "run_paper"]
 

@@ -378,7 +378,7 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
             tokenizer.save_pretrained(str(ckpt))
     save_model(model, out)
     tokenizer.save_pretrained(str(out))
-    from stdec.bench import hardware
+    from stdec.util import hardware
 
     record = {"config": asdict(cfg), "hardware": hardware(device), "log": log}
     (out / "train_log.json").write_text(json.dumps(record, indent=1))

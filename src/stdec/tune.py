@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stdec.bench import VANILLA, PolicySetting, dist_setup, parse_policy, run_cell, write_atomic
+from stdec.bench import VANILLA, PolicySetting, parse_policy, run_cell
 from stdec.errors import StdecError
+from stdec.util import dist_setup, write_atomic
 
 __all__ = ["DEFAULT_GRIDS", "TuneResult", "parse_grid", "tune"]
 
