@@ -101,8 +101,9 @@ def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
     and with the next problem's picture in its place. Only the gap between the two is read
     from the picture: the rest comes from the question and the words around the fact (counts
     are flattered: the noun around a masked count is singular only for one, "one circle")."""
-    from stdec.tasks.vision import NUMBERS, problem_images
-    from stdec.train_vision import prompt_ids
+    from stdec.tasks import problem_images
+    from stdec.testbed.suites.vision import NUMBERS
+    from stdec.testbed.train_vision import prompt_ids
 
     mask = tokenizer.mask_token_id
     out: dict[str, list[int]] = {}

@@ -20,7 +20,7 @@ from typing import ClassVar
 from stdec import tasks
 from stdec.cli import main as stdec_main
 from stdec.tasks.base import Problem, Task, same_but_spacing
-from stdec.tasks.lists import WORDS, fmt
+from stdec.testbed.suites.lists import WORDS, fmt
 
 PROMPTS = ("How many times does {x} occur in {l}?", "Count the copies of {x} in {l}.",
            "How often is {x} in the list {l}?")

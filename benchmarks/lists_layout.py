@@ -34,7 +34,7 @@ from stdec.api import resolve_model_path
 from stdec.cli import main as stdec_main
 from stdec.tasks.base import Problem, same_but_spacing
 from stdec.tasks.lengths import read_gen_lengths
-from stdec.tasks.lists import ListsTask
+from stdec.testbed.suites.lists import ListsTask
 
 LIST = re.compile(r"\[[^\[\]]*\]")
 

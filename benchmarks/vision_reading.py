@@ -31,9 +31,9 @@ from torch import nn
 
 from stdec.api import load
 from stdec.models.llada_v import to_pixels
-from stdec.tasks.vision import VisionTask, position, render
-from stdec.train import lr_at, make_optimizer, optimizer_step
-from stdec.train_vision import (
+from stdec.testbed.suites.vision import VisionTask, position, render
+from stdec.testbed.train import lr_at, make_optimizer, optimizer_step
+from stdec.testbed.train_vision import (
     CELL_LABELS,
     VisionTrainConfig,
     cell_labels,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from stdec.tasks import Problem, get_task
-from stdec.tasks.gsm import TEMPLATES
+from stdec.testbed.suites.gsm import TEMPLATES
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "dev_breakdown.py"
 spec = importlib.util.spec_from_file_location("dev_breakdown", SCRIPT)

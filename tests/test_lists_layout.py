@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from stdec import tasks
-from stdec.tasks.lists import ListsTask
+from stdec.testbed.suites.lists import ListsTask
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import lists_layout  # noqa: E402  (a script beside dev_breakdown.py, which it imports)

@@ -11,8 +11,8 @@ import stdec
 import stdec.api
 from stdec.decoding.config import DecodeConfig
 from stdec.tasks import AUX_TASKS, SPLITS, TASKS, evaluate, get_task, run_code
-from stdec.tasks.code import FAMILIES, build
-from stdec.tasks.gsm import NAMES, STEP_PHRASINGS, TEMPLATES
+from stdec.testbed.suites.code import FAMILIES, build
+from stdec.testbed.suites.gsm import NAMES, STEP_PHRASINGS, TEMPLATES
 
 
 @pytest.fixture(scope="module")

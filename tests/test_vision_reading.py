@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stdec.models.llada_v import to_pixels
-from stdec.tasks.vision import VisionTask, render
+from stdec.testbed.suites.vision import VisionTask, render
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "vision_reading.py"
 spec = importlib.util.spec_from_file_location("vision_reading", SCRIPT)

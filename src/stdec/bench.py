@@ -224,8 +224,7 @@ def time_batch(model, tokenizer, problems, config: DecodeConfig, world: int) -> 
     import torch
 
     from stdec.api import generate
-    from stdec.tasks.base import format_prompt
-    from stdec.tasks.vision import problem_images
+    from stdec.tasks.base import format_prompt, problem_images
 
     images = [problem_images(p) for p in problems]  # drawn or read before the timer starts
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)

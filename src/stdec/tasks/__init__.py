@@ -1,20 +1,21 @@
-"""The synthetic benchmark suite the bundled testbed model is trained and evaluated on, and the
-real benchmarks (GSM8K, MATH500, HumanEval, MBPP, GPQA) read from local files."""
+"""Tasks by name: the real benchmarks (GSM8K, MATH500, HumanEval, MBPP, GPQA, the multimodal
+ones) read from local files, and the synthetic suite the bundled testbed model is trained and
+evaluated on (stdec.testbed.suites)."""
 
 from __future__ import annotations
 
 from stdec.errors import StdecError
-from stdec.tasks.arith import ArithTask
-from stdec.tasks.base import SPLITS, Problem, Task, format_prompt, split_of
-from stdec.tasks.code import CodeTask
+from stdec.tasks.base import SPLITS, Problem, Task, format_prompt, problem_images, split_of
 from stdec.tasks.evaluate import EvalRecord, EvalResult, evaluate
 from stdec.tasks.gpqa import GpqaTask
-from stdec.tasks.gsm import GsmTask
-from stdec.tasks.lists import ListsTask
 from stdec.tasks.real import REAL_CLASSES, REAL_TASKS, RealTask
 from stdec.tasks.sandbox import SandboxResult, run_code
-from stdec.tasks.vision import VisionTask
 from stdec.tasks.vision_real import VISION_BENCHMARKS
+from stdec.testbed.suites.arith import ArithTask
+from stdec.testbed.suites.code import CodeTask
+from stdec.testbed.suites.gsm import GsmTask
+from stdec.testbed.suites.lists import ListsTask
+from stdec.testbed.suites.vision import VisionTask
 
 TASKS = ("gsm", "code", "lists")  # the suite, measured by the model card and the bench
 AUX_TASKS = ("arith",)  # training aids, trained on by default and evaluable, not measured
@@ -49,5 +50,5 @@ __all__ = [
     "AUX_TASKS", "BENCHMARKS", "REAL_TASKS", "SPLITS", "TASKS", "ArithTask", "CodeTask",
     "EvalRecord", "EvalResult", "GpqaTask", "GsmTask", "ListsTask", "Problem", "RealTask",
     "SandboxResult", "Task", "VISION_TASKS", "VisionTask", "evaluate", "format_prompt",
-    "get_task", "run_code", "split_of",
+    "get_task", "problem_images", "run_code", "split_of",
 ]

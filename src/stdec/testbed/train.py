@@ -387,7 +387,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
     """Train (or resume) and write a LLaDA-format checkpoint with its tokenizer to cfg.out."""
     from tqdm import tqdm
 
-    from stdec.tokenizer import train_tokenizer
+    from stdec.testbed.tokenizer import train_tokenizer
 
     began = time.perf_counter()  # a time budget counts data preparation too
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
