@@ -17,9 +17,9 @@ import random
 import sys
 from typing import ClassVar
 
-from stdec import tasks
 from stdec.cli import main as stdec_main
-from stdec.tasks.base import Problem, Task, same_but_spacing
+from stdec.tasks import Problem, Task, register_task
+from stdec.tasks.base import same_but_spacing
 from stdec.testbed.suites.lists import WORDS, fmt
 
 PROMPTS = ("How many times does {x} occur in {l}?", "Count the copies of {x} in {l}.",
@@ -55,6 +55,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ in ("__main__", "__mp_main__"):  # the script, and the processes that draw splits
-    tasks._CLASSES["count"] = CountTask  # get_task("count") works from here on
+    register_task("count", CountTask)  # get_task("count") works from here on
 if __name__ == "__main__":
     sys.exit(main())
