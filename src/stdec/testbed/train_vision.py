@@ -199,7 +199,7 @@ def pretrain_tower(model: LLaDAVModel, scenes: list[dict], cfg: VisionTrainConfi
     value) and where it is, through a linear head that is then dropped; and the projector
     learns to say it in the language model's words: each cell's vector is pulled toward the
     sum of the embeddings of the words naming it ("red" + "circle" + "top left"). Measured
-    with perfect vision in place of the tower (benchmarks/vision_reading.py), vectors that
+    with perfect vision in place of the tower (experiments/vision_reading.py), vectors that
     start at their words are read far sooner than vectors that start anywhere else (bar
     values 17/17 against 7/17 after 1000 steps)."""
     sizes = list(CELL_LABELS.values())

@@ -1,14 +1,10 @@
-"""benchmarks/lists_layout.py: the worked layout of dedupe and sort answers, its scorer, and
+"""experiments/lists_layout.py: the worked layout of dedupe and sort answers, its scorer, and
 the breakdown it prints."""
 
-import sys
-from pathlib import Path
+import lists_layout
 
 from stdec.tasks import get_task
 from stdec.testbed.suites.lists import ListsTask
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import lists_layout  # noqa: E402  (a script beside dev_breakdown.py, which it imports)
 
 
 def test_worked_lines_number_first_occurrences_and_count_repeats():

@@ -1,8 +1,8 @@
 """Is it the tower or the language model? The vision testbed's recipe with reading made easy.
 
-    python benchmarks/vision_reading.py --feed codes --steps 1000
-    python benchmarks/vision_reading.py --feed text --steps 1000
-    python benchmarks/vision_reading.py --feed pixels --steps 1000
+    python experiments/vision_reading.py --feed codes --steps 1000
+    python experiments/vision_reading.py --feed text --steps 1000
+    python experiments/vision_reading.py --feed pixels --steps 1000
 
 Each starts a vision testbed from `--init` (the text testbed) and trains it with
 train_vision's objective, printing dev accuracy (vanilla decoding) as it goes. What the

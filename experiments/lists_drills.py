@@ -1,11 +1,11 @@
 """The lists drill experiment: does a drill of the skill that dedupe and sort need, finding an
 item's other copies in the list, lift them?
 
-    python benchmarks/lists_drills.py train --out runs/lists-drills --init testbed \
+    python experiments/lists_drills.py train --out runs/lists-drills --init testbed \
         --n-layers 4 --tasks lists,count --mixture lists=1,count=1 \
         --train-sizes lists=50000,count=50000 --steps 700 --batch-size 64 --lr 3e-4 \
         --min-lr 3e-4 --warmup 20 --seed 5
-    python benchmarks/dev_breakdown.py --model runs/lists-drills --tasks lists
+    python experiments/dev_breakdown.py --model runs/lists-drills --tasks lists
 
 The drill, `count`, asks how often an item occurs in a list of the same kind as `lists`
 draws ("How many times does 65 occur in [65, 39, 65, 71]?" "2"); about a third of the items

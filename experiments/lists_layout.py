@@ -1,10 +1,10 @@
 """The lists layout experiment: dedupe and sort answers that write a worked line before their
 list, as gsm answers write their arithmetic before the result.
 
-    python benchmarks/lists_layout.py train --out runs/lists-worked --init testbed \
+    python experiments/lists_layout.py train --out runs/lists-worked --init testbed \
         --n-layers 4 --tasks lists --train-sizes lists=50000 --steps 700 --batch-size 64 \
         --lr 3e-4 --min-lr 3e-4 --warmup 20 --seed 5
-    python benchmarks/lists_layout.py breakdown --model runs/lists-worked --limit 200
+    python experiments/lists_layout.py breakdown --model runs/lists-worked --limit 200
 
 Dedupe numbers each first occurrence and marks each repeat, so the answer's length is the
 last number written: "1: cat, 2: dog, cat again. So [cat, dog]". Sort counts each distinct
@@ -15,7 +15,7 @@ reads the last list the output writes.
 
 For as long as the process runs, the suite's `lists` task is this one: `train` hands the rest
 of its arguments to `stdec train` unchanged. `breakdown` decodes the dev split the vanilla
-way, as benchmarks/dev_breakdown.py does, and prints by kind of problem how often the final
+way, as experiments/dev_breakdown.py does, and prints by kind of problem how often the final
 list is right and, for dedupe and sort, how often the worked line is.
 """
 

@@ -1,16 +1,12 @@
-"""benchmarks/lists_drills.py: the `count` drill and its registration for `stdec train`."""
+"""experiments/lists_drills.py: the `count` drill and its registration for `stdec train`."""
 
 import re
-import sys
-from pathlib import Path
 
+import lists_drills
 import pytest
 
 from stdec.errors import StdecError
 from stdec.tasks import get_task
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import lists_drills  # noqa: E402  (a script, not a module of the package)
 
 LIST = re.compile(r"(\[.*\])")
 

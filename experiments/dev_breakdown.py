@@ -1,8 +1,8 @@
 """Where a testbed loses its points: dev accuracy by kind of problem, and how often the
 arithmetic it writes is right.
 
-    python benchmarks/dev_breakdown.py --model testbed --tasks gsm,lists,arith --limit 200
-    python benchmarks/dev_breakdown.py --model runs/vision --tasks vision
+    python experiments/dev_breakdown.py --model testbed --tasks gsm,lists,arith --limit 200
+    python experiments/dev_breakdown.py --model runs/vision --tasks vision
 
 Vanilla decoding: `fixed`, one token per step, dual cache (blocks of 32 unless
 --block-length says otherwise), at each task's standard gen_length
