@@ -39,7 +39,7 @@ else
           --d-model 256 --n-layers 4 --n-heads 4 --mlp-hidden-size 768 --vocab-size 2048
           --eval-limit 64 --save-every 1000 --seed 0)
   # the vision testbed: the CPU recipe (README) with what the CPU cannot give, steps. Its
-  # language model learns to read slowly (benchmarks/vision_reading.py), not its tower.
+  # language model learns to read slowly (experiments/vision_reading.py), not its tower.
   vision=(--steps 40000 --batch-size 64 --lr 0.001 --warmup 500 --eval-every 2000
           --eval-limit 100 --save-every 1000 --train-size 60000 --threads 4 --tower-steps 600)
   latency=(--random-8b --iters 10)

@@ -46,8 +46,9 @@ decoding)
            tests/test_defaults.py tests/test_llada_v.py
            tests/test_api.py::test_bad_decode_options_fail_with_one_sentence);;
 scorers)
-    mutate=(src/stdec/tasks/base.py src/stdec/tasks/lists.py src/stdec/tasks/arith.py
-            src/stdec/tasks/gsm.py src/stdec/tasks/real.py src/stdec/tasks/math_equiv.py)
+    mutate=(src/stdec/tasks/base.py src/stdec/testbed/suites/lists.py
+            src/stdec/testbed/suites/arith.py src/stdec/testbed/suites/gsm.py
+            src/stdec/tasks/real.py src/stdec/tasks/math_equiv.py)
     tests=(tests/test_scorers.py tests/test_tasks.py tests/test_real_tasks.py -k
            "scorer or score or arith or gsm or math or splits or registry or loaders")
     # the scorers, not the problem generators and file loaders around them

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 import stdec
-from stdec.bench import git_commit
 from stdec.decoding.config import DecodeConfig
 from stdec.errors import StdecError
 from stdec.tasks import TASKS, evaluate, get_task
 from stdec.tasks.lengths import read_gen_lengths
+from stdec.util import git_commit
 
 ROWS = {"fixed, 1 token/step": dict(policy="fixed"),
         "fixed, 4 tokens/step": dict(policy="fixed", k=4),

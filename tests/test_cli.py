@@ -138,7 +138,7 @@ def test_train_options_read_from_source_match_the_dataclass():
     from dataclasses import MISSING, fields
 
     from stdec.cli import train_config_fields
-    from stdec.train import TrainConfig
+    from stdec.testbed.train import TrainConfig
 
     real = {f.name: f for f in fields(TrainConfig)}
     read = {f.name: f for f in train_config_fields()}
@@ -152,7 +152,7 @@ def test_vision_training_options_cover_its_recipe():
     from dataclasses import fields
 
     from stdec.cli import VISION_ONLY, VISION_SHARED, train_config_fields
-    from stdec.train_vision import VisionTrainConfig
+    from stdec.testbed.train_vision import VisionTrainConfig
 
     text = {f.name for f in train_config_fields()}
     assert set(VISION_SHARED) <= text and not {f.name for f in VISION_ONLY} & text

@@ -243,8 +243,7 @@ def test_a_text_only_server_refuses_images_and_local_paths_need_image_dir(checkp
 # ---- the harness ----
 
 def test_bench_decodes_the_vision_task_with_its_pictures(vl):
-    from stdec.tasks import evaluate, get_task
-    from stdec.tasks.vision import problem_images
+    from stdec.tasks import evaluate, get_task, problem_images
 
     model, tok = vl
     task = get_task("vision")

@@ -59,7 +59,7 @@ FILES = sorted(SRC.rglob("*.py"))
 def test_no_module_imports_upward(path):
     own = layer(module_name(path))
     for line, name in imports(path):
-        assert not name.split(".")[0] in OUTSIDE, f"{path.name}:{line} imports {name}"
+        assert name.split(".")[0] not in OUTSIDE, f"{path.name}:{line} imports {name}"
         if name == "stdec" or name.startswith("stdec."):
             assert layer(name) <= own, (f"{module_name(path)} (layer {own}) imports {name} "
                                         f"(layer {layer(name)}) at line {line}")

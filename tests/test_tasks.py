@@ -10,9 +10,9 @@ import pytest
 import stdec
 import stdec.api
 from stdec.decoding.config import DecodeConfig
-from stdec.tasks import AUX_TASKS, SPLITS, TASKS, evaluate, get_task, run_code
-from stdec.tasks.code import FAMILIES, build
-from stdec.tasks.gsm import NAMES, STEP_PHRASINGS, TEMPLATES
+from stdec.tasks import AUX_TASKS, SPLITS, TASKS, Task, evaluate, get_task, run_code
+from stdec.testbed.suites.code import FAMILIES, build
+from stdec.testbed.suites.gsm import NAMES, STEP_PHRASINGS, TEMPLATES
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +174,55 @@ def test_unknown_names_raise_clear_errors():
         get_task("gsm9k")
     with pytest.raises(ValueError, match=r"unknown split 'val'"):
         get_task("lists").problems("val")
+
+
+class EchoTask(Task):
+    name = "echo"
+    gen_length = 8
+
+    def sample(self, rng):
+        x = str(rng.randrange(10**6))
+        return x, f"Say {x}.", x, {}
+
+    def score(self, problem, output):
+        return output.strip() == problem.answer
+
+
+def test_register_task_makes_get_task_build_it():
+    from stdec.tasks import ListsTask, register_task, registered_task, unregister_task
+
+    register_task("echo", EchoTask)
+    task = get_task("echo", sizes={"dev": 3})
+    assert isinstance(task, EchoTask) and len(task.problems("dev")) == 3
+    register_task("echo", EchoTask)  # the same class again (a spawned process): no error
+    with pytest.raises(ValueError, match=r"the tasks are gsm, code, lists, arith, vision, echo"):
+        get_task("gsm9k")
+    unregister_task("echo")
+    with pytest.raises(ValueError, match=r"unknown task 'echo'"):
+        get_task("echo")
+    with pytest.raises(ValueError, match=r"task 'echo' is not registered"):
+        unregister_task("echo")
+    # a suite task is replaced only when asked, and a with block puts it back
+    with pytest.raises(ValueError, match=r"'lists' is already registered \(ListsTask\); pass "
+                                         r"replace=True"):
+        register_task("lists", EchoTask)
+    with registered_task("lists", EchoTask, replace=True):
+        assert isinstance(get_task("lists"), EchoTask)
+    assert type(get_task("lists")) is ListsTask
+    with registered_task("echo", EchoTask):
+        assert isinstance(get_task("echo"), EchoTask)
+    with pytest.raises(ValueError, match=r"unknown task 'echo'"):
+        get_task("echo")
+
+
+@pytest.mark.parametrize(("name", "cls", "message"), [
+    ("gsm8k", EchoTask, r"task name 'gsm8k' is a real benchmark's; pick another name"),
+    ("", EchoTask, r"task name '' must be a non-empty string without '=' or ','"),
+    ("a,b", EchoTask, r"task name 'a,b' must be"),
+    ("echo", object, r"register_task\('echo', \.\.\.\) needs a subclass of stdec.tasks.Task"),
+])
+def test_register_task_refuses_bad_input_in_one_sentence(name, cls, message):
+    from stdec.tasks import register_task
+
+    with pytest.raises(stdec.StdecError, match=message):
+        register_task(name, cls)

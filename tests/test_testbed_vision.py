@@ -10,7 +10,7 @@ from stdec.api import resolve_model_path
 from stdec.decoding.config import DecodeConfig
 from stdec.models.llada_v import LLaDAVModel
 from stdec.tasks import evaluate, get_task
-from stdec.tasks.vision import render
+from stdec.testbed.suites.vision import render
 
 VANILLA = DecodeConfig(policy="fixed", steps=32, gen_length=32, block_length=32, cache="dual")
 # its card: 95.5% of the 400 test problems with vanilla decoding; the first 24 are a sample

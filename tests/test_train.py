@@ -8,7 +8,15 @@ import torch
 
 import stdec
 from stdec.errors import StdecError
-from stdec.train import Batches, TrainConfig, diffusion_loss, digit_ids, lr_at, number_groups, train
+from stdec.testbed.train import (
+    Batches,
+    TrainConfig,
+    diffusion_loss,
+    digit_ids,
+    lr_at,
+    number_groups,
+    train,
+)
 
 TOY = dict(train_limit=100, steps=4, batch_size=4, d_model=32, n_layers=1, n_heads=2,
            mlp_hidden_size=64, vocab_size=400, warmup=2, eval_every=4, eval_limit=2,

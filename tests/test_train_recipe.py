@@ -6,8 +6,8 @@ import pytest
 from stdec.errors import StdecError
 from stdec.tasks import get_task
 from stdec.tasks.lengths import encode_problem, encode_problems
+from stdec.testbed.train import Batches, TrainConfig, fit_to_budget
 from stdec.testing import random_checkpoint
-from stdec.train import Batches, TrainConfig, fit_to_budget
 
 
 def test_mixture_weighs_named_tasks_and_refuses_bad_entries():
@@ -49,7 +49,7 @@ def test_encode_problems_matches_encode_problem(tmp_path):
 
 
 def test_time_budget_sets_a_schedule_that_fits(monkeypatch):
-    import stdec.train as train_module
+    import stdec.testbed.train as train_module
 
     cfg = TrainConfig(steps=10**6, time_budget=100.0, eval_every=1000, save_every=500)
     # 30 steps timed at 0.1 s each; 10 s gone so far: 0.9 * 100 - 10 = 80 s -> 800 more

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import stdec.train as train_module
-from stdec.train import TrainConfig, train
+import stdec.testbed.train as train_module
+from stdec.testbed.train import TrainConfig, train
 
 TINY = dict(tasks="lists", train_limit=200, batch_size=8, d_model=32, n_layers=1, n_heads=2,
             mlp_hidden_size=64, vocab_size=400, lr=1e-2, min_lr=1e-3, warmup=2, eval_every=0,

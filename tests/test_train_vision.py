@@ -9,9 +9,9 @@ from transformers import PreTrainedTokenizerFast
 
 from stdec.models import load_model
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX
-from stdec.tasks.vision import VisionTask
-from stdec.tokenizer import train_tokenizer
-from stdec.train_vision import VisionTrainConfig, batch_inputs, encode, loss_at, new_model
+from stdec.testbed.suites.vision import VisionTask
+from stdec.testbed.tokenizer import train_tokenizer
+from stdec.testbed.train_vision import VisionTrainConfig, batch_inputs, encode, loss_at, new_model
 
 
 def test_one_step_trains_every_part():
@@ -61,7 +61,7 @@ def test_stdec_train_tasks_vision_writes_a_vision_checkpoint(tmp_path, capsys):
 
 def test_the_pictures_vectors_start_at_the_token_embeddings_scale():
     from stdec.models.llada_v import to_pixels
-    from stdec.tasks.vision import render
+    from stdec.testbed.suites.vision import render
 
     task = VisionTask({"train": 40, "dev": 4, "test": 4})
     problems = task.problems("train")
@@ -77,8 +77,8 @@ def test_the_pictures_vectors_start_at_the_token_embeddings_scale():
 
 def test_init_starts_from_a_text_checkpoints_language_model(tmp_path):
     from stdec.api import load
+    from stdec.testbed.train_vision import train_vision
     from stdec.testing import random_checkpoint
-    from stdec.train_vision import train_vision
 
     text, _ = load(random_checkpoint(tmp_path / "text"), dtype="float32", fuse=False)
     cfg = VisionTrainConfig(out=str(tmp_path / "run"), init=str(tmp_path / "text"), steps=1,
@@ -97,7 +97,7 @@ def test_init_starts_from_a_text_checkpoints_language_model(tmp_path):
 
 
 def test_init_from_a_vision_testbed_trains_it_on_with_the_projector_aligned_again(tmp_path):
-    from stdec.train_vision import train_vision
+    from stdec.testbed.train_vision import train_vision
 
     tiny = dict(train_size=40, d_model=32, n_layers=1, mlp_hidden_size=64, vocab_size=300,
                 vision_hidden=32, vision_layers=1, eval_every=0, save_every=1, device="cpu")
@@ -126,7 +126,7 @@ def test_stdec_train_refuses_a_tower_shape_with_a_vision_init(tmp_path, capsys):
 
 
 def test_cell_labels_name_what_each_patch_holds():
-    from stdec.train_vision import cell_labels
+    from stdec.testbed.train_vision import cell_labels
 
     shapes = {"type": "shapes", "objects": [["square", "blue", 0, 2, 6],
                                             ["triangle", "red", 2, 1, 7]]}
@@ -140,7 +140,7 @@ def test_cell_labels_name_what_each_patch_holds():
 
 
 def test_the_tower_learns_what_each_cell_holds_in_the_language_models_words():
-    from stdec.train_vision import pretrain_tower
+    from stdec.testbed.train_vision import pretrain_tower
 
     task = VisionTask({"train": 200, "dev": 4, "test": 4})
     scenes = [p.meta["scene"] for p in task.problems("train")]
@@ -160,7 +160,7 @@ def test_the_tower_learns_what_each_cell_holds_in_the_language_models_words():
 def test_after_the_tower_stage_only_the_language_model_trains_even_when_resumed(tmp_path,
                                                                               monkeypatch):
     # (and not its input embeddings: the picture's vectors were aligned with them)
-    import stdec.train_vision as tv
+    import stdec.testbed.train_vision as tv
 
     aligned = {}
 
@@ -185,7 +185,7 @@ def test_after_the_tower_stage_only_the_language_model_trains_even_when_resumed(
 
 def test_words_the_text_tokenizer_splits_get_tokens_of_their_own():
     from stdec.api import load
-    from stdec.train_vision import add_words
+    from stdec.testbed.train_vision import add_words
 
     text, tok = load("testbed", dtype="float32", device="cpu", fuse=False)
     before = len(tok)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from stdec.errors import StdecError
-from stdec.tasks import get_task
+from stdec.tasks import get_task, problem_images
 from stdec.tasks.base import split_of
-from stdec.tasks.vision import SIZE, VisionTask, problem_images, render
 from stdec.tasks.vision_real import edit_distance, mathvision_extract, mathvista_normalize
+from stdec.testbed.suites.vision import SIZE, VisionTask, render
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,8 @@ cell, rewritten atomically after each group of cells), results.md (the table and
 for each column) and pareto.png, and prints the table.
 """
 
-import contextlib
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,12 +24,23 @@ from stdec.decoding import registry
 from stdec.decoding.config import CACHE_MODES, DecodeConfig, build, parse_value
 from stdec.decoding.registry import VANILLA
 from stdec.errors import StdecError
+from stdec.util import (
+    atomic_path,
+    cpu_count,
+    dist_setup,
+    gather,
+    git_commit,
+    hardware,
+    load_avg,
+    rank_device,
+    versions,
+    write_atomic,
+)
 
 # torch, transformers and matplotlib load inside the functions that use them, so that the
 # CLI validates a bench run before paying for them
 
-__all__ = ["BenchConfig", "PolicySetting", "check_out", "hardware", "parse_policy",
-           "run_bench"]
+__all__ = ["BenchConfig", "PolicySetting", "check_out", "parse_policy", "run_bench"]
 
 LENGTHS = ("standard", "long")
 RECORD_FIELDS = ("task", "split", "length", "gen_length", "cache", "stop_at_eos", "policy",
@@ -159,100 +166,6 @@ class BenchConfig:
         return out
 
 
-# ---- the environment, written beside every figure ----
-
-def cpuinfo(key: str) -> str | None:
-    """The first `key` line of /proc/cpuinfo ("model name", "flags"), or None off Linux."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(key)), None)
-    except OSError:
-        return None
-
-
-def hardware(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = cpuinfo("model name") or platform.machine()
-    return f"{name} ({torch.get_num_threads()} threads)"
-
-
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def load_avg() -> float | None:
-    """The 1-minute load average (runnable processes), None where the OS has none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-    import transformers
-
-    try:
-        own = version("stdec")
-    except PackageNotFoundError:
-        own = "unknown"
-    return {"stdec": own, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-# ---- data parallel: shard problems by rank, gather on rank 0 ----
-
-def dist_setup() -> tuple[int, int]:
-    """(rank, world size); starts torch.distributed when a launcher set WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), world
-
-
-def rank_device(device: str | None) -> str:
-    """`device`, or this process's GPU (LOCAL_RANK, set by torchrun/accelerate), or the CPU."""
-    if device:
-        return device
-    import torch
-
-    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-
-
-def gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 # ---- the harness ----
 
 @dataclass
@@ -283,8 +196,7 @@ def time_batch(model, tokenizer, problems, config: DecodeConfig, world: int) -> 
     import torch
 
     from stdec.api import generate
-    from stdec.tasks.base import format_prompt
-    from stdec.tasks.vision import problem_images
+    from stdec.tasks.base import format_prompt, problem_images
 
     images = [problem_images(p) for p in problems]  # drawn or read before the timer starts
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
@@ -546,19 +458,6 @@ def legend() -> str:
     return "\n".join(f"- **{name}**: {text}." for name, text in COLUMNS)
 
 
-def write_atomic(path: Path, data: bytes):
-    """Write to a temp file beside `path`, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(records: list[dict], out: Path):
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", (json.dumps(records, indent=1) + "\n").encode())
@@ -577,13 +476,7 @@ def write_results(records: list[dict], out: Path):
           f"split {first['split']}; {first['repeats']} timed passes per cell, interleaved "
           f"across policies.\n\n{table(records)}\n\n## Columns\n\n{legend()}\n")
     write_atomic(out / "results.md", md.encode())
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".pareto.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(out / "pareto.png") as tmp:
         pareto_plot(records, tmp)
-        os.replace(tmp, out / "pareto.png")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(table(records))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}")

@@ -357,15 +357,16 @@ def cmd_train(args: argparse.Namespace):
     if given:
         raise StdecError(f"{given[0]} sets the vision testbed's recipe; add --tasks vision, or "
                          "leave it out.")
-    from stdec.train import TrainConfig, train
+    from stdec.testbed.train import TrainConfig, train
 
     config = from_options(TrainConfig, args)
     out = train(config, resume=args.resume)
     print(f"wrote the trained checkpoint to {out}")
 
 
-# the vision testbed's recipe (stdec/train_vision.py) shares these options with TrainConfig (the
-# tasks option picks it) and has the VISION_ONLY ones besides. Defaults: VisionTrainConfig's.
+# the vision testbed's recipe (stdec/testbed/train_vision.py) shares these options with
+# TrainConfig (the tasks option picks it) and has the VISION_ONLY ones besides. Defaults:
+# VisionTrainConfig's.
 VISION_SHARED = ("tasks", "out", "steps", "batch_size", "lr", "min_lr", "warmup", "weight_decay",
                  "vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden_size",
                  "eval_every", "eval_limit", "save_every", "seed", "device", "init")
@@ -416,7 +417,7 @@ def train_vision_testbed(args: argparse.Namespace):
     if not args.resume and (Path(out) / "checkpoint").exists():
         raise StdecError(f"--no-resume: {out!r} already holds a checkpoint; pass a new --out "
                          "(results on disk are never overwritten).")
-    from stdec.train_vision import VisionTrainConfig, train_vision
+    from stdec.testbed.train_vision import VisionTrainConfig, train_vision
 
     config = from_options(VisionTrainConfig, args)
     out = train_vision(config, log_to=lambda s: print(s, flush=True))
@@ -456,9 +457,9 @@ def cmd_bench(args: argparse.Namespace):
 
 def cmd_tune(args: argparse.Namespace):
     import stdec
-    from stdec.bench import dist_setup, rank_device
     from stdec.tasks.lengths import read_gen_lengths
     from stdec.tune import parse_grid, report, tune
+    from stdec.util import dist_setup, rank_device
 
     check_model(args.model)
     if args.out:
@@ -713,15 +714,15 @@ def _build_train(p: argparse.ArgumentParser):
 
 
 def train_config_fields() -> list[SimpleNamespace]:
-    """TrainConfig's fields (name, type, default, help) read from stdec/train.py's source:
-    importing that module loads torch and the model zoo (seconds), and --help or a refused
-    option must answer at once. tests/test_cli.py checks them against the real dataclass;
+    """TrainConfig's fields (name, type, default, help) read from stdec/testbed/train.py's
+    source: importing that module loads torch and the model zoo (seconds), and --help or a
+    refused option must answer at once. tests/test_cli.py checks them against the real dataclass;
     anything this reader does not understand falls back to the import."""
     import ast
     import importlib.util
 
     try:
-        origin = importlib.util.find_spec("stdec.train").origin
+        origin = importlib.util.find_spec("stdec.testbed.train").origin
         tree = ast.parse(Path(origin).read_text())
         cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
         out = []
@@ -740,7 +741,7 @@ def train_config_fields() -> list[SimpleNamespace]:
                                        metadata={"help": ast.literal_eval(call.args[1])}))
         return out
     except Exception:  # noqa: BLE001 - a layout this reader does not know: import it
-        from stdec.train import TrainConfig
+        from stdec.testbed.train import TrainConfig
 
         return list(fields(TrainConfig))
 

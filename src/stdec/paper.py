@@ -8,8 +8,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from stdec.bench import BenchConfig, run_bench, write_atomic
+from stdec.bench import BenchConfig, run_bench
 from stdec.decoding import registry
+from stdec.util import write_atomic
 
 __all__ = ["rows", "paper_table", "run_paper"]
 

@@ -10,7 +10,7 @@ from stdec.models.dream import DreamConfig, DreamModel
 from stdec.models.lavida import LaViDaConfig, LaViDaDreamConfig, LaViDaDreamModel, LaViDaModel
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
-from stdec.tokenizer import train_tokenizer
+from stdec.testbed.tokenizer import train_tokenizer
 
 __all__ = ["DEMO_TEXT", "random_checkpoint", "random_dream_model", "random_llava_checkpoint",
            "random_llava_model", "random_model", "tiny_config", "tiny_dream_config",

@@ -11,9 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stdec.bench import VANILLA, PolicySetting, dist_setup, parse_policy, run_cell, write_atomic
+from stdec.bench import PolicySetting, parse_policy, run_cell
 from stdec.decoding import registry
+from stdec.decoding.registry import VANILLA
 from stdec.errors import StdecError
+from stdec.util import dist_setup, write_atomic
 
 __all__ = ["TuneResult", "parse_grid", "tune"]
 

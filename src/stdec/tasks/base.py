@@ -6,9 +6,12 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from stdec.errors import StdecError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SPLITS = ("train", "dev", "test")
 # Share of the key-hash range owned by each split (cumulative). Fixed, so a problem's split
@@ -45,6 +48,20 @@ def same_but_spacing(output: str, answer: str) -> bool:
 
 def format_prompt(problem: Problem) -> str:
     return problem.prompt
+
+
+def problem_images(problem: Problem) -> list[Image.Image]:
+    """The pictures a problem's prompt refers to, one per "<image>": drawn from its scene (the
+    testbed's `vision` suite), or read from the file a real benchmark names."""
+    if "scene" in problem.meta:
+        from stdec.testbed.suites.vision import render
+
+        return [render(problem.meta["scene"])]
+    if "image_path" in problem.meta:
+        from stdec.models.images import load_image
+
+        return [load_image(problem.meta["image_path"])]
+    return []
 
 
 class Task:

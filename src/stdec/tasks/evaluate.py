@@ -51,7 +51,7 @@ def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, conf
     `progress`, a running accuracy line under that label goes to stderr after each batch.
     """
     from stdec.api import generate  # the harness sits above api (torch loads here, not before)
-    from stdec.tasks.vision import problem_images
+    from stdec.tasks.base import problem_images
 
     records: list[EvalRecord] = []
     wall = 0.0

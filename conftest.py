@@ -1,3 +1,6 @@
+"""Fixtures for tests/ and experiments/tests/: tiny checkpoints, and every test starting from
+the same global state."""
+
 import pytest
 import torch
 

@@ -13,7 +13,7 @@ words are and only the language model learns to read; without it all parts train
 and language model train on, stage 0 aligning the projector again).
 Checkpoints are resumable (weights in LLaDA-V layout, optimizer moments, step, log).
 
-    python -m stdec.train_vision --out /root/stdec-runs/vision --steps 20000
+    python -m stdec.testbed.train_vision --out /root/stdec-runs/vision --steps 20000
 """
 
 import argparse
@@ -33,8 +33,8 @@ from stdec.models import load_model, save_model
 from stdec.models.images import IMAGE_PLACEHOLDER
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
-from stdec.tasks.vision import COLORS, POSITIONS, SHAPES, SIZE, VisionTask, render
-from stdec.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
+from stdec.testbed.suites.vision import COLORS, POSITIONS, SHAPES, SIZE, VisionTask, render
+from stdec.testbed.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
 
 __all__ = ["VisionTrainConfig", "dev_accuracy", "dev_scores", "train_vision"]
 
@@ -199,7 +199,7 @@ def pretrain_tower(model: LLaDAVModel, scenes: list[dict], cfg: VisionTrainConfi
     value) and where it is, through a linear head that is then dropped; and the projector
     learns to say it in the language model's words: each cell's vector is pulled toward the
     sum of the embeddings of the words naming it ("red" + "circle" + "top left"). Measured
-    with perfect vision in place of the tower (benchmarks/vision_reading.py), vectors that
+    with perfect vision in place of the tower (experiments/vision_reading.py), vectors that
     start at their words are read far sooner than vectors that start anywhere else (bar
     values 17/17 against 7/17 after 1000 steps)."""
     sizes = list(CELL_LABELS.values())
@@ -306,7 +306,7 @@ def dev_scores(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "de
 
 def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
     from stdec.models import resolve_device
-    from stdec.tokenizer import train_tokenizer
+    from stdec.testbed.tokenizer import train_tokenizer
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -378,7 +378,7 @@ def train_vision(cfg: VisionTrainConfig, *, log_to=print) -> Path:
             tokenizer.save_pretrained(str(ckpt))
     save_model(model, out)
     tokenizer.save_pretrained(str(out))
-    from stdec.bench import hardware
+    from stdec.util import hardware
 
     record = {"config": asdict(cfg), "hardware": hardware(device), "log": log}
     (out / "train_log.json").write_text(json.dumps(record, indent=1))

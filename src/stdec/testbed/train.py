@@ -272,7 +272,7 @@ def native_bf16(device: torch.device) -> bool:
     On a CPU without it, bfloat16 is emulated and slower than float32. With AVX512-BF16 a
     training step of the testbed recipe runs about 2.4 times faster (AMD EPYC, 1 thread).
     """
-    from stdec.bench import cpuinfo
+    from stdec.util import cpuinfo
 
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -387,7 +387,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
     """Train (or resume) and write a LLaDA-format checkpoint with its tokenizer to cfg.out."""
     from tqdm import tqdm
 
-    from stdec.tokenizer import train_tokenizer
+    from stdec.testbed.tokenizer import train_tokenizer
 
     began = time.perf_counter()  # a time budget counts data preparation too
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
@@ -486,7 +486,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Pa
     save_model(model, out)
     tokenizer.save_pretrained(str(out))
     (out / LENGTHS_FILE).write_text(json.dumps(lengths, indent=1) + "\n")
-    from stdec.bench import hardware
+    from stdec.util import hardware
 
     record = {"config": asdict(cfg), "hardware": hardware(device), "log": log}
     (out / "train_log.json").write_text(json.dumps(record, indent=1))

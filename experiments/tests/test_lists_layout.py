@@ -1,14 +1,10 @@
-"""benchmarks/lists_layout.py: the worked layout of dedupe and sort answers, its scorer, and
+"""experiments/lists_layout.py: the worked layout of dedupe and sort answers, its scorer, and
 the breakdown it prints."""
 
-import sys
-from pathlib import Path
+import lists_layout
 
-from stdec import tasks
-from stdec.tasks.lists import ListsTask
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import lists_layout  # noqa: E402  (a script beside dev_breakdown.py, which it imports)
+from stdec.tasks import get_task
+from stdec.testbed.suites.lists import ListsTask
 
 
 def test_worked_lines_number_first_occurrences_and_count_repeats():
@@ -40,13 +36,13 @@ def test_the_scorer_reads_the_last_list_written():
     assert not task.score(problem, problem.answer.rsplit("[", 1)[0])  # no list at all
 
 
-def test_breakdown_on_the_bundled_testbed(monkeypatch, capsys):
-    monkeypatch.setitem(tasks._CLASSES, "lists", ListsTask)  # restored after the test
+def test_breakdown_on_the_bundled_testbed(capsys):
     assert lists_layout.main(["breakdown", "--model", "testbed", "--limit", "6",
                               "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "lists, worked layout (dev, n=6, gen_length 64):" in out
     assert ", worked line" in out  # the bundled model writes bare lists: its lines are wrong
+    assert type(get_task("lists")) is ListsTask  # the suite's task again once main returns
 
 
 def test_an_unknown_subcommand_is_one_sentence(capsys):

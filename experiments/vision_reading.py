@@ -1,8 +1,8 @@
 """Is it the tower or the language model? The vision testbed's recipe with reading made easy.
 
-    python benchmarks/vision_reading.py --feed codes --steps 1000
-    python benchmarks/vision_reading.py --feed text --steps 1000
-    python benchmarks/vision_reading.py --feed pixels --steps 1000
+    python experiments/vision_reading.py --feed codes --steps 1000
+    python experiments/vision_reading.py --feed text --steps 1000
+    python experiments/vision_reading.py --feed pixels --steps 1000
 
 Each starts a vision testbed from `--init` (the text testbed) and trains it with
 train_vision's objective, printing dev accuracy (vanilla decoding) as it goes. What the
@@ -31,9 +31,9 @@ from torch import nn
 
 from stdec.api import load
 from stdec.models.llada_v import to_pixels
-from stdec.tasks.vision import VisionTask, position, render
-from stdec.train import lr_at, make_optimizer, optimizer_step
-from stdec.train_vision import (
+from stdec.testbed.suites.vision import VisionTask, position, render
+from stdec.testbed.train import lr_at, make_optimizer, optimizer_step
+from stdec.testbed.train_vision import (
     CELL_LABELS,
     VisionTrainConfig,
     cell_labels,

@@ -1,11 +1,11 @@
 """The lists drill experiment: does a drill of the skill that dedupe and sort need, finding an
 item's other copies in the list, lift them?
 
-    python benchmarks/lists_drills.py train --out runs/lists-drills --init testbed \
+    python experiments/lists_drills.py train --out runs/lists-drills --init testbed \
         --n-layers 4 --tasks lists,count --mixture lists=1,count=1 \
         --train-sizes lists=50000,count=50000 --steps 700 --batch-size 64 --lr 3e-4 \
         --min-lr 3e-4 --warmup 20 --seed 5
-    python benchmarks/dev_breakdown.py --model runs/lists-drills --tasks lists
+    python experiments/dev_breakdown.py --model runs/lists-drills --tasks lists
 
 The drill, `count`, asks how often an item occurs in a list of the same kind as `lists`
 draws ("How many times does 65 occur in [65, 39, 65, 71]?" "2"); about a third of the items
@@ -17,10 +17,10 @@ import random
 import sys
 from typing import ClassVar
 
-from stdec import tasks
 from stdec.cli import main as stdec_main
-from stdec.tasks.base import Problem, Task, same_but_spacing
-from stdec.tasks.lists import WORDS, fmt
+from stdec.tasks import Problem, Task, register_task
+from stdec.tasks.base import same_but_spacing
+from stdec.testbed.suites.lists import WORDS, fmt
 
 PROMPTS = ("How many times does {x} occur in {l}?", "Count the copies of {x} in {l}.",
            "How often is {x} in the list {l}?")
@@ -55,6 +55,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ in ("__main__", "__mp_main__"):  # the script, and the processes that draw splits
-    tasks._CLASSES["count"] = CountTask  # get_task("count") works from here on
+    register_task("count", CountTask)  # get_task("count") works from here on
 if __name__ == "__main__":
     sys.exit(main())

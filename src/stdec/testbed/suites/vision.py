@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from stdec.tasks.base import Problem, Task
 
-__all__ = ["COLORS", "SHAPES", "VisionTask", "problem_images", "render"]
+__all__ = ["COLORS", "SHAPES", "VisionTask", "render"]
 
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),
           "yellow": (230, 200, 30), "purple": (140, 60, 170), "orange": (240, 130, 20)}
@@ -73,18 +73,6 @@ def render(scene: dict) -> Image.Image:
         draw.text((x0 + CELL // 2, top - 1), str(value), fill=(0, 0, 0), font=font, anchor="mb")
         draw.text((x0 + CELL // 2, base + 1), label, fill=(0, 0, 0), font=font, anchor="mt")
     return image
-
-
-def problem_images(problem: Problem) -> list[Image.Image]:
-    """The pictures a problem's prompt refers to, one per "<image>": drawn from its scene, or
-    read from the file a real benchmark names."""
-    if "scene" in problem.meta:
-        return [render(problem.meta["scene"])]
-    if "image_path" in problem.meta:
-        from stdec.models.images import load_image
-
-        return [load_image(problem.meta["image_path"])]
-    return []
 
 
 def _plural(word: str, n: int) -> str:

@@ -1,18 +1,11 @@
-"""benchmarks/vision_reading.py: the picture stand-ins hold the scene, and each feed trains."""
-
-import importlib.util
-from pathlib import Path
+"""experiments/vision_reading.py: the picture stand-ins hold the scene, and each feed trains."""
 
 import pytest
 import torch
+import vision_reading
 
 from stdec.models.llada_v import to_pixels
-from stdec.tasks.vision import VisionTask, render
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "vision_reading.py"
-spec = importlib.util.spec_from_file_location("vision_reading", SCRIPT)
-vision_reading = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(vision_reading)
+from stdec.testbed.suites.vision import VisionTask, render
 
 SHAPES_SCENE = {"type": "shapes", "objects": [["circle", "red", 0, 0, 6],
                                               ["square", "blue", 1, 1, 7]]}

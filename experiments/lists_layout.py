@@ -1,10 +1,10 @@
 """The lists layout experiment: dedupe and sort answers that write a worked line before their
 list, as gsm answers write their arithmetic before the result.
 
-    python benchmarks/lists_layout.py train --out runs/lists-worked --init testbed \
+    python experiments/lists_layout.py train --out runs/lists-worked --init testbed \
         --n-layers 4 --tasks lists --train-sizes lists=50000 --steps 700 --batch-size 64 \
         --lr 3e-4 --min-lr 3e-4 --warmup 20 --seed 5
-    python benchmarks/lists_layout.py breakdown --model runs/lists-worked --limit 200
+    python experiments/lists_layout.py breakdown --model runs/lists-worked --limit 200
 
 Dedupe numbers each first occurrence and marks each repeat, so the answer's length is the
 last number written: "1: cat, 2: dog, cat again. So [cat, dog]". Sort counts each distinct
@@ -15,7 +15,7 @@ reads the last list the output writes.
 
 For as long as the process runs, the suite's `lists` task is this one: `train` hands the rest
 of its arguments to `stdec train` unchanged. `breakdown` decodes the dev split the vanilla
-way, as benchmarks/dev_breakdown.py does, and prints by kind of problem how often the final
+way, as experiments/dev_breakdown.py does, and prints by kind of problem how often the final
 list is right and, for dedupe and sort, how often the worked line is.
 """
 
@@ -29,12 +29,12 @@ import dev_breakdown
 import torch
 
 import stdec
-from stdec import tasks
 from stdec.api import resolve_model_path
 from stdec.cli import main as stdec_main
+from stdec.tasks import get_task, register_task, registered_task
 from stdec.tasks.base import Problem, same_but_spacing
 from stdec.tasks.lengths import read_gen_lengths
-from stdec.tasks.lists import ListsTask
+from stdec.testbed.suites.lists import ListsTask
 
 LIST = re.compile(r"\[[^\[\]]*\]")
 
@@ -71,10 +71,6 @@ class WorkedListsTask(ListsTask):
         return bool(lists) and same_but_spacing(lists[-1], problem.meta["list"])
 
 
-def use_worked_layout() -> None:
-    tasks._CLASSES["lists"] = WorkedListsTask  # what get_task("lists") builds from here on
-
-
 def breakdown(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="lists_layout.py breakdown")
     parser.add_argument("--model", required=True)
@@ -86,7 +82,7 @@ def breakdown(argv: list[str]) -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = stdec.load(args.model)
     lengths = read_gen_lengths(resolve_model_path(args.model))
-    problems, result, gen = dev_breakdown.vanilla_dev(model, tokenizer, tasks.get_task("lists"),
+    problems, result, gen = dev_breakdown.vanilla_dev(model, tokenizer, get_task("lists"),
                                                       lengths, args)
     print(f"lists, worked layout ({args.split}, n={result.n}, gen_length {gen}): "
           f"{100 * result.accuracy:.1f}%")
@@ -105,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{argv[0] if argv else 'nothing'}; e.g. lists_layout.py breakdown --model "
               f"runs/lists-worked.", file=sys.stderr)
         return 2
-    use_worked_layout()
-    if argv[0] == "train":
-        return stdec_main(argv)
-    breakdown(argv[1:])
+    with registered_task("lists", WorkedListsTask, replace=True):  # get_task("lists") builds it
+        if argv[0] == "train":
+            return stdec_main(argv)
+        breakdown(argv[1:])
     return 0
 
 
 if __name__ == "__mp_main__":  # a process the script spawns (train draws splits in them)
-    use_worked_layout()
+    register_task("lists", WorkedListsTask, replace=True)
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,17 +1,10 @@
-"""benchmarks/dev_breakdown.py: the arithmetic checker and the report on the bundled testbed."""
+"""experiments/dev_breakdown.py: the arithmetic checker and the report on the bundled testbed."""
 
-import importlib.util
-from pathlib import Path
-
+import dev_breakdown
 import pytest
 
 from stdec.tasks import Problem, get_task
-from stdec.tasks.gsm import TEMPLATES
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "dev_breakdown.py"
-spec = importlib.util.spec_from_file_location("dev_breakdown", SCRIPT)
-dev_breakdown = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dev_breakdown)
+from stdec.testbed.suites.gsm import TEMPLATES
 
 
 def test_claims_counts_right_and_wrong_arithmetic_by_operator():

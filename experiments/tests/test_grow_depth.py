@@ -1,17 +1,10 @@
-"""benchmarks/grow_depth.py: a grown checkpoint computes what the old one did, and loads."""
+"""experiments/grow_depth.py: a grown checkpoint computes what the old one did, and loads."""
 
-import importlib.util
-from pathlib import Path
-
+import grow_depth
 import pytest
 import torch
 
 import stdec
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "grow_depth.py"
-spec = importlib.util.spec_from_file_location("grow_depth", SCRIPT)
-grow_depth = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(grow_depth)
 
 
 def test_grown_model_gives_the_old_logits(tiny_model):

@@ -1,13 +1,12 @@
-"""benchmarks/lists_drills.py: the `count` drill and its registration for `stdec train`."""
+"""experiments/lists_drills.py: the `count` drill and its registration for `stdec train`."""
 
 import re
-import sys
-from pathlib import Path
 
-from stdec import tasks
+import lists_drills
+import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import lists_drills  # noqa: E402  (a script, not a module of the package)
+from stdec.errors import StdecError
+from stdec.tasks import get_task
 
 LIST = re.compile(r"(\[.*\])")
 
@@ -30,7 +29,9 @@ def test_count_answers_how_often_the_item_occurs():
 
 
 def test_importing_the_script_registers_nothing():
-    assert "count" not in tasks._CLASSES  # only running it (or a process it spawns) does
+    # only running it (or a process it spawns) registers `count`
+    with pytest.raises(StdecError, match="unknown task 'count'"):
+        get_task("count")
 
 
 def test_an_unknown_subcommand_is_one_sentence(capsys):

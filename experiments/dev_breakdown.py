@@ -1,8 +1,8 @@
 """Where a testbed loses its points: dev accuracy by kind of problem, and how often the
 arithmetic it writes is right.
 
-    python benchmarks/dev_breakdown.py --model testbed --tasks gsm,lists,arith --limit 200
-    python benchmarks/dev_breakdown.py --model runs/vision --tasks vision
+    python experiments/dev_breakdown.py --model testbed --tasks gsm,lists,arith --limit 200
+    python experiments/dev_breakdown.py --model runs/vision --tasks vision
 
 Vanilla decoding: `fixed`, one token per step, dual cache (blocks of 32 unless
 --block-length says otherwise), at each task's standard gen_length
@@ -101,8 +101,9 @@ def fact_probe(model, tokenizer, problems) -> dict[str, list[int]]:
     and with the next problem's picture in its place. Only the gap between the two is read
     from the picture: the rest comes from the question and the words around the fact (counts
     are flattered: the noun around a masked count is singular only for one, "one circle")."""
-    from stdec.tasks.vision import NUMBERS, problem_images
-    from stdec.train_vision import prompt_ids
+    from stdec.tasks import problem_images
+    from stdec.testbed.suites.vision import NUMBERS
+    from stdec.testbed.train_vision import prompt_ids
 
     mask = tokenizer.mask_token_id
     out: dict[str, list[int]] = {}

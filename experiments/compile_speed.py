@@ -2,8 +2,8 @@
 decode the same test problems, interleaved, and the script prints each one's median wall
 time, the ratio, the one-off compile time and whether the outputs are identical.
 
-    python benchmarks/compile_speed.py                            # testbed, gsm and code
-    python benchmarks/compile_speed.py --model PATH --device cuda --tasks gsm --limit 32
+    python experiments/compile_speed.py                            # testbed, gsm and code
+    python experiments/compile_speed.py --model PATH --device cuda --tasks gsm --limit 32
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Double a LLaDA checkpoint's depth without changing what it computes: a lever probe for the
 testbed recipe (does depth let the model learn what it does not?).
 
-    python benchmarks/grow_depth.py --model testbed --out runs/grown8
+    python experiments/grow_depth.py --model testbed --out runs/grown8
     stdec train --init runs/grown8 --n-layers 8 --tasks lists ...   # train the grown model on
 
 Each block is followed by a copy of itself whose two output projections (attention and MLP)
