@@ -83,10 +83,11 @@ def test_model_args_strings_become_typed_config(checkpoint):
     assert (c.cache, c.gen_length, c.stop_at_eos, c.tau_high, c.window) == ("none", 16, False,
                                                                             0.95, 3)
     assert lm.chat is True and lm.batch_size == 16
-    lm = StdecLM(pretrained=str(checkpoint), gen_length="32", tau="0.5", steps="none",
+    lm = StdecLM(pretrained=str(checkpoint), policy="threshold", gen_length="32", tau="0.5",
                  chat="false")
-    assert (lm.config.gen_length, lm.config.tau, lm.config.steps, lm.chat) == (32, 0.5, None,
-                                                                               False)
+    assert (lm.config.gen_length, lm.config.tau, lm.chat) == (32, 0.5, False)
+    lm = StdecLM(pretrained=str(checkpoint), policy="fixed", steps="none")
+    assert lm.config.steps is None
 
 
 @pytest.mark.parametrize("options, message", [
