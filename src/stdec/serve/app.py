@@ -8,7 +8,6 @@ error JSON with one sentence.
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,11 +26,9 @@ from stdec.errors import StdecError
 from stdec.models.images import require_vision, sees_images
 from stdec.serve import protocol as p
 from stdec.serve.metrics import Metrics
+from stdec.serve.runner import SHUTDOWN, Bridge, Runner
 
 __all__ = ["Runner", "ServerConfig", "create_app"]
-
-SHUTDOWN = "the server is shutting down; the request was cancelled before it finished"
-
 
 class ServerConfig:
     """What `stdec serve` is told on its command line."""
@@ -66,82 +63,6 @@ def read_images(urls: list[str], image_dir: Path | None) -> list:
                                  f"{str(image_dir)!r}; send a data URL or a path inside it.")
         images.append(load_image(url))
     return images
-
-
-class Runner:
-    """The engine's thread: takes new requests from an inbox, steps while there is work."""
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.inbox: list[Job] = []  # submitted, not yet handed to the engine
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.draining = False  # a shutdown began: no new requests
-        self.stopping = False
-        self.thread = threading.Thread(target=self._loop, name="stdec-engine", daemon=True)
-
-    def start(self):
-        self.thread.start()
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a slot (cancelled ones no longer count)."""
-        while True:
-            try:  # the engine's thread may change its deque meanwhile: then read again
-                with self.lock:
-                    waiting = [*self.inbox, *self.engine.waiting]
-                return sum(not j.cancelled for j in waiting)
-            except RuntimeError:
-                continue
-
-    def submit(self, job: Job):
-        with self.lock:
-            self.inbox.append(job)
-        self.wake.set()
-
-    def _take(self):
-        with self.lock:
-            for job in self.inbox:
-                self.engine.add(job)
-            self.inbox.clear()
-
-    def _loop(self):
-        while not self.stopping:
-            self._take()
-            if not self.engine.has_work:
-                self.wake.wait(0.05)
-                self.wake.clear()
-                continue
-            try:
-                self.engine.step()
-            except Exception as err:  # not a row's fault (those fail alone): end them all
-                self.engine.cancel_all(f"the engine failed ({type(err).__name__}: {err})")
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.inbox) or self.engine.has_work
-
-    def stop(self, reason: str = SHUTDOWN):
-        """Stop stepping and end what is left with `reason` (idempotent)."""
-        self.draining = True
-        if self.stopping:
-            return
-        self.stopping = True
-        self.wake.set()
-        self.thread.join(timeout=30)
-        self._take()
-        self.engine.cancel_all(reason)
-
-
-class Bridge:
-    """A job's listener: hands each update from the engine's thread to the request's loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.updates = loop, asyncio.Queue()
-
-    def __call__(self, job: Job):
-        update = (job.state, job.committed, job.tokens, job.steps)
-        self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
 
 
 def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
