@@ -278,14 +278,14 @@ def cmd_serve(args: argparse.Namespace):
     if args.image_dir is not None and not Path(args.image_dir).is_dir():
         raise StdecError(f"--image-dir {args.image_dir!r} is not a folder; give the folder "
                          "whose images clients may name by path.")
-    server = ServerConfig(name=name, defaults=config, max_batch=args.max_batch,
-                          max_queue=args.max_queue, timeout=args.timeout,
-                          image_dir=args.image_dir)
+    server = ServerConfig(name=name, defaults=config, host=args.host, port=args.port,
+                          max_batch=args.max_batch, max_queue=args.max_queue,
+                          timeout=args.timeout, drain=args.drain, image_dir=args.image_dir)
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
                             cuda_graphs=args.cuda_graphs, compile=args.compile)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
           file=sys.stderr)
-    serve(model, tokenizer, server, host=args.host, port=args.port, drain_s=args.drain)
+    serve(model, tokenizer, server)
 
 
 def _explain_empty(text: str, chat: bool, tokenizer):

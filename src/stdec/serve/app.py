@@ -19,27 +19,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from stdec.api import encode, encode_chat, end_token_ids
-from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine
 from stdec.decoding.engine import Request as Job
 from stdec.errors import StdecError
 from stdec.models.images import require_vision, sees_images
 from stdec.serve import protocol as p
+from stdec.serve.config import ServerConfig
 from stdec.serve.metrics import Metrics
 from stdec.serve.runner import SHUTDOWN, Bridge, Runner
 
 __all__ = ["Runner", "ServerConfig", "create_app"]
-
-class ServerConfig:
-    """What `stdec serve` is told on its command line."""
-
-    def __init__(self, *, name: str, defaults: DecodeConfig, max_batch: int = 8,
-                 max_queue: int = 64, timeout: float = 600.0, max_body_bytes: int = 32 << 20,
-                 image_dir: str | Path | None = None):
-        self.name, self.defaults, self.max_batch = name, defaults, max_batch
-        self.max_queue, self.timeout, self.max_body_bytes = max_queue, timeout, max_body_bytes
-        # local image paths are read only inside this folder (None: data URLs only)
-        self.image_dir = Path(image_dir).resolve() if image_dir is not None else None
 
 
 def read_images(urls: list[str], image_dir: Path | None) -> list:
