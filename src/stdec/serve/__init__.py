@@ -1,9 +1,10 @@
 """`stdec serve`: an OpenAI-compatible HTTP server over the continuous-batching engine.
 
-config.py holds ServerConfig, protocol.py the schemas and error JSON, app.py the routes, the
-engine's thread and streaming, runner.py the engine's thread, metrics.py the Prometheus
-counters. Slots and scheduling belong to the engine (stdec.decoding.engine); this package
-only validates, schedules and streams.
+As vLLM's entrypoints are split: app.py holds the routes (validate, schedule, stream),
+serving.py the serving logic (a request's prompt, its DecodeConfig, its answer collected or
+streamed), protocol.py the typed schemas and error JSON, runner.py the engine's thread,
+config.py ServerConfig, metrics.py the Prometheus counters. Slots and scheduling belong to
+the engine (stdec.decoding.engine).
 """
 
 from dataclasses import replace
