@@ -21,11 +21,12 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from stdec.decoding import policies
+from stdec.decoding import policies, registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine
 
@@ -175,8 +176,8 @@ def main():
             blocks = traces[rule]
             n = GEN // BLOCK  # blocks spread over the recording: every task contributes
             schedule = [blocks[i * len(blocks) // n] for i in range(n)]
-            original = policies.POLICIES[rule]
-            policies.POLICIES[rule] = replay_rule(schedule, prompt_len)
+            original = registry.get(rule)
+            registry.RULES[rule] = replace(original, function=replay_rule(schedule, prompt_len))
             try:
                 for cache, batch, graphs in itertools.product(
                         args.cache.split(","), args.batch, args.graphs.split(",")):
@@ -192,7 +193,7 @@ def main():
                           f"{GEN / steps:>5.2f} {steps:>5} {1e3 * wall / steps:>8.2f} "
                           f"{batch * GEN / wall:>8.1f} {100 * floor / wall:>7.1f}", flush=True)
             finally:
-                policies.POLICIES[rule] = original
+                registry.RULES[rule] = original
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from stdec.decoding import registry
 from stdec.decoding.config import DecodeConfig
 
 MASK = 2
@@ -15,7 +16,10 @@ LOOSE = dict(tau=0.6, tau_high=0.7, tau_low=0.45, sigma=1.5, rho=0.8, window=2,
 
 
 def config(policy: str, cache: str = "none", **kw) -> DecodeConfig:
-    return DecodeConfig(policy=policy, cache=cache, gen_length=24, block_length=8, **LOOSE, **kw)
+    """The policy with the LOOSE settings of its own options, and `kw` over them."""
+    loose = {k: v for k, v in LOOSE.items() if k in registry.get(policy).options}
+    return DecodeConfig(policy=policy, cache=cache, gen_length=24, block_length=8,
+                        **{**loose, **kw})
 
 
 @torch.no_grad()

@@ -50,18 +50,20 @@ def test_cli_uses_the_chat_template_when_the_tokenizer_has_one(checkpoint, monke
 @pytest.mark.parametrize("options, message", [
     (dict(policy="greedy"), "unknown policy 'greedy'"),
     (dict(cache="full"), "unknown cache 'full'"),
-    (dict(tau=0.0), "tau must be in (0, 1], got 0.0"),
+    (dict(policy="threshold", tau=0.0), "tau must be in (0, 1], got 0.0"),
+    (dict(tau=0.5), "tau does not apply to policy stdec; stdec's options are tau_high, "
+     "tau_low, sigma, rho, window"),
     (dict(tau_high=1.3), "tau_high must be in (0, 1], got 1.3"),
     (dict(tau_low=0.95, tau_high=0.9), "tau_low (0.95) must not exceed tau_high (0.9)"),
     (dict(rho=1.5), "rho must be in (0, 1]"),
     (dict(gen_length=30), "gen_length (30) must be a multiple of block_length (32)"),
     (dict(gen_length=0), "gen_length must be a positive integer"),
-    (dict(steps=5), "steps (5) must be a multiple of the number of blocks (4)"),
-    (dict(steps=1024), "steps (1024) must be a multiple"),
+    (dict(policy="fixed", steps=5), "steps (5) must be a multiple of the number of blocks (4)"),
+    (dict(policy="fixed", steps=1024), "steps (1024) must be a multiple"),
     (dict(sigma=0), "sigma must be > 0"),
     (dict(window=0), "window must be a positive integer"),
     (dict(temperature=-1.0), "temperature must be >= 0"),
-    (dict(leap_radius=-1), "leap_radius must be an integer >= 0"),
+    (dict(policy="localleap", leap_radius=-1), "leap_radius must be an integer >= 0"),
 ])
 def test_bad_decode_options_fail_with_one_sentence(options, message):
     with pytest.raises(StdecError) as err:

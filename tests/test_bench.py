@@ -58,7 +58,7 @@ def test_same_seed_same_accuracy_and_nfe(checkpoint, tmp_path):
     ("stdec:window=3,sigma=1.5", None),
     ("stdec:tau_high=2", "tau_high must be in (0, 1]"),
     ("stdec:rho=x", "rho in 'stdec:rho=x' must be a number"),
-    ("fixed:k=0", "fixed:k must be a positive number"),
+    ("fixed:k=0", "k must be a positive integer, got 0"),
     ("fixed:tau=0.5", "bad policy parameter 'tau=0.5'"),
 ])
 def test_policy_specs(spec, message):

@@ -20,7 +20,13 @@ CASES = [
     (["generate", "hi", "--policy", "greedy"], "invalid choice: 'greedy'"),
     (["generate", "hi", "--tau", "x"], "--tau takes a number, got 'x'"),
     (["generate", "hi", "--gen-length", "1.5"], "--gen-length takes an integer"),
-    (["generate", "hi", "--tau", "1.5"], "tau must be in (0, 1], got 1.5"),
+    (["generate", "hi", "--policy", "threshold", "--tau", "1.5"],
+     "tau must be in (0, 1], got 1.5"),
+    (["generate", "hi", "--policy", "stdec", "--tau", "0.5"],
+     "tau does not apply to policy stdec; stdec's options are tau_high, tau_low, sigma, rho, "
+     "window"),
+    (["generate", "hi", "--policy", "threshold", "--tau-high", "0.5"],
+     "tau_high does not apply to policy threshold; threshold's options are tau"),
     (["generate", "hi", "--gen-length", "30"], "gen_length (30) must be a multiple"),
     (["generate", "hi", "--model", "/no/such/model"], "is not a folder"),
     (["generate", "hi", "--model", "{file}"], "is a file"),
@@ -102,7 +108,8 @@ def test_help_and_refusals_do_not_load_torch():
     code = ("import sys\nfrom stdec.cli import main\n"
             "for argv in (['--help'], ['bench', '--help'], ['generate', '--help'],\n"
             "             ['viz', '--help'], ['tune', '--help'], ['random-model', '--help'],\n"
-            "             ['bench', '--tasks', ','], ['generate', 'hi', '--tau', '2']):\n"
+            "             ['bench', '--tasks', ','],\n"
+            "             ['generate', 'hi', '--policy', 'threshold', '--tau', '2']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "heavy = [m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
@@ -119,10 +126,12 @@ def test_help_states_each_default_once():
         assert part.count("default") == 1, (option, part)
 
 
-def test_policy_names_match_the_registry():
-    from stdec.decoding.policies import POLICIES
+def test_every_registered_rule_resolves_to_its_function():
+    from stdec.decoding import policies, registry
 
-    assert tuple(POLICIES) == POLICY_NAMES
+    assert POLICY_NAMES == registry.names()
+    for name in POLICY_NAMES:
+        assert registry.get(name).resolve() is getattr(policies, name)
 
 
 def test_train_options_read_from_source_match_the_dataclass():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from reference import MASK, config, ref_attention, ref_rope, reference_decode
 
+from stdec.decoding import registry
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.decoding.engine import decode
 from stdec.errors import StdecError
@@ -48,7 +49,7 @@ def test_decode_matches_reference_loop(tiny_model, cache):
 @pytest.mark.parametrize("cache", CACHE_MODES)
 def test_rows_decode_as_they_do_alone(tiny_model, policy, cache):
     prompts = [[5, 9, 33], [7, 101, 54, 8, 12, 40, 41], [77], [60, 61, 62, 63, 64]]
-    cfg = config(policy, cache, steps=12)
+    cfg = config(policy, cache, **({"steps": 12} if policy == "fixed" else {}))
     together = decode(tiny_model, prompts, cfg)
     for row, prompt in enumerate(prompts):
         alone = decode(tiny_model, [prompt], cfg)
@@ -149,11 +150,12 @@ def test_confident_blocks_take_one_step_each():
 @pytest.mark.parametrize("name", ["gen_length", "block_length", "steps", "klass_steps",
                                   "dkv_interval", "window"])
 def test_a_bad_count_is_refused_by_its_own_name(name):
+    owner = next((r.name for r in registry.RULES.values() if name in r.options), "stdec")
     with pytest.raises(StdecError, match=rf"^{name} must be a positive integer, got 0\.$"):
-        DecodeConfig(**{name: 0})
+        DecodeConfig(**{name: 0, "policy": owner})
 
 
 def test_steps_may_be_one_per_block():
-    assert DecodeConfig(gen_length=64, block_length=32, steps=2).steps == 2
+    assert DecodeConfig(policy="fixed", gen_length=64, block_length=32, steps=2).steps == 2
     with pytest.raises(StdecError, match="steps \\(1\\) must be a multiple"):
-        DecodeConfig(gen_length=64, block_length=32, steps=1)
+        DecodeConfig(policy="fixed", gen_length=64, block_length=32, steps=1)

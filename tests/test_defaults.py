@@ -8,6 +8,7 @@ import pytest
 import stdec
 from stdec.api import ASSETS, generate, load
 from stdec.cli import main
+from stdec.decoding import registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.defaults import FILE, checkpoint_defaults, effective
 from stdec.errors import StdecError
@@ -41,7 +42,15 @@ def test_known_hub_ids_get_their_preset_offline(hub_id, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: nothing to read
     got = stdec.decoding_defaults(hub_id)
     assert got["tau_high"] <= 0.9 and got["gen_length"] == 256
-    assert got == {**DecodeConfig().__dict__, **PRESETS[hub_id].decoding}
+    assert got == {**code_defaults(), **PRESETS[hub_id].decoding}
+
+
+def code_defaults() -> dict:
+    """Every option's code default: the shared ones and each rule's own."""
+    out = {name: default for name, (_, default, _) in DecodeConfig.shared_fields().items()}
+    for rule in registry.RULES.values():
+        out.update({name: f[1] for name, f in registry.param_fields(rule.params).items()})
+    return out
 
 
 def test_the_testbed_keeps_its_tuned_setting():
@@ -54,7 +63,7 @@ def test_the_testbed_keeps_its_tuned_setting():
 def test_code_defaults_are_model_neutral():
     cfg = DecodeConfig()
     assert (cfg.tau_high, cfg.tau_low, cfg.rho) == (0.9, 0.75, 0.9)
-    assert cfg.tau_high <= cfg.tau
+    assert cfg.tau_high <= DecodeConfig(policy="threshold").tau
 
 
 def test_precedence_code_preset_file_user(tmp_path):
@@ -63,7 +72,9 @@ def test_precedence_code_preset_file_user(tmp_path):
     layered = checkpoint_defaults("local", path, LLADA_8B)
     assert (layered["gen_length"], layered["tau_high"], layered["eb_gamma"]) == (256, 0.85, 0.2)
     cfg = effective(layered, {"tau_high": 0.8, "gen_length": 64})
-    assert (cfg.tau_high, cfg.gen_length, cfg.eb_gamma, cfg.klass_tau) == (0.8, 64, 0.2, 0.9)
+    assert (cfg.tau_high, cfg.gen_length) == (0.8, 64)
+    assert effective(layered, {"policy": "eb"}).eb_gamma == 0.2  # each rule takes its own
+    assert effective(layered, {"policy": "klass"}).klass_tau == 0.9
     # a folder of an unknown model: only its file over the code
     plain = checkpoint_defaults("x", folder(tmp_path / "other", {"architectures": ["X"]},
                                             {"rho": 0.5}), {"architectures": ["X"]})

@@ -1,5 +1,6 @@
 """The continuous-batching engine: a request decodes as it does alone, whatever is in flight."""
 
+import dataclasses
 import random
 from dataclasses import replace
 
@@ -8,7 +9,7 @@ import torch
 from reference import config
 from scripted import Scripted, peaked
 
-from stdec.decoding import policies
+from stdec.decoding import policies, registry
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.decoding.engine import Engine, decode
 from stdec.testing import random_dream_model, random_model, tiny_config, tiny_dream_config
@@ -93,15 +94,20 @@ def test_timeout_and_too_long_fail_alone():
     assert fine.state == "done"
 
 
+def with_function(name, function):
+    """The registry entry of rule `name` with another function in its place."""
+    return dataclasses.replace(registry.get(name), function=function)
+
+
 def test_an_error_in_one_row_fails_that_request_alone(monkeypatch):
-    rule = policies.POLICIES["threshold"]
+    rule = policies.threshold
 
     def flaky(conf, pred, state, cfg):
         if cfg.tau == 0.55:
             raise RuntimeError("boom")
         return rule(conf, pred, state, cfg)
 
-    monkeypatch.setitem(policies.POLICIES, "threshold", flaky)
+    monkeypatch.setitem(registry.RULES, "threshold", with_function("threshold", flaky))
     model = MODELS["llada"]()
     engine = Engine(model, max_batch=3, max_length=64)
     good = [engine.submit([5, 6, 7], config("threshold", cache)) for cache in ("none", "dual")]
@@ -200,21 +206,21 @@ def test_a_forward_that_fails_for_one_row_fails_that_row_alone(n_good):
 
 
 def test_a_rule_that_fails_for_one_row_of_a_shared_config_fails_that_row_alone(monkeypatch):
-    rule = policies.POLICIES["threshold"]
+    rule = policies.threshold
 
     def picky(conf, pred, state, cfg):  # fails whenever the row with a 5-token prompt is there
         if (state.block_start == 5).any():
             raise RuntimeError("picky")
         return rule(conf, pred, state, cfg)
 
-    monkeypatch.setitem(policies.POLICIES, "threshold", picky)
+    monkeypatch.setitem(registry.RULES, "threshold", with_function("threshold", picky))
     model = MODELS["llada"]()
     engine = Engine(model, max_batch=3, max_length=64)
     good = [engine.submit(p, config("threshold")) for p in ([5, 6, 7], [8, 9, 10])]
     bad = engine.submit([5, 6, 7, 8, 9], config("threshold"))
     engine.run()
     assert bad.state == "failed" and bad.error == "decoding failed: RuntimeError: picky"
-    monkeypatch.setitem(policies.POLICIES, "threshold", rule)
+    monkeypatch.setitem(registry.RULES, "threshold", with_function("threshold", rule))
     for r in good:
         assert r.state == "done"
         assert r.ids == decode(model, [r.prompt], config("threshold")).ids[0].tolist()

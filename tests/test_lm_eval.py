@@ -13,6 +13,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance
 
 import stdec
+import stdec.lm_eval as adapter
 from stdec import StdecError
 from stdec.lm_eval import StdecLM
 
@@ -57,7 +58,7 @@ def test_order_stops_and_batches(lm, monkeypatch):
         calls.append((list(prompts), config.temperature))
         return stdec.Generation([f"{p} -> ok\n\nrest STOP" for p in prompts], None, [], None)
 
-    monkeypatch.setattr(stdec, "generate", fake_generate)
+    monkeypatch.setattr(adapter, "generate", fake_generate)  # the name the adapter calls
     kwargs = [{"until": ["\n\n"]}, {"until": "STOP", "temperature": 0.5, "do_sample": True},
               {"until": ["\n\n", "->"], "do_sample": False, "temperature": 0.7}]
     texts = lm.generate_until([request(i, p, k) for i, (p, k) in

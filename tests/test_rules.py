@@ -5,9 +5,10 @@ import math
 import torch
 from scripted import Scripted, peaked
 
+from stdec.decoding import policies
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine, decode
-from stdec.decoding.policies import POLICIES, StepState, select
+from stdec.decoding.policies import StepState, select
 
 
 def state(masked, **kw) -> StepState:
@@ -29,7 +30,7 @@ def test_eb_commits_the_lowest_entropy_prefix_within_gamma_less_its_largest():
     # in that order: 0, 0.01, 0.03, 0.08, 0.38; p5 is decoded (its 0.0 does not count)
     entropy = torch.tensor([[0.05, 0.3, 0.02, 0.5, 0.01, 0.0]])
     st = state([[True] * 5 + [False]], entropy=entropy)
-    rule = POLICIES["eb"]
+    rule = policies.eb
     got = rule(entropy, entropy, st, DecodeConfig(policy="eb", eb_gamma=0.1))
     assert got.int().tolist() == [[1, 1, 1, 0, 1, 0]]  # 0.08 <= 0.1 < 0.38
     got = rule(entropy, entropy, st, DecodeConfig(policy="eb", eb_gamma=0.03))
@@ -41,7 +42,7 @@ def test_eb_commits_the_lowest_entropy_prefix_within_gamma_less_its_largest():
 def test_eb_ties_go_left_and_rows_are_independent():
     entropy = torch.tensor([[0.2, 0.2, 0.2, 0.2], [1.0, 0.0, 2.0, 0.0]])
     st = state([[True] * 4, [True, True, True, False]], entropy=entropy)
-    got = POLICIES["eb"](entropy, entropy, st, DecodeConfig(policy="eb", eb_gamma=0.45))
+    got = policies.eb(entropy, entropy, st, DecodeConfig(policy="eb", eb_gamma=0.45))
     # row 0: ahead 0, 0.2, 0.4, 0.6 -> three, leftmost first; row 1: 0.0 (p1), then 1.0 (p0):
     # ahead 0, 0 -> both; then 2.0 (p2): ahead 1.0 > 0.45
     assert got.int().tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
@@ -81,7 +82,7 @@ def test_klass_kl_bound_is_strict_and_measured_against_the_previous_step():
     conf = torch.tensor([[0.95, 0.95, 0.95, 0.89]])
     st = state([[True] * 4], kl=torch.tensor([[0.0, 0.01, 0.005, 0.0]]),
                memory=torch.tensor([[1.0, 1.0, 0.0, 5.0]]))
-    got = POLICIES["klass"](conf, conf, st, cfg)
+    got = policies.klass(conf, conf, st, cfg)
     assert got.int().tolist() == [[1, 0, 0, 0]]
     assert st.memory.tolist() == [[2.0, 0.0, 1.0, 6.0]]
 
@@ -109,12 +110,12 @@ def test_wino_takes_back_at_most_one_fewer_than_it_drafts():
     st = state([[False, False, False, True, True, True]],
                token_conf=torch.tensor([[0.3, 0.2, 0.95, 0.0, 0.0, 0.0]]),
                drafted=torch.tensor([[True, True, True, False, False, False]]))
-    commit = POLICIES["wino"](conf, conf, st, cfg)
+    commit = policies.wino(conf, conf, st, cfg)
     assert commit.int().tolist() == [[0, 0, 0, 1, 1, 1]]
     # three drafts: two may go back; p1 (0.2) and p0 (0.3) are doubted, p2 (0.95) is not
     assert st.remask.int().tolist() == [[1, 1, 0, 0, 0, 0]]
     conf = torch.tensor([[0.1, 0.1, 0.1, 0.7, 0.8, 0.5]])
-    POLICIES["wino"](conf, conf, st, cfg)
+    policies.wino(conf, conf, st, cfg)
     assert st.remask.int().tolist() == [[0, 1, 0, 0, 0, 0]]  # two drafts: one back
 
 
@@ -157,7 +158,7 @@ def test_credit_accumulates_while_the_prediction_holds():
     conf = torch.tensor([[0.9, 0.9, 0.9]])
     st = state([[True] * 3], memory=torch.tensor([[c2, c2, c1]]))
     st.stable = torch.tensor([[3, 1, 2]])  # p1's prediction just changed: its credit restarts
-    got = POLICIES["credit"](conf, conf, st, cfg)
+    got = policies.credit(conf, conf, st, cfg)
     assert got.int().tolist() == [[1, 0, 0]]
     assert torch.allclose(st.memory, torch.tensor([[c3, c1, c2]]))
 
@@ -193,6 +194,6 @@ def test_wino_drafts_strictly_above_its_threshold_and_keeps_drafts_it_believes()
     st = state([[True, True, True, True, False, False, False]],
                token_conf=torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.25, 0.75, 0.875]]),
                drafted=torch.tensor([[False, False, False, False, True, True, True]]))
-    commit = POLICIES["wino"](conf, conf, st, cfg)
+    commit = policies.wino(conf, conf, st, cfg)
     assert commit.int().tolist() == [[0, 1, 1, 1, 0, 0, 0]]
     assert st.remask.int().tolist() == [[0, 0, 0, 0, 1, 0, 0]]

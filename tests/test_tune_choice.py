@@ -44,7 +44,7 @@ class FakeTask:
 def fake_run_cell(model, tokenizer, task, problems, config, batch_size, world):
     assert len(problems) == N
     if config.policy == "fixed":  # vanilla: one token per step
-        assert config.steps == config.gen_length
+        assert config.k == 1
         return CellResult(N, VANILLA_CORRECT[task.name], N * GEN, N * GEN, 1.0)
     correct, tpf = SWEEP[config.tau][task.name]
     nfe = 1000

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stdec.decoding.config import DecodeConfig
-from stdec.decoding.defaults import FILE, as_dict, checkpoint_defaults, effective
+from stdec.decoding.config import DecodeConfig, build
+from stdec.decoding.defaults import FILE, checkpoint_defaults, every_option
 from stdec.decoding.engine import RowStats, Trace, decode
 from stdec.errors import StdecError
 from stdec.models import load_model, read_config
@@ -119,11 +119,11 @@ def decoding_defaults(model: str | Path) -> dict:
                                           local_files_only=_offline()))
         except Exception:  # offline, gated or unknown: a known id still has its preset
             if model in PRESETS:
-                return as_dict(effective(PRESETS[model].decoding))
+                return every_option(PRESETS[model].decoding)
             path = resolve_model_path(model)  # raises the one-sentence error
     else:
         path = resolve_model_path(model)
-    return as_dict(effective(checkpoint_defaults(model, path, read_config(path))))
+    return every_option(checkpoint_defaults(model, path, read_config(path)))
 
 
 def mask_token_id(tokenizer) -> int | None:
@@ -218,13 +218,11 @@ def check_prompts(prompts) -> list[str]:
     return list(prompts)
 
 
-def with_options(config: DecodeConfig, options: dict) -> DecodeConfig:
-    known = DecodeConfig.option_help()
-    for name in options:
-        if name not in known:
-            raise StdecError(f"unknown decoding option {name!r}; the options are "
-                             f"{', '.join(known)}.")
-    return replace(config, **options) if options else config
+def with_options(config: DecodeConfig | None, options: dict, defaults: dict) -> DecodeConfig:
+    """`options` over `config` (or, without one, over the model's decoding defaults)."""
+    if config is None:
+        return build(options, defaults)
+    return build(options, config.options()) if options else config
 
 
 def per_prompt_seeds(config: DecodeConfig, seed, n: int) -> list[DecodeConfig]:
@@ -251,7 +249,7 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     URL; it goes where the prompt says "<image>", or at its front.
     Example: generate(model, tok, "2+3=", policy="stdec", cache="dual", gen_length=64)
     """
-    config = with_options(config or effective(model_defaults(model)), options)
+    config = with_options(config, options, model_defaults(model))
     single = isinstance(prompts, str)
     prompts = check_prompts(prompts)
     images = check_images(images, prompts, single)

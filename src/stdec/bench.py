@@ -21,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from stdec.decoding.config import CACHE_MODES, DecodeConfig
+from stdec.decoding import registry
+from stdec.decoding.config import CACHE_MODES, DecodeConfig, build, parse_value
+from stdec.decoding.registry import VANILLA
 from stdec.errors import StdecError
 
 # torch, transformers and matplotlib load inside the functions that use them, so that the
@@ -33,20 +35,6 @@ from stdec.errors import StdecError
 __all__ = ["BenchConfig", "PolicySetting", "check_out", "hardware", "parse_policy",
            "run_bench"]
 
-VANILLA = "fixed:k=1"
-HALF_STEP = ("halfstep", "fixed:half")  # spellings of fixed:k=2, the paper's Half-Step
-# the parameters each policy reads; fixed takes k, tokens per step, for DecodeConfig.steps
-POLICY_PARAMS = {
-    "fixed": ("k",),
-    "threshold": ("tau",),
-    "factor": ("factor",),
-    "localleap": ("leap_tau_hi", "leap_tau_lo", "leap_radius"),
-    "stdec": ("tau_high", "tau_low", "sigma", "rho", "window"),
-    "eb": ("eb_gamma",),
-    "klass": ("klass_tau", "klass_kl", "klass_steps"),
-    "wino": ("wino_draft", "wino_verify"),
-    "credit": ("credit_tau", "credit_decay", "credit_lambda", "credit_alpha"),
-}
 LENGTHS = ("standard", "long")
 RECORD_FIELDS = ("task", "split", "length", "gen_length", "cache", "stop_at_eos", "policy",
                  "params", "label", "n", "accuracy", "nfe", "tpf", "tokens_per_s", "latency_s",
@@ -59,10 +47,7 @@ WIDE_SPREAD = 0.25  # (max - min) / median of the timed passes above this: flagg
 
 @dataclass(frozen=True)
 class PolicySetting:
-    """A policy and its parameters, as written on the command line: `threshold:tau=0.9`.
-
-    `fixed` takes k, the tokens committed per step (steps = gen_length / k).
-    """
+    """A policy and its parameters, as written on the command line: `threshold:tau=0.9`."""
 
     policy: str
     params: tuple[tuple[str, float | int], ...] = ()
@@ -75,41 +60,31 @@ class PolicySetting:
     def config(self, gen_length: int, block_length: int, base: dict | None = None,
                **options) -> DecodeConfig:
         """The setting's DecodeConfig over `base`, the checkpoint's decoding defaults."""
-        params = dict(self.params)
-        if self.policy == "fixed":
-            params["steps"] = gen_length // params.pop("k", 1)
-        return DecodeConfig(**{**(base or {}), "policy": self.policy, "gen_length": gen_length,
-                               "block_length": block_length, **params, **options})
+        return build({"policy": self.policy, "gen_length": gen_length,
+                      "block_length": block_length, **dict(self.params), **options}, base)
 
 
 def parse_policy(spec: str) -> PolicySetting:
-    """`name` or `name:key=value,key=value` into a validated PolicySetting. `halfstep` (or
-    `fixed:half`) is the STDec paper's Half-Step baseline: fixed at half vanilla's steps."""
-    if spec in HALF_STEP:
-        spec = "fixed:k=2"
+    """`name` or `name:key=value,key=value` into a validated PolicySetting, the keys being
+    the rule's own options (decoding/registry.py); a rule's aliases (the paper's `halfstep`
+    is `fixed:k=2`) are spelled out first."""
+    for rule in registry.RULES.values():
+        spec = rule.aliases.get(spec, spec)
     name, _, rest = spec.partition(":")
-    if name not in POLICY_PARAMS:
-        raise StdecError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_PARAMS)}.")
-    types = {f.name: f.type for f in fields(DecodeConfig)}
+    rule = registry.get(name)
+    kinds = {k: kind for k, (kind, *_) in registry.param_fields(rule.params).items()}
     params = []
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
-        if not eq or key not in POLICY_PARAMS[name]:
+        if not eq or key not in kinds:
             raise StdecError(f"bad policy parameter {item!r} in {spec!r}; write {name}:key=value "
-                             f"with key among {', '.join(POLICY_PARAMS[name])}.")
-        kind = int if key == "k" or types[key] is int else float
+                             f"with key among {', '.join(kinds)}.")
         try:
-            params.append((key, kind(value)))
-        except ValueError:
+            params.append((key, parse_value(key, value, kinds[key])))
+        except StdecError:
             raise StdecError(f"{key} in {spec!r} must be a number, got {value!r}.") from None
-    setting = PolicySetting(name, tuple(params))
-    if name == "fixed":
-        k = dict(params).get("k", 1)
-        if k < 1:
-            raise StdecError(f"fixed:k must be a positive number of tokens per step, in {spec!r}.")
-    else:
-        DecodeConfig(policy=name, **dict(params))  # unknown names and bad values fail here
-    return setting
+    build({"policy": name, **dict(params)})  # bad values fail here, naming the option
+    return PolicySetting(name, tuple(params))
 
 
 @dataclass(frozen=True)
@@ -171,11 +146,8 @@ class BenchConfig:
             if value is not None and value % self.block_length:
                 raise StdecError(f"{name} ({value}) must be a multiple of block_length "
                                  f"({self.block_length}).")
-        for setting in self.settings():  # every policy spec parses
-            k = dict(setting.params).get("k", 1)
-            if setting.policy == "fixed" and self.block_length % k:
-                raise StdecError(f"fixed:k={k} must divide block_length ({self.block_length}) "
-                                 "so that every block takes whole steps.")
+        for setting in self.settings():  # every policy spec parses and fits a block
+            setting.config(self.block_length, self.block_length)
 
     def settings(self) -> list[PolicySetting]:
         """The vanilla baseline first, then the asked-for settings, without repeats."""

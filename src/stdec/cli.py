@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from types import SimpleNamespace
 
-from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
+from stdec.decoding.config import CACHE_MODES, DecodeConfig
 from stdec.errors import StdecError
 
 # torch, transformers and matplotlib are imported inside the commands that use them, so that
@@ -20,7 +20,6 @@ from stdec.errors import StdecError
 
 __all__ = ["build_parser", "main"]
 
-CHOICES = {"policy": POLICY_NAMES, "cache": CACHE_MODES}
 CODE_TASKS = ("code", "humaneval", "mbpp")  # scored by running model-written code
 
 
@@ -37,27 +36,61 @@ class Parser(argparse.ArgumentParser):
 def add_options(parser: argparse.ArgumentParser, cls, title: str):
     """One flag per field of the dataclass `cls` (or a list of its fields), with its
     documentation; unset flags keep the defaults."""
-    note = ("a default shown is the code's; a known checkpoint's preset and the "
-            "decoding_defaults.json in its folder take its place") if cls is DecodeConfig else None
-    group = parser.add_argument_group(title, note)
+    group = parser.add_argument_group(title)
     for f in (cls if isinstance(cls, list) else fields(cls)):
-        flag = "--" + f.name.replace("_", "-")
         kind = f.type
         if isinstance(kind, str):  # postponed annotation: "int | None"
             kind = {"int": int, "float": float, "str": str, "bool": bool}.get(
                 kind.split("|")[0].strip(), str)
         if isinstance(kind, types.UnionType):  # int | None -> int
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        default = "" if f.default is MISSING else f" (default: {_shown(f.default)})"
-        help_text = f"{f.metadata.get('help', '')}{default}"
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
-        else:
-            group.add_argument(flag, type=_typed(kind, flag), choices=CHOICES.get(f.name),
-                               default=None,
-                               metavar=None if f.name in CHOICES else kind.__name__.upper(),
-                               help=help_text)
+        _add_flag(group, f.name, kind, f.default, f.metadata.get("help", ""))
+
+
+def add_decode_options(parser: argparse.ArgumentParser, title: str):
+    """The shared decoding options, then one group per registered rule with its own."""
+    from stdec.decoding import registry
+
+    shared = parser.add_argument_group(
+        title, "a default shown is the code's; a known checkpoint's preset and the "
+        "decoding_defaults.json in its folder take its place")
+    for name, (kind, default, help_text) in DecodeConfig.shared_fields().items():
+        _add_flag(shared, name, kind, default, help_text)
+    seen = set(DecodeConfig.shared_fields())
+    for rule in registry.RULES.values():
+        group = parser.add_argument_group(f"--policy {rule.name}")
+        for name, (kind, default, help_text, _) in registry.param_fields(rule.params).items():
+            if name not in seen:  # two rules may share an option
+                _add_flag(group, name, kind, default, help_text)
+                seen.add(name)
+
+
+def decode_option_names(args: argparse.Namespace) -> dict:
+    """The decoding options given on the command line (flags left unset are None)."""
+    names = [*DecodeConfig.shared_fields(), *DecodeConfig.option_help()]
+    return {n: getattr(args, n) for n in dict.fromkeys(names)
+            if getattr(args, n, None) is not None}
+
+
+def _add_flag(group, name: str, kind: type, default, help_text: str):
+    flag = "--" + name.replace("_", "-")
+    shown = "" if default is MISSING else f" (default: {_shown(default)})"
+    if kind is bool:
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help_text}{shown}")
+        return
+    choices = choices_of(name)
+    group.add_argument(flag, type=_typed(kind, flag), choices=choices, default=None,
+                       metavar=None if choices else kind.__name__.upper(),
+                       help=f"{help_text}{shown}")
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    if name == "policy":
+        from stdec.decoding import registry
+
+        return registry.names()
+    return CACHE_MODES if name == "cache" else None
 
 
 def _shown(value) -> str:
@@ -86,14 +119,17 @@ def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
     """The options given, over the checkpoint's decoding defaults (its preset, then its
     folder's decoding_defaults.json), over DecodeConfig's; validated before any weights are
     read."""
-    from_options(DecodeConfig, args, **fixed)  # bad options fail before the model is touched
+    from stdec.decoding.config import build, check_options
+
+    options = {**decode_option_names(args), **fixed}
+    check_options(options.get("policy"), options)  # before torch loads
     from stdec.api import resolve_model_path
     from stdec.decoding.defaults import checkpoint_defaults
     from stdec.models import read_config
 
     path = resolve_model_path(args.model)
     defaults = checkpoint_defaults(args.model, path, read_config(path))
-    return from_options(DecodeConfig, args, **{**defaults, **fixed})
+    return build(options, defaults)
 
 
 # ---- checks that run before anything heavy is imported ----
@@ -252,7 +288,7 @@ def cmd_generate(args: argparse.Namespace):
         import json
         from dataclasses import asdict
 
-        record = {"text": out.texts[0], "stats": asdict(s), "settings": asdict(config),
+        record = {"text": out.texts[0], "stats": asdict(s), "settings": config.options(),
                   "chat": chat}
         if out.trace is not None:
             record["commit_steps"] = out.trace.step[0, : s.gen_tokens].tolist()
@@ -567,7 +603,7 @@ def _build_generate(p: argparse.ArgumentParser):
     _image_option(p)
     _chat_option(p)
     _model_options(p)
-    add_options(p, DecodeConfig, "decoding (DecodeConfig)")
+    add_decode_options(p, "decoding (DecodeConfig)")
     p.set_defaults(run=cmd_generate)
 
 
@@ -578,7 +614,7 @@ def _build_viz(p: argparse.ArgumentParser):
     p.add_argument("--out", default="decode_order.png",
                    help="picture to write: .png, .svg or .pdf (default: decode_order.png)")
     _model_options(p)
-    add_options(p, DecodeConfig, "decoding (DecodeConfig)")
+    add_decode_options(p, "decoding (DecodeConfig)")
     p.set_defaults(run=cmd_viz)
 
 
@@ -645,7 +681,7 @@ def _build_bench(p: argparse.ArgumentParser):
 
 def _build_tune(p: argparse.ArgumentParser):
     d = _bench_defaults()
-    p.add_argument("policy", choices=POLICY_NAMES, help="the policy to tune")
+    p.add_argument("policy", choices=choices_of("policy"), help="the policy to tune")
     _model_options(p)
     p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
                    help="values to sweep (default: a built-in grid per policy)")
@@ -734,7 +770,7 @@ def _build_serve(p: argparse.ArgumentParser):
     p.add_argument("--image-dir", default=None,
                    help="a folder whose images requests may name by local path (default: none; "
                    "images then come as data URLs only; network URLs are never fetched)")
-    add_options(p, DecodeConfig, "decoding defaults of requests (DecodeConfig)")
+    add_decode_options(p, "decoding defaults of requests (DecodeConfig)")
     p.set_defaults(run=cmd_serve)
 
 

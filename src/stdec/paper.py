@@ -8,26 +8,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from stdec.bench import VANILLA, BenchConfig, run_bench, write_atomic
+from stdec.bench import BenchConfig, run_bench, write_atomic
+from stdec.decoding import registry
 
-__all__ = ["ROWS", "paper_table", "run_paper"]
+__all__ = ["rows", "paper_table", "run_paper"]
 
-# (label, policy spec, cache): the paper's baselines, STDec, then the newer rules. Vanilla is
-# LLaDA's one token a step with no cache; Half-Step the same at half the steps; dKV-Cache
-# vanilla decoding over the delayed cache; Fast-dLLM the 0.9 threshold with the dual cache.
-# Every rule takes the checkpoint's defaults (stdec.decoding_defaults).
-ROWS = (
-    ("Vanilla", VANILLA, "none"),
-    ("Half-Step", "fixed:k=2", "none"),
-    ("dKV-Cache", VANILLA, "dkv"),
-    ("Fast-dLLM", "threshold:tau=0.9", "dual"),
-    ("LocalLeap", "localleap", "dual"),
-    ("STDec", "stdec", "dual"),
-    ("EB-Sampler", "eb", "dual"),
-    ("KLASS", "klass", "dual"),
-    ("WINO", "wino", "dual"),
-    ("CreditDecoding", "credit", "dual"),
-)
+def rows() -> tuple[tuple[str, str, str], ...]:
+    """(label, policy spec, cache): each rule's paper rows, in registry order. Every rule
+    takes the checkpoint's defaults (stdec.decoding_defaults)."""
+    return tuple(row for rule in registry.RULES.values() for row in rule.paper)
 
 
 def run_paper(cfg: BenchConfig, *, progress: bool = True, out: Path | None = None) -> str:
@@ -35,13 +24,13 @@ def run_paper(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
     Markdown and writes it, with each cache's results, under `out`."""
     out = Path(out if out is not None else cfg.out)
     records: dict[str, dict[str, dict]] = {}  # label -> task -> record
-    for cache in dict.fromkeys(c for _, _, c in ROWS):
-        rows = [(label, spec) for label, spec, c in ROWS if c == cache]
-        specs = tuple(dict.fromkeys(spec for _, spec in rows))  # vanilla runs once anyway
+    for cache in dict.fromkeys(c for _, _, c in rows()):
+        picked = [(label, spec) for label, spec, c in rows() if c == cache]
+        specs = tuple(dict.fromkeys(spec for _, spec in picked))  # vanilla runs once anyway
         grid = replace(cfg, policies=specs, caches=(cache,), lengths=("standard",),
                        stop_at_eos=(True,))
         found = run_bench(grid, progress=progress, out=out / cache)
-        for label, spec in rows:
+        for label, spec in picked:
             for rec in found:
                 if rec["label"] == spec:
                     records.setdefault(label, {})[rec["task"]] = rec
@@ -56,7 +45,7 @@ def paper_table(records: dict[str, dict[str, dict]], tasks: list[str]) -> str:
                          for c in ("TPS", "speedup", "score")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = records.get("Vanilla", {})
-    for label, _, cache in ROWS:
+    for label, _, cache in rows():
         per = records.get(label)
         if not per:
             continue

@@ -12,23 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stdec.bench import VANILLA, PolicySetting, dist_setup, parse_policy, run_cell, write_atomic
+from stdec.decoding import registry
 from stdec.errors import StdecError
 
-__all__ = ["DEFAULT_GRIDS", "TuneResult", "parse_grid", "tune"]
-
-DEFAULT_GRIDS: dict[str, dict[str, list]] = {
-    "fixed": {"k": [1, 2, 4, 8]},
-    "threshold": {"tau": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]},
-    "factor": {"factor": [0.5, 1.0, 2.0, 3.0, 4.0]},
-    "localleap": {"leap_tau_hi": [0.8, 0.9], "leap_tau_lo": [0.5, 0.6, 0.7]},
-    "stdec": {"tau_high": [0.8, 0.9, 0.95], "tau_low": [0.5, 0.6, 0.7], "sigma": [1.0, 2.0],
-              "rho": [0.8, 0.9], "window": [2]},
-    "eb": {"eb_gamma": [0.01, 0.1, 0.3, 1.0, 3.0]},
-    "klass": {"klass_tau": [0.6, 0.7, 0.8, 0.9], "klass_kl": [0.01, 0.1], "klass_steps": [1, 2]},
-    "wino": {"wino_draft": [0.4, 0.5, 0.6, 0.7], "wino_verify": [0.8, 0.9]},
-    "credit": {"credit_tau": [0.6, 0.7, 0.8, 0.9, 0.95]},
-}
-
+__all__ = ["TuneResult", "parse_grid", "tune"]
 
 @dataclass
 class TuneResult:
@@ -41,9 +28,10 @@ class TuneResult:
 def parse_grid(policy: str, items: list[str] | None) -> dict[str, list]:
     """`key=v1,v2` items (or the default grid) into {key: [values]}, each value checked."""
     if not items:
-        if policy not in DEFAULT_GRIDS:
+        grid = registry.get(policy).grid
+        if not grid:
             raise StdecError(f"no default grid for policy {policy!r}; pass --grid key=v1,v2.")
-        return DEFAULT_GRIDS[policy]
+        return {key: list(values) for key, values in grid.items()}
     raw = {}
     for item in items:
         key, eq, values = item.partition("=")

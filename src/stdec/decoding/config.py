@@ -1,27 +1,38 @@
-"""DecodeConfig: every decoding option in one validated dataclass."""
+"""DecodeConfig: how to decode, in one validated dataclass; and `build`, the one way every
+entrance (stdec.generate, the CLI, bench, tune, lm-eval, the server) turns options into one.
 
-from dataclasses import dataclass, field, fields
+A DecodeConfig holds the options every rule shares and `params`, the chosen rule's own
+parameters (a dataclass from its registry entry, decoding/registry.py). The rule's options
+read through: `config.tau` is `config.params.tau` when the policy is threshold. Options of
+another rule are refused, naming the chosen rule's own.
+"""
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from stdec.decoding import registry
 from stdec.errors import StdecError
 
-__all__ = ["CACHE_MODES", "POLICY_NAMES", "DecodeConfig"]
+__all__ = ["CACHE_MODES", "POLICY_NAMES", "DecodeConfig", "Defaults", "build", "check_names",
+           "check_options",
+           "parse_value"]
 
-# the names of policies.POLICIES, written out so that validating options (and `stdec --help`)
-# needs no torch; tests/test_cli.py checks that the two agree
-POLICY_NAMES = ("fixed", "threshold", "factor", "localleap", "stdec", "eb", "klass", "wino",
-                "credit")
+POLICY_NAMES = registry.POLICY_NAMES
 CACHE_MODES = ("none", "prefix", "dual", "dkv")
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def _opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DecodeConfig:
-    """How to decode. Options that belong to one policy are ignored by the others."""
+    """How to decode. `DecodeConfig(policy="threshold", tau=0.8, cache="dual")`: the shared
+    options below, and the policy's own (`stdec generate --help` lists every rule's)."""
 
-    policy: str = _opt("stdec", f"commit rule, one of {', '.join(POLICY_NAMES)}")
+    policy: str = _opt("stdec", "commit rule (decoding/registry.py lists them)")
     cache: str = _opt("none", f"KV cache mode, one of {', '.join(CACHE_MODES)}")
     gen_length: int = _opt(128, "number of tokens to generate (masks appended to the prompt)")
     block_length: int = _opt(32, "semi-autoregressive block size; must divide gen_length")
@@ -34,48 +45,32 @@ class DecodeConfig:
     # dkv (dKV-Cache, Ma et al. 2025): its public generate()'s cache_reloading_step
     dkv_interval: int = _opt(
         4, "dkv: a full forward refreshes every K/V every dkv_interval steps of a block")
-    # fixed (LLaDA)
-    steps: int | None = _opt(
-        None, "fixed: total steps over gen_length, split evenly over blocks (default gen_length)"
-    )
-    # threshold (Fast-dLLM)
-    tau: float = _opt(0.9, "threshold: commit every masked position with confidence >= tau")
-    # factor (Fast-dLLM)
-    factor: float = _opt(1.0, "factor: commit the n-th most confident while c >= 1 - f/(n+1)")
-    # localleap
-    leap_tau_hi: float = _opt(0.9, "localleap: confidence that makes a position an anchor")
-    leap_tau_lo: float = _opt(0.75, "localleap: confidence needed next to an anchor")
-    leap_radius: int = _opt(4, "localleap: how far from an anchor the lower threshold applies")
-    # stdec: model-neutral defaults, the real models' setting (tau_high = the global threshold
-    # 0.9; models/presets.py says why). A checkpoint carries its own: the testbed's tuned
-    # setting is in assets/testbed/decoding_defaults.json (decoding/defaults.py)
-    tau_high: float = _opt(0.9, "stdec: threshold deep inside masked regions")
-    tau_low: float = _opt(0.75, "stdec: threshold next to decoded tokens (= tau_high: no spatial)")
-    sigma: float = _opt(2.0, "stdec: width in tokens of the Gaussian that smooths the thresholds")
-    rho: float = _opt(0.9, "stdec: relax factor for temporally stable predictions (1: off)")
-    window: int = _opt(2, "stdec: steps a prediction must stay the same to be relaxed")
-    # eb (EB-sampler, Ben-Hamu et al. 2025): gamma as diffusers' EntropyBoundScheduler ships it
-    eb_gamma: float = _opt(
-        0.1, "eb: entropy budget (nats): commit the lowest-entropy positions while their "
-        "summed entropy less the largest stays <= eb_gamma")
-    # klass (Kim et al. 2025): the public code's defaults (conf 0.9, KL 0.01, history 2)
-    klass_tau: float = _opt(0.9, "klass: confidence a position must exceed")
-    klass_kl: float = _opt(
-        0.01, "klass: KL divergence between successive steps' distributions must stay below it")
-    klass_steps: int = _opt(2, "klass: consecutive steps the KL must stay below klass_kl")
-    # wino (Hong et al. 2025): the public code's wide-in 0.6, narrow-out 0.9
-    wino_draft: float = _opt(0.6, "wino: draft every masked position above this confidence")
-    wino_verify: float = _opt(
-        0.9, "wino: mask a drafted token again when its probability falls below this")
-    # credit (CreditDecoding, Wang et al. 2025): dInfer/SGLang's threshold 0.95, decay 0.65,
-    # fusion 0.7, exponent 0.5
-    credit_tau: float = _opt(0.95, "credit: commit when the credit-fused confidence reaches it")
-    credit_decay: float = _opt(0.65, "credit: factor a position's credit decays by each step")
-    credit_lambda: float = _opt(0.7, "credit: weight of log(1 + credit) added to the logit")
-    credit_alpha: float = _opt(0.5, "credit: a step adds confidence ** credit_alpha to the credit")
+    params: Any = _opt(None, "the policy's own parameters (its registry entry's dataclass)")
 
-    def __post_init__(self):
-        _one_of("policy", self.policy, POLICY_NAMES)
+    def __init__(self, **options):
+        for f in fields(self):
+            if f.name != "params":
+                object.__setattr__(self, f.name, options.pop(f.name, f.default))
+        _one_of("policy", self.policy, registry.names())
+        rule = registry.get(self.policy)
+        params = options.pop("params", None)
+        if not isinstance(params, rule.params):  # None, or another rule's (a changed policy)
+            params = None
+        check_names(self.policy, options)
+        params = replace(params, **options) if params is not None else rule.params(**options)
+        registry.check_params(params)
+        object.__setattr__(self, "params", params)
+        self._check()
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails: the policy's own options read through
+        params = self.__dict__.get("params")
+        if params is not None and not name.startswith("_") and hasattr(params, name):
+            return getattr(params, name)
+        raise AttributeError(f"{type(self).__name__} with policy "
+                             f"{self.__dict__.get('policy')!r} has no option {name!r}")
+
+    def _check(self):
         _one_of("cache", self.cache, CACHE_MODES)
         _positive_int("gen_length", self.gen_length)
         _positive_int("block_length", self.block_length)
@@ -84,62 +79,144 @@ class DecodeConfig:
                 f"gen_length ({self.gen_length}) must be a multiple of block_length "
                 f"({self.block_length}); pick block_length among its divisors."
             )
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float):
+            raise StdecError(f"temperature must be a number, got {self.temperature!r}.")
         if self.temperature < 0:
             raise StdecError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
-        if self.steps is not None:
-            _positive_int("steps", self.steps)
-            blocks = self.num_blocks
-            if self.steps % blocks or not 1 <= self.steps // blocks <= self.block_length:
-                raise StdecError(
-                    f"steps ({self.steps}) must be a multiple of the number of blocks ({blocks}) "
-                    f"between {blocks} and gen_length ({self.gen_length})."
-                )
-        for name in ("tau", "leap_tau_hi", "leap_tau_lo", "tau_high", "tau_low", "rho",
-                     "klass_tau", "wino_draft", "wino_verify", "credit_tau", "credit_decay"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise StdecError(f"{name} must be in (0, 1], got {value}.")
-        if self.tau_low > self.tau_high:
-            raise StdecError(
-                f"tau_low ({self.tau_low}) must not exceed tau_high ({self.tau_high}): "
-                "positions next to decoded tokens get the lower threshold."
-            )
-        if self.leap_tau_lo > self.leap_tau_hi:
-            raise StdecError(
-                f"leap_tau_lo ({self.leap_tau_lo}) must not exceed "
-                f"leap_tau_hi ({self.leap_tau_hi})."
-            )
-        if not self.factor > 0:
-            raise StdecError(f"factor must be > 0, got {self.factor}.")
-        if not self.sigma > 0:
-            raise StdecError(f"sigma must be > 0 tokens, got {self.sigma}.")
-        _positive_int("window", self.window)
-        _positive_int("klass_steps", self.klass_steps)
         _positive_int("dkv_interval", self.dkv_interval)
-        for name in ("eb_gamma", "klass_kl", "credit_alpha"):
-            if not getattr(self, name) > 0:
-                raise StdecError(f"{name} must be > 0, got {getattr(self, name)}.")
-        if not self.credit_lambda >= 0:
-            raise StdecError(f"credit_lambda must be >= 0 (0: no credit), got "
-                             f"{self.credit_lambda}.")
-        if self.wino_draft > self.wino_verify:
-            raise StdecError(f"wino_draft ({self.wino_draft}) must not exceed wino_verify "
-                             f"({self.wino_verify}): drafts are verified at the higher threshold.")
-        if not isinstance(self.leap_radius, int) or self.leap_radius < 0:
-            raise StdecError(f"leap_radius must be an integer >= 0, got {self.leap_radius!r}.")
+        check = getattr(self.params, "check", None)  # a rule's checks against shared options
+        if check is not None:
+            check(self)
 
     @property
     def num_blocks(self) -> int:
         return self.gen_length // self.block_length
 
-    @property
-    def steps_per_block(self) -> int:
-        """fixed: steps spent on each block."""
-        return (self.steps or self.gen_length) // self.num_blocks
+    def options(self) -> dict:
+        """Every option as one flat dict: the shared ones and the policy's own."""
+        shared = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        return {**shared, **{f.name: getattr(self.params, f.name) for f in fields(self.params)}}
 
     @classmethod
     def option_help(cls) -> dict[str, str]:
-        return {f.name: f.metadata["help"] for f in fields(cls)}
+        """The help of every option: the shared ones, then each registered rule's."""
+        out = {f.name: f.metadata["help"] for f in fields(cls) if f.name != "params"}
+        for rule in registry.RULES.values():
+            for name, (_, _, help, _) in registry.param_fields(rule.params).items():
+                out.setdefault(name, help)
+        return out
+
+    @classmethod
+    def shared_fields(cls) -> dict[str, tuple[type, Any, str]]:
+        """name -> (type, default, help) of the options every rule shares."""
+        kinds = {"str": str, "int": int, "bool": bool, "float": float}
+        return {f.name: (kinds[f.type] if isinstance(f.type, str) else f.type, f.default,
+                         f.metadata["help"]) for f in fields(cls) if f.name != "params"}
+
+
+def check_options(policy: str | None, options: Mapping[str, Any]):
+    """What can be checked of options before a checkpoint's defaults are known: that each is
+    shared or the policy's own (when the policy is given), and each rule option's range."""
+    if policy is not None:
+        check_names(policy, options)
+    for rule in registry.RULES.values():
+        own = registry.param_fields(rule.params)
+        for name, value in options.items():
+            if name in own:
+                registry.check_value(name, value, own[name][0], own[name][3])
+
+
+def check_names(policy: str, options: Mapping[str, Any]):
+    """Refuse options that are neither shared nor the policy's own: another rule's, or
+    nobody's."""
+    own = registry.get(policy).options
+    for name in options:
+        if name in own or name in DecodeConfig.shared_fields():
+            continue
+        mine = f"{policy}'s options are {', '.join(own)}" if own else f"{policy} has no options"
+        if any(name in rule.options for rule in registry.RULES.values()):
+            raise StdecError(f"{name} does not apply to policy {policy}; {mine}.")
+        shared = ", ".join(DecodeConfig.shared_fields())
+        raise StdecError(f"unknown decoding option {name!r}; the options are {shared}, and "
+                         f"{mine}.")
+
+
+class Defaults(dict):
+    """Decoding options from a checkpoint, each with where it came from (`sources[name]`, e.g.
+    "the model's decoding_defaults.json"), so that a conflict can name it."""
+
+    def __init__(self, values: Mapping | None = None, sources: Mapping[str, str] | None = None):
+        super().__init__(values or {})
+        self.sources = dict(sources or {})
+
+    def layered(self, values: Mapping, source: str) -> "Defaults":
+        """These defaults with `values` laid over them, each from `source`."""
+        return Defaults({**self, **values}, {**self.sources, **dict.fromkeys(values, source)})
+
+
+def build(options: Mapping[str, Any] | None = None,
+          defaults: Mapping[str, Any] | None = None) -> DecodeConfig:
+    """The user's options over a checkpoint's defaults over the code's, validated.
+
+    `options` may be typed values or strings (a command line, model_args, a bench spec):
+    strings are read as the option's type. Defaults that belong to another policy than the
+    chosen one are left out (a checkpoint carries every rule's setting). A user's option that
+    does not apply to the policy is refused, naming the policy's own; an error that involves
+    a default names where that default came from.
+    """
+    options = dict(options or {})
+    defaults = defaults if defaults is not None else {}
+    policy = str(options.get("policy") or defaults.get("policy") or DecodeConfig.policy)
+    rule = registry.get(policy)
+    kinds = {name: kind for name, (kind, *_) in DecodeConfig.shared_fields().items()}
+    kinds.update({name: kind for name, (kind, *_) in registry.param_fields(rule.params).items()})
+    check_names(policy, {k: v for k, v in options.items() if k not in kinds})
+    given = {k: parse_value(k, v, kinds[k]) if isinstance(v, str) else v
+             for k, v in options.items()}
+    inherited = {k: v for k, v in defaults.items() if k in kinds and k not in given}
+    try:
+        return DecodeConfig(**{**inherited, **given, "policy": policy})
+    except StdecError as err:
+        sources = getattr(defaults, "sources", {})
+        blamed = [k for k in inherited if k in sources and _names(str(err), k)]
+        if not blamed:
+            raise
+        why = "; ".join(f"{k} {inherited[k]} comes from {sources[k]}" for k in blamed)
+        raise StdecError(f"{str(err).rstrip('.')} ({why}; set {blamed[0]} to override it).") \
+            from None
+
+
+def parse_value(name: str, value: Any, kind: type):
+    """An option given as text (or as lm-eval's already-parsed value) as `kind`: int, float,
+    bool or str; "none" is None for an option that may be unset."""
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return "none" if kind is str else None
+    if kind is bool:
+        text = str(value).strip().lower()
+        if isinstance(value, bool):
+            return value
+        if text in TRUE or text in FALSE:
+            return text in TRUE
+        raise StdecError(f"{name} must be true or false, got {value!r}.")
+    if kind is str:
+        return str(value).strip()
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value.strip() if isinstance(value, str) else value)
+        return float(value)
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise StdecError(f"{name} must be {what}, got {value!r}.") from None
+
+
+def _names(message: str, name: str) -> bool:
+    import re
+
+    return re.search(rf"\b{re.escape(name)}\b", message) is not None
 
 
 def _one_of(name: str, value, choices: tuple[str, ...]):

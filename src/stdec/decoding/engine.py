@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from stdec.decoding import registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.graphs import StaticBlockStep, on_device
-from stdec.decoding.policies import NEEDS, StepState, select
+from stdec.decoding.policies import StepState, select
 from stdec.errors import StdecError
 
 __all__ = ["DecodeOutput", "Engine", "Request", "RowStats", "Trace", "confidence", "decode",
@@ -65,7 +66,6 @@ class Trace:
 
 
 _ids = itertools.count()
-REMASKS = ("wino",)  # rules that may mask a committed token of the active block again
 
 
 @dataclass(eq=False)
@@ -475,7 +475,7 @@ class Engine:
         step_t = on_device([r.step for r in rows], dev)[:, None]
         state = StepState(masked, self.x[slot_t] != self.mask_id, starts, stable, step_t,
                           seq_end=prompt + G)
-        needs = NEEDS.get(cfg.policy, frozenset())
+        needs = registry.get(cfg.policy).needs
         if needs:
             self._rule_inputs(needs, state, logits, current, rows_t, offsets)
         commit = select(conf, pred, state, cfg)
@@ -556,7 +556,7 @@ class Engine:
         for i, (r, f) in enumerate(zip(rows, first, strict=True)):
             P, T = len(r.prompt), r.length
             r.committed = min(f, T) - P
-            if r.config.policy in REMASKS and f < T:  # the active block may still change
+            if registry.get(r.config.policy).remasks and f < T:  # the active block may still change
                 r.committed = (f - P) // r.config.block_length * r.config.block_length
             if i in listening:
                 j = listening.index(i)

@@ -2,19 +2,18 @@
 
 Every rule sees only the active block: `conf` and `pred` are (B, L) for its L positions.
 Rules are vectorised over the batch and never synchronise with the host. A new rule is
-one function with the signature of `threshold` and one line in `POLICIES`.
+one function with the signature of `threshold` and one entry in decoding/registry.py.
 
 A stateful rule keeps per-position memory in `state.memory` (the engine stores it per slot
 and block offset, zero at each block start) and writes its new value back there; a rule
 that may take tokens back (wino) sets `state.remask`. What a rule needs beyond confidence
 (entropy, KL to the previous step, the probability of the tokens already in place) the
-engine computes only for the rules in NEEDS.
+engine computes only for the rules whose registry entry `needs` it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -23,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stdec.decoding import registry
+
 if TYPE_CHECKING:
     from stdec.decoding.config import DecodeConfig
 
-__all__ = ["NEEDS", "POLICIES", "StepState", "at_least_one", "gaussian_kernel", "select",
+__all__ = ["StepState", "at_least_one", "gaussian_kernel", "select",
            "stdec_thresholds"]
 
 
@@ -68,7 +69,7 @@ class StepState:
 
 def fixed(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
     """LLaDA: commit the k most confident masked positions, k from an even schedule."""
-    length, steps = conf.shape[1], cfg.steps_per_block
+    length, steps = conf.shape[1], cfg.params.steps_per_block(cfg)
     # LLaDA's schedule: block // steps each step, the remainder spread over the first steps
     k = length // steps + (state.step < length % steps)
     return (_rank(conf, state.masked) < k) & state.masked
@@ -156,29 +157,10 @@ def credit(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> T
     return (torch.maximum(conf, fused) >= cfg.credit_tau) & state.masked
 
 
-POLICIES: dict[str, Callable[[Tensor, Tensor, StepState, DecodeConfig], Tensor]] = {
-    "fixed": fixed,
-    "threshold": threshold,
-    "factor": factor,
-    "localleap": localleap,
-    "stdec": stdec,
-    "eb": eb,
-    "klass": klass,
-    "wino": wino,
-    "credit": credit,
-}
-# what the engine computes for a rule besides confidence (see StepState)
-NEEDS: dict[str, frozenset[str]] = {
-    "eb": frozenset({"entropy"}),
-    "klass": frozenset({"kl", "memory"}),
-    "wino": frozenset({"token_conf", "drafted"}),
-    "credit": frozenset({"memory"}),
-}
-
-
 def select(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
     """The configured rule followed by the at-least-one rule. Returns (B, L) bool."""
-    return at_least_one(POLICIES[cfg.policy](conf, pred, state, cfg), conf, state.masked)
+    rule = registry.get(cfg.policy).resolve()
+    return at_least_one(rule(conf, pred, state, cfg), conf, state.masked)
 
 
 def at_least_one(commit: Tensor, conf: Tensor, masked: Tensor) -> Tensor:

@@ -23,9 +23,7 @@ fail with a clear error.
 
 import hashlib
 import logging
-import types
-import typing
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import torch
 
@@ -38,8 +36,8 @@ except ImportError as err:
     raise ImportError("stdec.lm_eval needs lm-eval; install it with "
                       "pip install 'stdec[lm-eval]'.") from err
 
-import stdec
-from stdec.decoding.config import DecodeConfig
+from stdec.api import generate, load, model_defaults
+from stdec.decoding.config import DecodeConfig, build, parse_value
 from stdec.errors import StdecError
 
 __all__ = ["StdecLM", "decode_config", "main"]
@@ -47,55 +45,22 @@ __all__ = ["StdecLM", "decode_config", "main"]
 log = logging.getLogger(__name__)
 AUTO_BATCH_SIZE = 16
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature")
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def to_bool(name: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in TRUE or text in FALSE:
-        return text in TRUE
-    raise StdecError(f"{name} must be true or false, got {value!r}.")
-
-
-def _coerce(name: str, value, kind):
-    """A model_args value (a string, or what lm-eval already parsed from it) as `kind`."""
-    optional = isinstance(kind, types.UnionType)  # int | None
-    if optional:
-        kind = next(t for t in typing.get_args(kind) if t is not type(None))
-    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
-        if optional:
-            return None
-        if kind is str:  # lm-eval parses cache=none into None
-            return "none"
-    if kind is bool:
-        return to_bool(name, value)
-    if kind is str:
-        return str(value).strip()
-    try:
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value.strip() if isinstance(value, str) else value)
-        if isinstance(value, bool):
-            raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        what = "an integer" if kind is int else "a number"
-        raise StdecError(f"{name} must be {what}, got {value!r}.") from None
+    return parse_value(name, value, bool)
 
 
 def decode_config(options: dict, base: dict | None = None) -> DecodeConfig:
     """A validated DecodeConfig from model_args entries (strings or lm-eval-parsed values),
     over `base`, the checkpoint's decoding defaults."""
-    kinds = {f.name: f.type for f in fields(DecodeConfig)}
+    known = DecodeConfig.option_help()
     for name in options:
-        if name not in kinds:
-            valid = ", ".join(["pretrained", "batch_size", "device", "dtype", "chat", *kinds])
+        if name not in known:
+            valid = ", ".join(["pretrained", "batch_size", "device", "dtype", "chat", *known])
             raise StdecError(f"unknown stdec model_args key {name!r}; the valid keys are {valid}.")
-    typed = {k: _coerce(k, v, kinds[k]) for k, v in options.items()}
-    return DecodeConfig(**{**(base or {}), **typed})
+    # lm-eval parses what it can (cache=none into None): read every value as its text
+    return build({k: "none" if v is None else str(v) for k, v in options.items()}, base)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -107,7 +72,7 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 def _batch_size(value) -> int:
     if isinstance(value, str) and value.strip().lower().startswith("auto"):
         return AUTO_BATCH_SIZE
-    size = _coerce("batch_size", value, int)
+    size = parse_value("batch_size", value, int)
     if size < 1:
         raise StdecError(f"batch_size must be a positive integer, got {value!r}.")
     return size
@@ -143,9 +108,8 @@ class StdecLM(LM):
         self.batch_size = _batch_size(batch_size)
         dtype = None if dtype in (None, "auto") else str(dtype)
         self.pretrained = str(pretrained)
-        self.model, self.tokenizer = stdec.load(self.pretrained, dtype=dtype,
+        self.model, self.tokenizer = load(self.pretrained, dtype=dtype,
                                                 device=_device(device))
-        from stdec.api import model_defaults
 
         self.config = decode_config(options, model_defaults(self.model))  # over the checkpoint's
         self._device = self.model.device
@@ -174,7 +138,7 @@ class StdecLM(LM):
             temperature = 0.0
         elif temperature is None:
             temperature = 1.0 if do_sample is not None else self.config.temperature
-        temperature = _coerce("temperature", temperature, float)
+        temperature = parse_value("temperature", temperature, float)
         if temperature == self.config.temperature:
             return self.config, stops
         return replace(self.config, temperature=temperature), stops
@@ -200,7 +164,7 @@ class StdecLM(LM):
                 # a sampling request draws from its own seed: the same text however batched
                 seeds = {"seed": [request_seed(config.seed, p) for p in prompts]} \
                     if config.temperature > 0 else {}
-                out = stdec.generate(self.model, self.tokenizer, prompts, config, chat=self.chat,
+                out = generate(self.model, self.tokenizer, prompts, config, chat=self.chat,
                                      **seeds)
                 for i, text in zip(chunk, out.texts, strict=True):
                     texts[i] = cut_at_stop(text, stops[i])
