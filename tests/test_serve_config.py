@@ -21,7 +21,8 @@ def test_defaults_and_image_dir(tmp_path):
 
 
 @pytest.mark.parametrize("bad, words", [
-    ({"name": ""}, "name"), ({"defaults": {"policy": "stdec"}}, "DecodeConfig"),
+    ({"name": ""}, "name"), ({"defaults": ["stdec"]}, "DecodeConfig"),
+    ({"defaults": {"policy": "nope"}}, "unknown policy 'nope'"),
     ({"host": ""}, "host"), ({"port": 0}, "1..65535, got 0"), ({"port": 65536}, "65536"),
     ({"port": "80"}, "'80'"), ({"max_batch": 0}, "max_batch"), ({"max_batch": True}, "True"),
     ({"max_queue": 0}, "max_queue"), ({"timeout": 0}, "timeout must be > 0"),

@@ -132,6 +132,22 @@ def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
     return build(options, defaults)
 
 
+def decode_defaults(args: argparse.Namespace):
+    """The checkpoint's decoding defaults (every rule's setting) with the options given on
+    the command line over them: what a server lays each request's options over."""
+    from stdec.decoding.config import check_options
+
+    options = decode_option_names(args)
+    check_options(options.get("policy"), options)  # before torch loads
+    from stdec.api import resolve_model_path
+    from stdec.decoding.defaults import checkpoint_defaults
+    from stdec.models import read_config
+
+    path = resolve_model_path(args.model)
+    defaults = checkpoint_defaults(args.model, path, read_config(path))
+    return defaults.layered(options, "the server's command line")
+
+
 # ---- checks that run before anything heavy is imported ----
 
 def check_prompt(text: str) -> str:
@@ -306,7 +322,7 @@ def cmd_generate(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
-    config = decode_config(args)
+    config = decode_defaults(args)
     from stdec.api import load
     from stdec.serve import ServerConfig, serve
 

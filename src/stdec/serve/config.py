@@ -1,9 +1,10 @@
 """ServerConfig: what `stdec serve` is told on its command line, in one validated dataclass."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stdec.decoding.config import DecodeConfig
+from stdec.decoding.config import DecodeConfig, Defaults, build
 from stdec.errors import StdecError
 
 __all__ = ["ServerConfig"]
@@ -18,8 +19,10 @@ class ServerConfig:
     """How to serve. Every value is checked here, before any model work starts."""
 
     name: str = field(metadata={"help": "the model name clients send (--served-model-name)"})
-    defaults: DecodeConfig = field(
-        metadata={"help": "decoding options of a request that sets none of its own"})
+    defaults: DecodeConfig | Mapping = field(
+        metadata={"help": "decoding options of a request that sets none of its own: a "
+                  "DecodeConfig, or a checkpoint's Defaults (every rule's setting) with the "
+                  "command line's options over them"})
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8000, "port to listen on, 1..65535")
     max_batch: int = _opt(8, "engine slots: requests decoded together")
@@ -36,9 +39,12 @@ class ServerConfig:
         if not isinstance(self.name, str) or not self.name.strip():
             raise StdecError(f"name (the served model name) must be a non-empty string, got "
                              f"{self.name!r}; pass --served-model-name NAME.")
-        if not isinstance(self.defaults, DecodeConfig):
-            raise StdecError(f"defaults must be a DecodeConfig, got "
-                             f"{type(self.defaults).__name__}; build one with DecodeConfig(...).")
+        if isinstance(self.defaults, DecodeConfig):  # its own rule's options only
+            object.__setattr__(self, "defaults", Defaults(self.defaults.options()))
+        if not isinstance(self.defaults, Mapping):
+            raise StdecError(f"defaults must be a DecodeConfig or a mapping of decoding "
+                             f"options, got {type(self.defaults).__name__}.")
+        build(None, self.defaults)  # bad defaults fail here, naming the option
         if not isinstance(self.host, str) or not self.host:
             raise StdecError(f"host must be an address such as 127.0.0.1, got {self.host!r}.")
         if not _is_int(self.port) or not 1 <= self.port <= 65535:

@@ -3,14 +3,13 @@ error JSON.
 
 Requests are parsed from the raw body here, so every failure is one sentence with a status:
 400 (bad value), 413 (body too large). stdec's own decoding options (policy, cache, tau, ...)
-arrive as extra body fields, named by DECODE_OPTIONS; serving.decode_options turns them into
+arrive as extra body fields, named by decode_option_names(); serving.decode_options turns them into
 a DecodeConfig, which validates them.
 """
 
 import json
 import time
 import uuid
-from dataclasses import fields
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
@@ -18,12 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from stdec.decoding.config import DecodeConfig
 from stdec.models.images import IMAGE_PLACEHOLDER
 
-__all__ = ["DECODE_OPTIONS", "ApiError", "CanvasEvent", "ChatCompletionChunk",
+__all__ = ["ApiError", "CanvasEvent", "ChatCompletionChunk",
            "ChatCompletionResponse", "ChatRequest", "CompletionChunk", "CompletionRequest",
            "CompletionResponse", "ErrorResponse", "Health", "ModelList", "Usage", "chunk",
            "completion_id", "error_body", "parse", "response", "usage_chunk"]
 
-DECODE_OPTIONS = {f.name for f in fields(DecodeConfig)} - {"temperature", "seed"}
+def decode_option_names() -> set[str]:
+    """stdec's decoding options a request may send: the shared ones and every registered
+    rule's (temperature and seed are OpenAI's own fields)."""
+    return set(DecodeConfig.option_help()) - {"temperature", "seed"}
 # OpenAI fields a client may send that change nothing here
 IGNORED = {"user", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
            "top_logprobs", "echo", "suffix", "best_of", "response_format", "service_tier",
@@ -151,11 +153,12 @@ def parse(body: bytes, cls: type[_Common], max_bytes: int) -> _Common:
         e = err.errors()[0]
         where = ".".join(str(p) for p in e["loc"]) or "body"
         raise ApiError(400, f"{where}: {e['msg'].rstrip('.')}.", param=where) from None
-    unknown = set(request.options()) - DECODE_OPTIONS - IGNORED
+    known = decode_option_names()
+    unknown = set(request.options()) - known - IGNORED
     if unknown:
         name = sorted(unknown)[0]
         raise ApiError(400, f"unknown field {name!r}; stdec's decoding options are "
-                       f"{', '.join(sorted(DECODE_OPTIONS))}.", param=name)
+                       f"{', '.join(sorted(known))}.", param=name)
     if request.n != 1:
         raise ApiError(400, f"n must be 1, got {request.n}; send one request per sample.",
                        param="n")

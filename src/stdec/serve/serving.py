@@ -12,14 +12,14 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from stdec.api import encode, encode_chat, end_token_ids
-from stdec.decoding.config import DecodeConfig
+from stdec.decoding.config import DecodeConfig, build
 from stdec.decoding.engine import Request as Job
 from stdec.errors import StdecError
 from stdec.models.images import require_vision, sees_images
@@ -32,13 +32,14 @@ __all__ = ["Answer", "Generation", "Serving", "decode_options", "read_images"]
 
 
 # ---- the one place a request's decoding options become a DecodeConfig ----
-# (stdec's extra body fields p.DECODE_OPTIONS, temperature, seed, max_tokens over the
+# (stdec's extra body fields p.decode_option_names(), temperature, seed, max_tokens over the
 # server's defaults; every error is a 400 with DecodeConfig's own sentence)
 
 def decode_options(body: p.CompletionRequest | p.ChatRequest,
-                   defaults: DecodeConfig) -> DecodeConfig:
-    """The request's DecodeConfig over the server's defaults, validated as DecodeConfig is."""
-    options = {k: v for k, v in body.options().items() if k in p.DECODE_OPTIONS}
+                   defaults: Mapping) -> DecodeConfig:
+    """The request's DecodeConfig over the server's defaults, through the one builder
+    (decoding.config.build) every entrance uses; its sentence becomes a 400."""
+    options = {k: v for k, v in body.options().items() if k in p.decode_option_names()}
     if body.temperature is not None:
         options["temperature"] = body.temperature
     if body.seed is not None:
@@ -47,18 +48,18 @@ def decode_options(body: p.CompletionRequest | p.ChatRequest,
     if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
         raise p.ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.",
                          param="max_tokens")
-    block = options.get("block_length", defaults.block_length)
-    if max_tokens is not None and isinstance(block, int) and block > 0:
-        blocks = math.ceil(max_tokens / block)  # a whole number of blocks
-        options["gen_length"] = blocks * block
-        if "steps" not in options and defaults.steps is not None:  # the default steps per block
-            options["steps"] = defaults.steps // defaults.num_blocks * blocks
     try:
-        return replace(defaults, **options)
+        base = build({k: v for k, v in options.items() if k == "policy"}, defaults)
+        block = options.get("block_length", base.block_length)
+        if max_tokens is not None and isinstance(block, int) and block > 0:
+            blocks = math.ceil(max_tokens / block)  # a whole number of blocks
+            options["gen_length"] = blocks * block
+            steps = base.options().get("steps")  # a rule's steps: the same per block
+            if "steps" not in options and steps is not None:
+                options["steps"] = steps // base.num_blocks * blocks
+        return build(options, defaults)
     except StdecError as err:
         raise p.ApiError(400, str(err)) from None
-    except TypeError as err:  # a wrongly typed option that the dataclass trips on
-        raise p.ApiError(400, f"a decoding option has the wrong type ({err}).") from None
 
 
 def check_length(config: DecodeConfig, prompt_tokens: int, max_length: int):
