@@ -74,7 +74,7 @@ def test_its_options_are_its_own(toy):
     with pytest.raises(stdec.StdecError, match="tau does not apply to policy top; top's "
                        "options are top"):
         build({"policy": "top", "tau": "0.5"})
-    with pytest.raises(stdec.StdecError, match=r"top must be >= 1, got 0"):
+    with pytest.raises(stdec.StdecError, match="top must be a positive integer, got 0"):
         DecodeConfig(policy="top", top=0)
 
 
@@ -82,3 +82,24 @@ def test_unregistered_it_is_gone(toy):
     registry.unregister("top")
     with pytest.raises(stdec.StdecError, match="unknown policy 'top'"):
         DecodeConfig(policy="top")
+
+
+def test_the_server_takes_it_as_extra_body(toy, checkpoint):
+    import openai
+    from test_serve import start
+
+    testbed = stdec.load("testbed", device="cpu")
+    server, thread, url = start(testbed, max_batch=2)
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        got = client.completions.create(model="testbed", prompt="Reverse the list [4, 5].",
+                                        max_tokens=16, extra_body={"policy": "top", "top": 8})
+        want = stdec.generate(*testbed, "Reverse the list [4, 5].", policy="top", top=8,
+                              cache="dual", gen_length=16, block_length=16)
+        assert got.choices[0].text == want.texts[0]
+        with pytest.raises(openai.BadRequestError, match="tau does not apply to policy top"):
+            client.completions.create(model="testbed", prompt="hi", max_tokens=16,
+                                      extra_body={"policy": "top", "tau": 0.5})
+    finally:
+        server.should_exit = True
+        thread.join(10)

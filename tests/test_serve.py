@@ -11,7 +11,7 @@ import openai
 import pytest
 
 import stdec
-from stdec.decoding.config import DecodeConfig
+from stdec.decoding.config import DecodeConfig, build
 from stdec.serve import ServerConfig, uvicorn_server
 
 PROMPTS = ["Sort the list [3, 1, 2].", "Reverse the list [4, 5, 6, 7].",
@@ -51,7 +51,7 @@ def client(url):
 
 def alone(testbed, prompt, chat, **options):
     model, tok = testbed
-    config = DecodeConfig(**{**DEFAULTS.__dict__, **options})
+    config = build(options, DEFAULTS.options())
     return stdec.generate(model, tok, prompt, config, chat=chat).texts[0]
 
 

@@ -132,6 +132,22 @@ def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
     return build(options, defaults)
 
 
+def decode_defaults(args: argparse.Namespace):
+    """The checkpoint's decoding defaults (every rule's setting) with the options given on
+    the command line over them: what a server lays each request's options over."""
+    from stdec.decoding.config import check_options
+
+    options = decode_option_names(args)
+    check_options(options.get("policy"), options)  # before torch loads
+    from stdec.api import resolve_model_path
+    from stdec.decoding.defaults import checkpoint_defaults
+    from stdec.models import read_config
+
+    path = resolve_model_path(args.model)
+    defaults = checkpoint_defaults(args.model, path, read_config(path))
+    return defaults.layered(options, "the server's command line")
+
+
 # ---- checks that run before anything heavy is imported ----
 
 def check_prompt(text: str) -> str:
@@ -306,7 +322,7 @@ def cmd_generate(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
-    config = decode_config(args)
+    config = decode_defaults(args)
     from stdec.api import load
     from stdec.serve import ServerConfig, serve
 
@@ -314,14 +330,14 @@ def cmd_serve(args: argparse.Namespace):
     if args.image_dir is not None and not Path(args.image_dir).is_dir():
         raise StdecError(f"--image-dir {args.image_dir!r} is not a folder; give the folder "
                          "whose images clients may name by path.")
-    server = ServerConfig(name=name, defaults=config, max_batch=args.max_batch,
-                          max_queue=args.max_queue, timeout=args.timeout,
-                          image_dir=args.image_dir)
+    server = ServerConfig(name=name, defaults=config, host=args.host, port=args.port,
+                          max_batch=args.max_batch, max_queue=args.max_queue,
+                          timeout=args.timeout, drain=args.drain, image_dir=args.image_dir)
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
                             cuda_graphs=args.cuda_graphs, compile=args.compile)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
           file=sys.stderr)
-    serve(model, tokenizer, server, host=args.host, port=args.port, drain_s=args.drain)
+    serve(model, tokenizer, server)
 
 
 def _explain_empty(text: str, chat: bool, tokenizer):

@@ -1,28 +1,31 @@
-"""Request and response schemas of the OpenAI-compatible API, and its error JSON.
+"""The typed protocol of the OpenAI-compatible API: request and response schemas, and its
+error JSON.
 
 Requests are parsed from the raw body here, so every failure is one sentence with a status:
-400 (bad value), 404 (unknown model), 413 (body too large), 429 (queue full). stdec's own
-decoding options (policy, cache, tau, ...) arrive as extra body fields and are validated
-by DecodeConfig itself.
+400 (bad value), 413 (body too large). stdec's own decoding options (policy, cache, tau, ...)
+arrive as extra body fields, named by decode_option_names(); serving.decode_options turns them into
+a DecodeConfig, which validates them.
 """
 
 import json
-import math
 import time
 import uuid
-from dataclasses import fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from stdec.decoding.config import DecodeConfig
-from stdec.errors import StdecError
 from stdec.models.images import IMAGE_PLACEHOLDER
 
-__all__ = ["ApiError", "ChatRequest", "CompletionRequest", "DECODE_OPTIONS", "decode_config",
-           "error_body", "parse"]
+__all__ = ["ApiError", "CanvasEvent", "ChatCompletionChunk",
+           "ChatCompletionResponse", "ChatRequest", "CompletionChunk", "CompletionRequest",
+           "CompletionResponse", "ErrorResponse", "Health", "ModelList", "Usage", "chunk",
+           "completion_id", "error_body", "parse", "response", "usage_chunk"]
 
-DECODE_OPTIONS = {f.name for f in fields(DecodeConfig)} - {"temperature", "seed"}
+def decode_option_names() -> set[str]:
+    """stdec's decoding options a request may send: the shared ones and every registered
+    rule's (temperature and seed are OpenAI's own fields)."""
+    return set(DecodeConfig.option_help()) - {"temperature", "seed"}
 # OpenAI fields a client may send that change nothing here
 IGNORED = {"user", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
            "top_logprobs", "echo", "suffix", "best_of", "response_format", "service_tier",
@@ -41,7 +44,9 @@ class ApiError(Exception):
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """OpenAI's error JSON (ErrorResponse) as a dict."""
+    info = ErrorInfo(message=message, type=kind, param=param, code=code)
+    return ErrorResponse(error=info).model_dump()
 
 
 class StreamOptions(BaseModel):
@@ -148,74 +153,172 @@ def parse(body: bytes, cls: type[_Common], max_bytes: int) -> _Common:
         e = err.errors()[0]
         where = ".".join(str(p) for p in e["loc"]) or "body"
         raise ApiError(400, f"{where}: {e['msg'].rstrip('.')}.", param=where) from None
-    unknown = set(request.options()) - DECODE_OPTIONS - IGNORED
+    known = decode_option_names()
+    unknown = set(request.options()) - known - IGNORED
     if unknown:
         name = sorted(unknown)[0]
         raise ApiError(400, f"unknown field {name!r}; stdec's decoding options are "
-                       f"{', '.join(sorted(DECODE_OPTIONS))}.", param=name)
+                       f"{', '.join(sorted(known))}.", param=name)
     if request.n != 1:
         raise ApiError(400, f"n must be 1, got {request.n}; send one request per sample.",
                        param="n")
     return request
 
 
-def decode_config(request: _Common, defaults: DecodeConfig, max_length: int,
-                  prompt_tokens: int) -> DecodeConfig:
-    """The request's DecodeConfig over the server's defaults, validated as DecodeConfig is."""
-    options = {k: v for k, v in request.options().items() if k in DECODE_OPTIONS}
-    if request.temperature is not None:
-        options["temperature"] = request.temperature
-    if request.seed is not None:
-        options["seed"] = request.seed
-    max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
-    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
-        raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.",
-                       param="max_tokens")
-    block = options.get("block_length", defaults.block_length)
-    if max_tokens is not None and isinstance(block, int) and block > 0:
-        blocks = math.ceil(max_tokens / block)  # a whole number of blocks
-        options["gen_length"] = blocks * block
-        if "steps" not in options and defaults.steps is not None:  # the default steps per block
-            options["steps"] = defaults.steps // defaults.num_blocks * blocks
-    try:
-        config = replace(defaults, **options)
-    except StdecError as err:
-        raise ApiError(400, str(err)) from None
-    except TypeError as err:  # a wrongly typed option that the dataclass trips on
-        raise ApiError(400, f"a decoding option has the wrong type ({err}).") from None
-    if prompt_tokens + config.gen_length > max_length:
-        raise ApiError(400, f"the prompt has {prompt_tokens} tokens and max_tokens asks for "
-                       f"{config.gen_length} (a multiple of block_length {config.block_length})"
-                       f"; together they exceed the model's length {max_length}.",
-                       param="max_tokens")
-    return config
-
-
 def completion_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def response(rid: str, model: str, chat: bool, text: str, finish: str, usage: dict,
-             stats: dict) -> dict:
-    choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+# ---- responses: field order is the order of the JSON keys ----
+
+class _Out(BaseModel):
+    """A response object; the fields named in `omit_none` are left out while None."""
+
+    omit_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k not in self.omit_none}
+
+
+class ErrorInfo(BaseModel):
+    message: str  # one sentence
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class _Choice(BaseModel):
+    index: int = 0
+    finish_reason: str | None = None  # "stop" or "length"; None until the last chunk
+    logprobs: None = None
+
+
+class CompletionChoice(_Choice):
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(_Choice):
+    message: ChatMessage
+
+
+class DeltaMessage(_Out):
+    omit_none = ("role", "content")
+
+    role: Literal["assistant"] | None = None  # the first chunk only
+    content: str | None = None
+
+
+class ChatChunkChoice(_Choice):
+    delta: DeltaMessage
+
+
+class _Reply(_Out):
+    id: str
+    object: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list
+
+
+class _Response(_Reply):
+    usage: Usage
+    stdec: dict[str, Any]  # the decode's settings and stats
+
+
+class CompletionResponse(_Response):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+
+
+class ChatCompletionResponse(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+
+
+class _Chunk(_Reply):
+    omit_none = ("usage", "stdec")
+
+    usage: Usage | None = None  # the last chunk only, when stream_options.include_usage
+    stdec: dict[str, Any] | None = None
+
+
+class CompletionChunk(_Chunk):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+
+
+class ChatCompletionChunk(_Chunk):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "stdec"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    active_slots: int
+    queued: int  # requests waiting for a slot
+    max_batch: int
+
+
+class CanvasEvent(BaseModel):
+    """stdec's `stdec.canvas` stream event: [position, token id, step] of each new commit."""
+
+    id: str
+    object: Literal["stdec.canvas"] = "stdec.canvas"
+    model: str
+    choices: list = []
+    stdec: dict[str, Any]  # {"commits": [[position, token id, step], ...]}
+
+
+def response(rid: str, model: str, chat: bool, text: str, finish: str, usage: Usage,
+             stats: dict) -> CompletionResponse | ChatCompletionResponse:
     if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
-    return {"id": rid, "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": model, "choices": [choice], "usage": usage,
-            "stdec": stats}
+        return ChatCompletionResponse(id=rid, model=model, usage=usage, stdec=stats, choices=[
+            ChatChoice(finish_reason=finish, message=ChatMessage(content=text))])
+    return CompletionResponse(id=rid, model=model, usage=usage, stdec=stats, choices=[
+        CompletionChoice(finish_reason=finish, text=text)])
 
 
 def chunk(rid: str, model: str, chat: bool, text: str | None, finish: str | None = None,
-          first: bool = False) -> dict:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+          first: bool = False) -> CompletionChunk | ChatCompletionChunk:
     if chat:
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        if text is not None:
-            delta["content"] = text
-        choice["delta"] = delta
-    else:
-        choice["text"] = text or ""
-    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()), "model": model, "choices": [choice]}
+        delta = DeltaMessage(role="assistant" if first else None, content=text)
+        return ChatCompletionChunk(id=rid, model=model, choices=[
+            ChatChunkChoice(finish_reason=finish, delta=delta)])
+    return CompletionChunk(id=rid, model=model, choices=[
+        CompletionChoice(finish_reason=finish, text=text or "")])
+
+
+def usage_chunk(rid: str, model: str, chat: bool, usage: Usage,
+                stats: dict) -> CompletionChunk | ChatCompletionChunk:
+    """The last chunk of a stream with stream_options.include_usage: no choices."""
+    cls = ChatCompletionChunk if chat else CompletionChunk
+    return cls(id=rid, model=model, choices=[], usage=usage, stdec=stats)
