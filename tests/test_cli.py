@@ -108,6 +108,7 @@ def test_help_and_refusals_do_not_load_torch():
     code = ("import sys\nfrom stdec.cli import main\n"
             "for argv in (['--help'], ['bench', '--help'], ['generate', '--help'],\n"
             "             ['viz', '--help'], ['tune', '--help'], ['random-model', '--help'],\n"
+            "             ['train', '--help'], ['serve', '--help'],\n"
             "             ['bench', '--tasks', ','],\n"
             "             ['generate', 'hi', '--policy', 'threshold', '--tau', '2']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
@@ -134,30 +135,16 @@ def test_every_registered_rule_resolves_to_its_function():
         assert registry.get(name).resolve() is getattr(policies, name)
 
 
-def test_train_options_read_from_source_match_the_dataclass():
-    from dataclasses import MISSING, fields
-
-    from stdec.cli import train_config_fields
-    from stdec.testbed.train import TrainConfig
-
-    real = {f.name: f for f in fields(TrainConfig)}
-    read = {f.name: f for f in train_config_fields()}
-    assert list(read) == list(real)
-    for name, f in read.items():
-        assert f.metadata["help"] == real[name].metadata["help"]
-        assert f.default is MISSING or f.default == real[name].default
-
-
 def test_vision_training_options_cover_its_recipe():
     from dataclasses import fields
 
-    from stdec.cli import VISION_ONLY, VISION_SHARED, train_config_fields
-    from stdec.testbed.train_vision import VisionTrainConfig
+    from stdec.cli import vision_only_fields, vision_shared
+    from stdec.testbed.config import TrainConfig, VisionTrainConfig
 
-    text = {f.name for f in train_config_fields()}
-    assert set(VISION_SHARED) <= text and not {f.name for f in VISION_ONLY} & text
+    text = {f.name for f in fields(TrainConfig)}
+    assert vision_shared() <= text and not {f.name for f in vision_only_fields()} & text
     assert {f.name for f in fields(VisionTrainConfig)} == \
-        (set(VISION_SHARED) - {"tasks"}) | {f.name for f in VISION_ONLY}
+        (vision_shared() - {"tasks"}) | {f.name for f in vision_only_fields()}
 
 
 @pytest.mark.parametrize("flag, note", [

@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stdec.decoding import registry
@@ -94,34 +94,55 @@ def parse_policy(spec: str) -> PolicySetting:
     return PolicySetting(name, tuple(params))
 
 
+def _opt(default, help: str, **flag):
+    """A field with its flag's help; `flag` may rename it (flag="--cache") and give a list's
+    form (form="csv": comma-separated; form="words": space-separated)."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
 @dataclass(frozen=True)
 class BenchConfig:
-    model: str = "testbed"
-    # testbed task names, or real benchmarks with their data: gsm8k=path/to/test.jsonl
-    tasks: tuple[str, ...] = ("gsm", "code", "lists")
-    policies: tuple[str, ...] = (VANILLA, "fixed:k=4", "threshold", "stdec")
+    """A bench grid: rules x caches x lengths x EOS settings x tasks. `stdec bench`'s flags
+    are these fields."""
+
+    model: str = _opt("testbed", "checkpoint folder, Hugging Face Hub id, or a bundled model")
+    tasks: tuple[str, ...] = _opt(
+        ("gsm", "code", "lists"), "testbed tasks, or real benchmarks with their data "
+        "(gsm8k=FILE, math500=FILE, humaneval[=FILE], mbpp=FILE)", form="csv")
+    policies: tuple[str, ...] = _opt(
+        (VANILLA, "fixed:k=4", "threshold", "stdec"), "policy settings such as "
+        "threshold:tau=0.9 stdec:tau_high=0.9,rho=0.8 fixed:k=2 (k: tokens per step); "
+        f"{VANILLA} (vanilla) always runs", form="words")
     # the default grid fits 10 minutes on 2 CPU cores: without a cache, or without EOS stop
     # at the long length, vanilla decoding alone takes longer (ask for them with the options)
-    caches: tuple[str, ...] = ("dual",)
-    lengths: tuple[str, ...] = LENGTHS
-    stop_at_eos: tuple[bool, ...] = (True,)
-    split: str = "test"
+    caches: tuple[str, ...] = _opt(("dual",), f"cache modes among {', '.join(CACHE_MODES)}",
+                                   flag="--cache", form="csv")
+    lengths: tuple[str, ...] = _opt(
+        LENGTHS, "standard (fits the answers) and/or long (4x the longest answer)", form="csv")
+    stop_at_eos: tuple[bool, ...] = _opt((True,), "EOS early stop: on, off or on,off",
+                                         flag="--eos-stop", form="csv")
+    split: str = _opt("test", "which split of each task: train, dev or test")
     # the first 100 problems of each task: the default grid then takes 7 minutes on 2 CPU
     # cores (the whole 400-problem splits take about 4 times as long; --limit 400)
-    limit: int | None = 100
-    batch_size: int = 64
-    block_length: int = 32
-    gen_length: int | None = None  # overrides every task's standard length
-    long_gen_length: int | None = None  # overrides every task's long length
-    seed: int = 0
-    out: str = "runs/bench"
-    device: str | None = None
-    dtype: str | None = None
-    cuda_graphs: bool = True  # on CUDA, replay dual-cache block steps as graphs
-    compile: bool = False  # torch.compile the forward
-    # timed passes per cell, interleaved across policies; the tables show their median
-    repeats: int = 3
-    allow_unsandboxed_code: bool = False  # score code tasks without the kernel sandbox
+    limit: int | None = _opt(100, "problems per task, the first of each split; raise it to "
+                             "run whole splits")
+    batch_size: int = _opt(64, "problems decoded together")
+    block_length: int = _opt(32, "semi-autoregressive block size")
+    gen_length: int | None = _opt(None, "override every task's standard generation length "
+                                  "(none: fitted to each task's answers)")
+    long_gen_length: int | None = _opt(None, "override every task's long generation length "
+                                       "(none: 4x the longest answer)")
+    seed: int = _opt(0, "seed")
+    out: str = _opt("runs/bench", "folder for results.json, results.md and pareto.png; a "
+                    "folder that already holds results is left alone and the run goes to "
+                    "OUT-2, OUT-3, ...")
+    device: str | None = _opt(None, "cpu, cuda or cuda:N (none: cuda when there is one)")
+    dtype: str | None = _opt(None, "weights' type: float32, bfloat16 or float16")
+    cuda_graphs: bool = _opt(True, "on CUDA, replay dual-cache block steps as graphs")
+    compile: bool = _opt(False, "torch.compile the forward")
+    repeats: int = _opt(3, "timed passes over the grid, interleaved across policies; tables "
+                        "show the median")
+    allow_unsandboxed_code: bool = _opt(False, "score code tasks without the kernel sandbox")
 
     def __post_init__(self):
         from stdec.tasks import SPLITS, get_task

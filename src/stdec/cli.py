@@ -10,7 +10,6 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields
 from pathlib import Path
-from types import SimpleNamespace
 
 from stdec.decoding.config import CACHE_MODES, DecodeConfig
 from stdec.errors import StdecError
@@ -38,13 +37,21 @@ def add_options(parser: argparse.ArgumentParser, cls, title: str):
     documentation; unset flags keep the defaults."""
     group = parser.add_argument_group(title)
     for f in (cls if isinstance(cls, list) else fields(cls)):
-        kind = f.type
-        if isinstance(kind, str):  # postponed annotation: "int | None"
-            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(
-                kind.split("|")[0].strip(), str)
-        if isinstance(kind, types.UnionType):  # int | None -> int
-            kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        _add_flag(group, f.name, kind, f.default, f.metadata.get("help", ""))
+        _add_flag(group, f.name, field_kind(f), f.default, f.metadata.get("help", ""),
+                  f.metadata.get("flag"), f.metadata.get("form"))
+
+
+def field_kind(f) -> type:
+    """A dataclass field's type as a flag reads it: int, float, str or bool."""
+    kind = f.type
+    if isinstance(kind, str):  # postponed annotation: "int | None"
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(
+            kind.split("|")[0].strip(), str)
+    if isinstance(kind, types.UnionType):  # int | None -> int
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...] -> str: a list's items
+        kind = typing.get_args(kind)[0]
+    return kind
 
 
 def add_decode_options(parser: argparse.ArgumentParser, title: str):
@@ -72,17 +79,53 @@ def decode_option_names(args: argparse.Namespace) -> dict:
             if getattr(args, n, None) is not None}
 
 
-def _add_flag(group, name: str, kind: type, default, help_text: str):
-    flag = "--" + name.replace("_", "-")
+def _add_flag(group, name: str, kind: type, default, help_text: str, flag: str | None = None,
+              form: str | None = None):
+    """One option's flag, `--name` unless `flag` says otherwise. A list field (`form`) takes
+    comma-separated values ("csv"; on/off for booleans) or space-separated ones ("words")."""
+    flag = flag or "--" + name.replace("_", "-")
     shown = "" if default is MISSING else f" (default: {_shown(default)})"
+    if form is not None:
+        words = form == "words"
+        shown = f" (default: {(' ' if words else ',').join(map(_shown, default))})"
+        convert = _words if words else _csv_of(flag, kind)
+        group.add_argument(flag, dest=name, nargs="+" if words else None, default=None,
+                           type=str if words else convert, metavar="SPEC" if words else "LIST",
+                           help=f"{help_text}{shown}")
+        return
     if kind is bool:
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+        group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_text}{shown}")
         return
     choices = choices_of(name)
-    group.add_argument(flag, type=_typed(kind, flag), choices=choices, default=None,
+    group.add_argument(flag, dest=name, type=_typed(kind, flag), choices=choices, default=None,
                        metavar=None if choices else kind.__name__.upper(),
                        help=f"{help_text}{shown}")
+
+
+class Refused(Exception):
+    """A flag's value refused in one sentence while parsing. Not a ValueError, which
+    argparse would replace with its own 'invalid value' message."""
+
+
+def _csv_of(flag: str, kind: type) -> Callable[[str], tuple]:
+    values = {"on": True, "off": False} if field_kind_is_bool(kind) else None
+
+    def convert(text: str) -> tuple:
+        try:
+            items = csv_list(text, flag, values)
+        except StdecError as err:
+            raise Refused(str(err)) from None
+        return tuple(values[v] for v in items) if values else items
+    return convert
+
+
+def field_kind_is_bool(kind) -> bool:
+    return kind is bool or typing.get_args(kind)[:1] == (bool,)
+
+
+def _words(text: str) -> str:
+    return text.strip()
 
 
 def choices_of(name: str) -> tuple[str, ...] | None:
@@ -111,8 +154,11 @@ def _typed(kind: type, flag: str) -> Callable[[str], object]:
 
 
 def from_options(cls, args: argparse.Namespace, **defaults):
-    given = {f.name: getattr(args, f.name) for f in fields(cls)}
-    return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+    """`cls` from the flags given (a space-separated list becomes a tuple of its words)."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(cls)}
+    given = {k: tuple(w for w in v if w) if isinstance(v, list) else v
+             for k, v in given.items() if v is not None}
+    return cls(**{**defaults, **given})
 
 
 def decode_config(args: argparse.Namespace, **fixed) -> DecodeConfig:
@@ -151,8 +197,10 @@ def decode_defaults(args: argparse.Namespace):
 # ---- checks that run before anything heavy is imported ----
 
 def check_prompt(text: str) -> str:
-    """A prompt from the shell: UTF-8 (argv bytes that are not arrive as surrogates), not
-    blank."""
+    """A prompt from the shell, or from standard input when it is `-`: UTF-8 (bytes that are
+    not arrive as surrogates), not blank."""
+    if text == "-":
+        text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -291,7 +339,7 @@ def require_vision_model(model: str, why: str):
 def cmd_generate(args: argparse.Namespace):
     import stdec
 
-    check_prompt(args.prompt)
+    args.prompt = check_prompt(args.prompt)
     check_model(args.model)
     config = decode_config(args)
     images = check_images(args)
@@ -368,7 +416,7 @@ def cmd_train(args: argparse.Namespace):
     _check_creatable(out, "--out")
     if vision:
         return train_vision_testbed(args)
-    given = [f"--{f.name.replace('_', '-')}" for f in VISION_ONLY
+    given = [f"--{f.name.replace('_', '-')}" for f in vision_only_fields()
              if getattr(args, f.name) is not None]
     if given:
         raise StdecError(f"{given[0]} sets the vision testbed's recipe; add --tasks vision, or "
@@ -378,25 +426,6 @@ def cmd_train(args: argparse.Namespace):
     config = from_options(TrainConfig, args)
     out = train(config, resume=args.resume)
     print(f"wrote the trained checkpoint to {out}")
-
-
-# the vision testbed's recipe (stdec/testbed/train_vision.py) shares these options with
-# TrainConfig (the tasks option picks it) and has the VISION_ONLY ones besides. Defaults:
-# VisionTrainConfig's.
-VISION_SHARED = ("tasks", "out", "steps", "batch_size", "lr", "min_lr", "warmup", "weight_decay",
-                 "vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden_size",
-                 "eval_every", "eval_limit", "save_every", "seed", "device", "init")
-VISION_ONLY = [SimpleNamespace(name=name, type=int, default=MISSING, metadata={"help": text})
-               for name, text in (
-                   ("vision_hidden", "--tasks vision: width of the vision tower"),
-                   ("vision_layers", "--tasks vision: blocks of the vision tower"),
-                   ("patch_size", "--tasks vision: pixels a side of one patch"),
-                   ("gen_length", "--tasks vision: answer tokens trained and decoded"),
-                   ("train_size", "--tasks vision: pictures in the train split"),
-                   ("threads", "--tasks vision: CPU threads"),
-                   ("tower_steps", "--tasks vision: steps of the tower and projector alone "
-                    "on what each cell of a picture holds, in the language model's words; "
-                    "they are then frozen"))]
 
 
 def init_is_vision(init: str) -> bool:
@@ -414,8 +443,10 @@ def train_vision_testbed(args: argparse.Namespace):
     if args.tasks.strip() != "vision":
         raise StdecError(f"--tasks {args.tasks!r}: vision trains a model of its own (a "
                          "LLaDA-V); train it alone with --tasks vision.")
-    unused = [f"--{f.name.replace('_', '-')}" for f in train_config_fields()
-              if f.name not in VISION_SHARED and getattr(args, f.name) is not None]
+    from stdec.testbed.config import TrainConfig
+
+    unused = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)
+              if f.name not in vision_shared() and getattr(args, f.name) is not None]
     if unused:
         raise StdecError(f"{unused[0]} is not an option of the vision recipe; leave it out "
                          "with --tasks vision.")
@@ -441,25 +472,14 @@ def train_vision_testbed(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace):
-    from stdec.bench import LENGTHS, BenchConfig, check_out, run_bench
+    from stdec.bench import BenchConfig, check_out, run_bench
 
     check_model(args.model)
-    tasks = check_tasks(args.tasks)
-    seeing = [t for t in tasks if t.partition("=")[0] in image_task_names()]
+    config = from_options(BenchConfig, args)  # every option checked: tasks, specs, caches
+    seeing = [t for t in config.tasks if t.partition("=")[0] in image_task_names()]
     if seeing:
         require_vision_model(args.model, f"--tasks {seeing[0]} asks questions about images")
-    config = BenchConfig(
-        model=args.model, tasks=tasks, policies=_policies(args.policies),
-        caches=csv_list(args.cache, "--cache", CACHE_MODES),
-        lengths=csv_list(args.lengths, "--lengths", LENGTHS),
-        stop_at_eos=_eos_settings(args.eos_stop),
-        split=args.split, limit=args.limit, batch_size=args.batch_size,
-        block_length=args.block_length, gen_length=args.gen_length,
-        long_gen_length=args.long_gen_length, seed=args.seed, out=args.out,
-        device=args.device, dtype=args.dtype, cuda_graphs=args.cuda_graphs,
-        compile=args.compile, repeats=args.repeats,
-        allow_unsandboxed_code=args.allow_unsandboxed_code)
-    check_sandbox_for(tasks, args.allow_unsandboxed_code)
+    check_sandbox_for(config.tasks, args.allow_unsandboxed_code)
     out = check_out(Path(config.out))
     if out != Path(config.out).expanduser():
         print(f"{config.out} already holds results; this run writes to {out}", file=sys.stderr)
@@ -512,7 +532,7 @@ def cmd_tune(args: argparse.Namespace):
 def cmd_viz(args: argparse.Namespace):
     import stdec
 
-    check_prompt(args.prompt)
+    args.prompt = check_prompt(args.prompt)
     check_model(args.model)
     out_path = check_new_file(args.out, "--out", (".png", ".svg", ".pdf"))
     config = decode_config(args, trace=True)
@@ -564,6 +584,9 @@ def _policies(specs: list[str]) -> tuple[str, ...]:
 
 # ---- the parser: each command's options are built only when that command runs ----
 
+# the options every model-loading command shares (_model_options), and the sandbox's
+MODEL_FIELDS = ("model", "device", "dtype", "cuda_graphs", "compile", "allow_unsandboxed_code")
+
 def _model_options(parser: argparse.ArgumentParser):
     parser.add_argument("--model", default="testbed",
                         help="checkpoint folder, Hugging Face Hub id, or a bundled model name "
@@ -614,7 +637,7 @@ def _positive(flag: str) -> Callable[[str], int]:
 
 
 def _build_generate(p: argparse.ArgumentParser):
-    p.add_argument("prompt", help="the prompt text (UTF-8)")
+    p.add_argument("prompt", help="the prompt text (UTF-8); - reads it from standard input")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: text, stats and the effective settings")
     _image_option(p)
@@ -625,7 +648,7 @@ def _build_generate(p: argparse.ArgumentParser):
 
 
 def _build_viz(p: argparse.ArgumentParser):
-    p.add_argument("prompt", help="the prompt text (UTF-8)")
+    p.add_argument("prompt", help="the prompt text (UTF-8); - reads it from standard input")
     _image_option(p)
     _chat_option(p)
     p.add_argument("--out", default="decode_order.png",
@@ -642,55 +665,15 @@ def _bench_defaults() -> dict:
 
 
 def _build_bench(p: argparse.ArgumentParser):
-    d = _bench_defaults()
+    from stdec.bench import BenchConfig
+
     _model_options(p)
-    p.add_argument("--tasks", default=",".join(d["tasks"]),
-                   help="comma-separated testbed tasks, or real benchmarks with their data "
-                   "(gsm8k=FILE, math500=FILE, humaneval[=FILE], mbpp=FILE) (default: "
-                   f"{','.join(d['tasks'])})")
-    p.add_argument("--policies", nargs="+", default=list(d["policies"]), metavar="SPEC",
-                   help="policy settings such as threshold:tau=0.9 stdec:tau_high=0.9,rho=0.8 "
-                   "fixed:k=2 (k: tokens per step); fixed:k=1 (vanilla) always runs (default: "
-                   f"{' '.join(d['policies'])})")
-    p.add_argument("--cache", default=",".join(d["caches"]),
-                   help=f"comma-separated cache modes among {', '.join(CACHE_MODES)} (default: "
-                   f"{','.join(d['caches'])})")
-    p.add_argument("--lengths", default=",".join(d["lengths"]),
-                   help="standard (fits the answers) and/or long (4x the longest answer) "
-                   f"(default: {','.join(d['lengths'])})")
-    p.add_argument("--eos-stop", default=",".join("on" if e else "off" for e in d["stop_at_eos"]),
-                   help="EOS early stop: on, off or on,off (default: "
-                   f"{','.join('on' if e else 'off' for e in d['stop_at_eos'])})")
-    # checked by BenchConfig: importing the task suite for its names would slow --help
-    p.add_argument("--split", default=d["split"],
-                   help=f"which split of each task: train, dev or test (default: {d['split']})")
-    p.add_argument("--limit", type=_positive("--limit"), default=d["limit"],
-                   help="problems per task, the first of each split; raise it to run whole "
-                   f"splits (default: {d['limit']})")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=d["batch_size"],
-                   help=f"problems decoded together (default: {d['batch_size']})")
-    p.add_argument("--block-length", type=_positive("--block-length"),
-                   default=d["block_length"],
-                   help=f"semi-autoregressive block size (default: {d['block_length']})")
-    p.add_argument("--gen-length", type=_positive("--gen-length"), default=None,
-                   help="override every task's standard generation length (default: fitted "
-                   "to each task's answers)")
-    p.add_argument("--long-gen-length", type=_positive("--long-gen-length"), default=None,
-                   help="override every task's long generation length (default: 4x the "
-                   "longest answer)")
-    p.add_argument("--repeats", type=_positive("--repeats"), default=d["repeats"],
-                   help="timed passes over the grid, interleaved across policies; tables show "
-                   f"the median (default: {d['repeats']})")
+    add_options(p, [f for f in fields(BenchConfig) if f.name not in MODEL_FIELDS],
+                "the grid (BenchConfig)")
     p.add_argument("--table", choices=("grid", "paper"), default="grid",
-                   help="grid: policies x caches; paper: the STDec paper's table (Vanilla, "
-                   "Half-Step, dKV-Cache, Fast-dLLM, LocalLeap, STDec, then EB, KLASS, WINO, "
-                   "credit; TPS, speedup and score per task), --policies and --cache unused "
-                   "(default: grid)")
-    p.add_argument("--seed", type=int, default=d["seed"], help=f"seed (default: {d['seed']})")
-    p.add_argument("--out", default=d["out"],
-                   help="folder for results.json, results.md and pareto.png; a folder that "
-                   "already holds results is left alone and the run goes to OUT-2, OUT-3, ... "
-                   f"(default: {d['out']})")
+                   help="grid: policies x caches; paper: the STDec paper's table (each rule's "
+                   "paper rows: TPS, speedup and score per task), --policies and --cache "
+                   "unused (default: grid)")
     _sandbox_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_bench)
@@ -722,44 +705,32 @@ def _build_tune(p: argparse.ArgumentParser):
 
 
 def _build_train(p: argparse.ArgumentParser):
+    from stdec.testbed.config import TrainConfig
+
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/checkpoint when it exists (default: on)")
-    add_options(p, train_config_fields(), "training (TrainConfig)")
-    add_options(p, VISION_ONLY, "the vision testbed (--tasks vision; defaults: VisionTrainConfig)")
+    add_options(p, TrainConfig, "training (TrainConfig)")
+    vision = p.add_argument_group("the vision testbed (--tasks vision; defaults: "
+                                  "VisionTrainConfig)")
+    for f in vision_only_fields():
+        _add_flag(vision, f.name, field_kind(f), MISSING, f"--tasks vision: {f.metadata['help']}")
     p.set_defaults(run=cmd_train)
 
 
-def train_config_fields() -> list[SimpleNamespace]:
-    """TrainConfig's fields (name, type, default, help) read from stdec/testbed/train.py's
-    source: importing that module loads torch and the model zoo (seconds), and --help or a
-    refused option must answer at once. tests/test_cli.py checks them against the real dataclass;
-    anything this reader does not understand falls back to the import."""
-    import ast
-    import importlib.util
+def vision_only_fields() -> list:
+    """VisionTrainConfig's fields that TrainConfig has not: the vision recipe's own options."""
+    from stdec.testbed.config import TrainConfig, VisionTrainConfig
 
-    try:
-        origin = importlib.util.find_spec("stdec.testbed.train").origin
-        tree = ast.parse(Path(origin).read_text())
-        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
-        out = []
-        for node in cls.body:
-            if not isinstance(node, ast.AnnAssign):
-                continue
-            call = node.value
-            assert isinstance(call, ast.Call) and call.func.id == "_opt"
-            try:
-                default = ast.literal_eval(call.args[0])
-            except ValueError:  # computed (the task list): shown without a default
-                default = MISSING
-            kind = {"int": int, "float": float, "str": str, "bool": bool}[
-                ast.unparse(node.annotation).split("|")[0].strip()]
-            out.append(SimpleNamespace(name=node.target.id, type=kind, default=default,
-                                       metadata={"help": ast.literal_eval(call.args[1])}))
-        return out
-    except Exception:  # noqa: BLE001 - a layout this reader does not know: import it
-        from stdec.testbed.train import TrainConfig
+    text = {f.name for f in fields(TrainConfig)}
+    return [f for f in fields(VisionTrainConfig) if f.name not in text]
 
-        return list(fields(TrainConfig))
+
+def vision_shared() -> set[str]:
+    """The options the two recipes share (tasks picks the recipe)."""
+    from stdec.testbed.config import TrainConfig, VisionTrainConfig
+
+    return {f.name for f in fields(TrainConfig)} & {f.name for f in fields(VisionTrainConfig)} \
+        | {"tasks"}
 
 
 def _build_random_model(p: argparse.ArgumentParser):
@@ -806,7 +777,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only `commands` (default: all) get their options."""
     wanted = set(COMMANDS if commands is None else commands)
+    from stdec import __version__
+
     parser = Parser(prog="stdec", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"stdec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 title="commands")
     for name, (help_text, build) in COMMANDS.items():
@@ -822,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
         args.run(args)
-    except StdecError as err:
+    except (StdecError, Refused) as err:
         print(f"stdec: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the machine's answer (disk full, permission denied): no bug

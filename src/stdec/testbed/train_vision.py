@@ -21,7 +21,7 @@ import dataclasses
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from stdec.models import load_model, save_model
 from stdec.models.images import IMAGE_PLACEHOLDER
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX, LLaDAVConfig, LLaDAVModel, to_pixels
+from stdec.testbed.config import VisionTrainConfig
 from stdec.testbed.suites.vision import COLORS, POSITIONS, SHAPES, SIZE, VisionTask, render
 from stdec.testbed.train import STATE, load_state, lr_at, make_optimizer, optimizer_step, save_state
 
@@ -43,41 +44,6 @@ COLOR_IDS = {c: i for i, c in enumerate(COLORS)}
 LABEL_WORDS = {"shape": ("", *SHAPES), "color": ("", *COLORS),
                "bar": ("", *map(str, range(1, 10))), "cell": POSITIONS}
 CELL_LABELS = {name: len(words) for name, words in LABEL_WORDS.items()}  # values each takes
-
-
-@dataclass(frozen=True)
-class VisionTrainConfig:
-    out: str = "runs/testbed-vision"
-    steps: int = 20000
-    batch_size: int = 16
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup: int = 300
-    weight_decay: float = 0.1
-    vocab_size: int = 512
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_hidden_size: int = 384
-    vision_hidden: int = 64
-    vision_layers: int = 2
-    patch_size: int = 16
-    gen_length: int = 32
-    train_size: int = 20000
-    eval_every: int = 1000
-    eval_limit: int = 100
-    save_every: int = 250
-    seed: int = 0
-    threads: int = 1
-    device: str = ""  # cpu or cuda (default: cuda when there is one)
-    # a text LLaDA checkpoint (a folder, or "testbed") whose language model and tokenizer the
-    # new model starts from, as LLaDA-V starts from LLaDA-8B-Instruct; its shape replaces
-    # d_model, n_layers, n_heads, mlp_hidden_size and vocab_size. Or a vision testbed to
-    # train on, whose tower's shape also replaces vision_*. "": a new one from scratch.
-    init: str = ""
-    # stage 0: steps of the tower and projector alone on what each cell holds, in the language
-    # model's words (pretrain_tower), after which they are frozen; 0: none, all trained together
-    tower_steps: int = 0
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
