@@ -6,10 +6,11 @@ How a page's fenced blocks are read:
 - ```bash: every command line runs (a trailing backslash continues a line, `#` starts a
   comment). `stdec ...` runs in this process through stdec.cli.main and must exit 0.
   `pip install ...` (alone or before `&&`) is the reader's install, already done, and
-  `pytest` is this suite: neither runs. `stdec serve ...` runs in a subprocess on a free
-  loopback port, started with the page (so that it boots while the blocks before it run);
-  its block waits until it answers, and the page's python blocks reach it where they say
-  http://127.0.0.1:8000. Any other command fails the test: its block must be marked not run.
+  `pytest` is this suite: neither runs. `stdec serve ...` (one a page) runs in a subprocess
+  on a free loopback port, started when this file's first page runs, so that it boots while
+  other pages run; its block waits until it answers, and the page's python blocks reach it
+  where they say http://127.0.0.1:8000. Any other command fails the test: its block must
+  be marked not run.
 - ```text, right after a python or bash block (blank lines only between): what that block
   prints, stdout and stderr together, compared line by line (trailing spaces aside) after
   one normalisation: a number followed by " s" or " tokens/s" (a time, a speed) reads as N.
@@ -113,11 +114,10 @@ def normal(text: str) -> list[str]:
 class Page:
     """One page's run: its namespace, its folder, its servers."""
 
-    def __init__(self, page: Path, folder: Path):
-        self.page, self.folder = page, folder
+    def __init__(self, page: Path, server: Server | None):
+        self.page, self.server = page, server
         self.namespace: dict = {"__name__": f"docs:{page.name}"}
-        self.servers: list[subprocess.Popen] = []
-        self.url: str | None = None
+        self.url = server.url if server is not None else None
 
     def run(self, block: Block) -> str:
         where = f"{self.page.name}:{block.line}"
@@ -142,41 +142,35 @@ class Page:
             return
         assert words[0] == "stdec", (f"{where}: {command!r} is not a stdec command; mark its "
                                      "block <!-- not run: REASON -->")
-        if words[1] == "serve":  # started with the page
-            self.wait_for_server(where)
+        if words[1] == "serve":  # already started (the servers fixture)
+            self.server.wait(where)
             return
         code = stdec.cli.main(words[1:])
         assert code == 0, f"{where}: {command!r} exited with {code}"
 
-    def start_servers(self, found: list[Block]):
-        """Start the page's `stdec serve` at once, so that it boots while the blocks before
-        it run; its block then waits for it."""
-        for block in found:
-            if block.lang == "bash" and block.not_run is None:
-                for words in commands(block.code):
-                    if words[:2] == ["stdec", "serve"]:
-                        assert not self.servers, f"{self.page.name}: one stdec serve a page"
-                        self.launch(words[1:])
 
-    def launch(self, argv: list[str]):
+class Server:
+    """A page's `stdec serve ...`, in a subprocess on a free loopback port."""
+
+    def __init__(self, argv: list[str], folder: Path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         src = str(Path(stdec.__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH",
-                                                                                 "")]),
-               "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        self.servers.append(subprocess.Popen(
-            [sys.executable, "-m", "stdec", *argv, "--port", str(port)], cwd=self.folder,
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         self.url = f"http://127.0.0.1:{port}"
+        self.log = folder / "serve.log"  # a file, not a pipe: nobody reads it while it runs
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stdec", *argv, "--port", str(port)], cwd=folder,
+                env=env, stdout=log, stderr=subprocess.STDOUT)
 
-    def wait_for_server(self, where: str):
-        proc = self.servers[0]
+    def wait(self, where: str):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"{where}: stdec serve exited: {proc.stderr.read()}")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{where}: stdec serve exited: {self.log.read_text()}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
@@ -185,14 +179,21 @@ class Page:
             time.sleep(0.2)
         raise AssertionError(f"{where}: stdec serve did not answer /health in 180 s")
 
-    def close(self):
-        for proc in self.servers:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve_command(page: Path) -> list[str] | None:
+    """The page's `stdec serve` arguments (one server a page at most), if it has one."""
+    found = [words[1:] for b in blocks(page) if b.lang == "bash" and b.not_run is None
+             for words in commands(b.code) if words[:2] == ["stdec", "serve"]]
+    assert len(found) <= 1, f"{page.name}: one stdec serve a page"
+    return found[0] if found else None
 
 
 _LOADED: dict = {}
@@ -217,22 +218,36 @@ def settings(monkeypatch):
     monkeypatch.setattr(stdec, "load", _memo_load(load))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_page_examples_print_what_the_page_shows(page, settings, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run = Page(page, tmp_path)
-    found = blocks(page)
+@pytest.fixture(scope="module")
+def servers(request, tmp_path_factory):
+    """Every selected page's server, started when the first page runs, so that each boots
+    while other pages run; stopped when the file is done."""
+    pages = {item.callspec.params["page"] for item in request.session.items
+             if "page" in getattr(getattr(item, "callspec", None), "params", {})}
+    started = {}
     try:
-        run.start_servers(found)
-        for block in found:
-            if block.not_run is not None:
-                continue
-            printed = run.run(block)
-            if block.output is not None:
-                assert normal(printed) == normal(block.output), (
-                    f"{page.name}:{block.line} printed\n{printed}\ninstead of\n{block.output}")
+        for page in sorted(pages):
+            argv = serve_command(page)
+            if argv is not None:
+                started[page] = Server(argv, tmp_path_factory.mktemp("serve"))
+        yield started
     finally:
-        run.close()
+        for server in started.values():
+            server.stop()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_page_examples_print_what_the_page_shows(page, servers, settings, tmp_path,
+                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = Page(page, servers.get(page))
+    for block in blocks(page):
+        if block.not_run is not None:
+            continue
+        printed = run.run(block)
+        if block.output is not None:
+            assert normal(printed) == normal(block.output), (
+                f"{page.name}:{block.line} printed\n{printed}\ninstead of\n{block.output}")
 
 
 def test_few_blocks_are_not_run_and_each_says_why():
