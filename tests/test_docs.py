@@ -126,7 +126,8 @@ class Page:
             if block.lang == "python":
                 code = block.code if self.url is None else block.code.replace(SERVER_URL,
                                                                               self.url)
-                exec(compile(code, where, "exec"), self.namespace)
+                # dont_inherit: a page runs without this file's __future__ imports
+                exec(compile(code, where, "exec", dont_inherit=True), self.namespace)
             else:
                 for command in commands(block.code):
                     self.shell(command, where)

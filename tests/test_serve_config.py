@@ -22,7 +22,7 @@ def test_defaults_and_image_dir(tmp_path):
 
 @pytest.mark.parametrize("bad, words", [
     ({"name": ""}, "name"), ({"defaults": ["stdec"]}, "DecodeConfig"),
-    ({"defaults": {"policy": "nope"}}, "unknown policy 'nope'"),
+    ({"defaults": {"policy": "threshold", "tau": 2}}, "tau must be in (0, 1], got 2"),
     ({"host": ""}, "host"), ({"port": 0}, "1..65535, got 0"), ({"port": 65536}, "65536"),
     ({"port": "80"}, "'80'"), ({"max_batch": 0}, "max_batch"), ({"max_batch": True}, "True"),
     ({"max_queue": 0}, "max_queue"), ({"timeout": 0}, "timeout must be > 0"),

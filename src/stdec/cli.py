@@ -336,17 +336,27 @@ def require_vision_model(model: str, why: str):
                          "vision-language checkpoint (LLaDA-V or LaViDa, e.g. testbed-vision).")
 
 
-def cmd_generate(args: argparse.Namespace):
+def decode_one(args: argparse.Namespace, check_first: Callable[[], object] = lambda: None,
+               **fixed):
+    """generate and viz: the prompt, model and options checked (and `check_first`, a
+    command's own check, before any model work), then the model loaded and the prompt
+    decoded. Returns (the Generation, its DecodeConfig, chat, the tokenizer)."""
     import stdec
 
     args.prompt = check_prompt(args.prompt)
     check_model(args.model)
-    config = decode_config(args)
+    check_first()
+    config = decode_config(args, **fixed)
     images = check_images(args)
     model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device,
                                   cuda_graphs=args.cuda_graphs, compile=args.compile)
     chat = _chat(args, tokenizer)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
+    return out, config, chat, tokenizer
+
+
+def cmd_generate(args: argparse.Namespace):
+    out, config, chat, tokenizer = decode_one(args)
     s = out.stats[0]
     if args.json:  # one object: the text, the stats and the settings it decoded with
         import json
@@ -530,19 +540,11 @@ def cmd_tune(args: argparse.Namespace):
 
 
 def cmd_viz(args: argparse.Namespace):
-    import stdec
-
-    args.prompt = check_prompt(args.prompt)
-    check_model(args.model)
-    out_path = check_new_file(args.out, "--out", (".png", ".svg", ".pdf"))
-    config = decode_config(args, trace=True)
-    images = check_images(args)
+    out, config, chat, tokenizer = decode_one(
+        args, lambda: check_new_file(args.out, "--out", (".png", ".svg", ".pdf")), trace=True)
+    out_path = Path(args.out).expanduser()
     from stdec.viz import color_text, decode_order_plot, use_colour
 
-    model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device,
-                                  cuda_graphs=args.cuda_graphs, compile=args.compile)
-    chat = _chat(args, tokenizer)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     s = out.stats[0]
     n = max(s.gen_tokens, 1)  # show at least one token, even an immediate EOS
     ids = out.ids[0, :n].tolist()
