@@ -22,7 +22,7 @@ from pathlib import Path
 
 from stdec.decoding import registry
 from stdec.decoding.config import CACHE_MODES, DecodeConfig, build, parse_value
-from stdec.decoding.registry import VANILLA
+from stdec.decoding.registry import BENCH_DEFAULT, VANILLA
 from stdec.errors import StdecError
 from stdec.util import (
     atomic_path,
@@ -110,7 +110,7 @@ class BenchConfig:
         ("gsm", "code", "lists"), "testbed tasks, or real benchmarks with their data "
         "(gsm8k=FILE, math500=FILE, humaneval[=FILE], mbpp=FILE)", form="csv")
     policies: tuple[str, ...] = _opt(
-        (VANILLA, "fixed:k=4", "threshold", "stdec"), "policy settings such as "
+        BENCH_DEFAULT, "policy settings such as "
         "threshold:tau=0.9 stdec:tau_high=0.9,rho=0.8 fixed:k=2 (k: tokens per step); "
         f"{VANILLA} (vanilla) always runs", form="words")
     # the default grid fits 10 minutes on 2 CPU cores: without a cache, or without EOS stop

@@ -27,8 +27,8 @@ from typing import Any, get_type_hints
 
 from stdec.errors import StdecError
 
-__all__ = ["POLICY_NAMES", "VANILLA", "Rule", "get", "names", "param", "param_fields",
-           "register", "unregister"]
+__all__ = ["BENCH_DEFAULT", "POLICY_NAMES", "VANILLA", "VANILLA_OPTIONS", "Rule", "get", "names",
+           "param", "param_fields", "register", "unregister"]
 
 # what the engine can compute for a rule besides confidence (policies.StepState)
 INPUTS = frozenset({"entropy", "kl", "token_conf", "drafted", "memory"})
@@ -285,7 +285,11 @@ class CreditParams:
         0.5, "credit: a step adds confidence ** credit_alpha to the credit", "> 0")
 
 
-VANILLA = "fixed:k=1"  # LLaDA's one token a step: the baseline of every speedup
+# LLaDA's one token a step: the baseline of every speedup, as options and as a bench spec
+VANILLA_OPTIONS = {"policy": "fixed", "k": 1}
+VANILLA = "fixed:k=1"
+# stdec bench's default grid: vanilla, fixed at 4 tokens a step, Fast-dLLM's threshold, STDec
+BENCH_DEFAULT = (VANILLA, "fixed:k=4", "threshold", "stdec")
 # the paper table, in registration order: the baselines, STDec, then the newer rules. Vanilla
 # is LLaDA's one token a step with no cache; Half-Step the same at half the steps; dKV-Cache
 # vanilla decoding over the delayed cache; Fast-dLLM the 0.9 threshold with the dual cache.

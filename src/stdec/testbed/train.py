@@ -256,12 +256,14 @@ def load_state(folder: Path, model, optimizer) -> tuple[int, list]:
 
 def dev_eval(model, tokenizer, cfg: TrainConfig, lengths: dict) -> dict[str, float]:
     from stdec.decoding.config import DecodeConfig
+    from stdec.decoding.registry import VANILLA_OPTIONS
     from stdec.tasks import evaluate
 
     model.eval()
     scores = {}
     for name in cfg.task_names:
-        decode = DecodeConfig(policy="fixed", cache="dual", gen_length=lengths[name]["gen_length"],
+        decode = DecodeConfig(**VANILLA_OPTIONS, cache="dual",
+                              gen_length=lengths[name]["gen_length"],
                               block_length=cfg.block_length)
         res = evaluate(model, tokenizer, name, "dev", decode, limit=cfg.eval_limit, batch_size=64)
         scores[name] = res.accuracy

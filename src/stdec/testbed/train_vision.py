@@ -257,12 +257,14 @@ def dev_accuracy(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "
 def dev_scores(model: LLaDAVModel, tokenizer, task: VisionTask, split: str = "dev",
                limit: int = 100, gen_length: int = 32, **decode_options) -> list[bool]:
     """Whether each of the first `limit` problems of `split` is answered right."""
-    from stdec.decoding.config import DecodeConfig
+    from stdec.decoding.config import build
     from stdec.decoding.engine import decode
+    from stdec.decoding.registry import VANILLA_OPTIONS
 
     problems = task.problems(split)[:limit]
-    opts = {"policy": "fixed", "cache": "dual", "steps": gen_length, **decode_options}
-    cfg = DecodeConfig(gen_length=gen_length, block_length=gen_length, **opts)
+    # vanilla decoding, one block, unless decode_options say otherwise
+    cfg = build({"cache": "dual", "gen_length": gen_length, "block_length": gen_length,
+                 **decode_options}, VANILLA_OPTIONS)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     out = decode(model, [prompt_ids(tokenizer, p.prompt) for p in problems], cfg, eos_ids=[eot],
                  images=[[render(p.meta["scene"])] for p in problems])
