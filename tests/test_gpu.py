@@ -19,7 +19,7 @@ PROMPTS = [[5, 9, 33], [7, 101, 54, 8, 12], [40, 41], [9] * 11, [77, 3, 5, 6]]
 
 
 def decode_all(model, cfg, *, graphs: bool, static: bool | None = None):
-    model.cuda_graphs = graphs
+    model.configure(cuda_graphs=graphs)
     engine = Engine(model, max_batch=3, max_length=64, static_step=static)
     requests = [engine.submit(p, cfg) for p in PROMPTS]
     engine.run()

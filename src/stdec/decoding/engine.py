@@ -185,7 +185,7 @@ class Engine:
         self.eos = torch.tensor(sorted({mc.eos_token_id, *eos_ids}), device=self.device)
         # shifted models (Dream) predict position i from hidden state i - 1: cached steps feed
         # `shift` extra positions on the left (s >= 1: prompts are non-empty)
-        self.shift = getattr(model, "logits_shift", 0)
+        self.shift = model.logits_shift
         S, W, dev = max_batch, self.max_length, self.device
         self.x = torch.full((S, W), self.mask_id, dtype=torch.long, device=dev)
         self.stable = torch.zeros(S, W, dtype=torch.long, device=dev)  # by block offset
@@ -198,7 +198,7 @@ class Engine:
         self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
         self.prev_logp: Tensor | None = None
         self.cache = None  # allocated by the first request that asks for one
-        self.capture = getattr(model, "cuda_graphs", True)  # replay fixed-shape steps (CUDA)
+        self.capture = model.cuda_graphs  # replay fixed-shape steps (CUDA)
         on_cuda = self.device.type == "cuda" and self.capture
         self.static_wanted = on_cuda if static_step is None else static_step
         self.static: StaticBlockStep | None = None  # built with the cache
@@ -434,7 +434,7 @@ class Engine:
     def _feeds_prompt(self, rows: list[Request], starts: list[int]) -> bool:
         """Whether a prefix LM's forward feeds prompt positions: full forwards do, and a
         shifted model's (LaViDa-Dream's) steps in its first block feed the prompt's last."""
-        return getattr(self.model, "prefix_lm", False) and any(
+        return self.model.prefix_lm and any(
             a < len(r.prompt) for a, r in zip(starts, rows, strict=True))
 
     def _prefix_lm_mask(self, rows: list[Request], cols: Tensor, keys: int) -> Tensor:
