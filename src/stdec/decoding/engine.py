@@ -41,8 +41,9 @@ import torch
 from torch import Tensor
 
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.graphs import StaticBlockStep, on_device
+from stdec.decoding.graphs import on_device
 from stdec.decoding.policies import NEEDS, StepState, select
+from stdec.decoding.runner import ModelRunner
 from stdec.errors import StdecError
 
 __all__ = ["DecodeOutput", "Engine", "Request", "RowStats", "Trace", "confidence", "decode",
@@ -183,9 +184,6 @@ class Engine:
         self.max_length = min(max_length or mc.max_sequence_length, mc.max_sequence_length)
         self.mask_id, self.eos_id = mc.mask_token_id, mc.eos_token_id
         self.eos = torch.tensor(sorted({mc.eos_token_id, *eos_ids}), device=self.device)
-        # shifted models (Dream) predict position i from hidden state i - 1: cached steps feed
-        # `shift` extra positions on the left (s >= 1: prompts are non-empty)
-        self.shift = model.logits_shift
         S, W, dev = max_batch, self.max_length, self.device
         self.x = torch.full((S, W), self.mask_id, dtype=torch.long, device=dev)
         self.stable = torch.zeros(S, W, dtype=torch.long, device=dev)  # by block offset
@@ -197,12 +195,8 @@ class Engine:
         self.memory = torch.zeros(S, W, device=dev)
         self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
         self.prev_logp: Tensor | None = None
-        self.cache = None  # allocated by the first request that asks for one
-        self.capture = model.cuda_graphs  # replay fixed-shape steps (CUDA)
-        on_cuda = self.device.type == "cuda" and self.capture
-        self.static_wanted = on_cuda if static_step is None else static_step
-        self.static: StaticBlockStep | None = None  # built with the cache
-        self.features: Tensor | None = None  # (S, F, d) image vectors, by the first image
+        self.runner = ModelRunner(model, self, max_batch=max_batch, max_length=self.max_length,
+                                  static_step=static_step)
         self.slots: list[Request | None] = [None] * S
         self.waiting: deque[Request] = deque()
         self.counters = {"nfe": 0, "gen_tokens": 0, "steps": 0}
@@ -256,7 +250,7 @@ class Engine:
             _sync(self.device)
         groups: dict[str, list[Request]] = {"full": [], "prefix": [], "dual": [], "dkv": []}
         for r in rows:
-            cached = r.config.cache != "none" and self.cache is not None
+            cached = r.config.cache != "none" and self.runner.cache is not None
             # dkv also refreshes every dkv_interval steps of a block
             refresh = r.step == 0 or (r.config.cache == "dkv"
                                       and r.step % r.config.dkv_interval == 0)
@@ -303,22 +297,15 @@ class Engine:
     def _expand(self, r: Request) -> bool:
         """Run the vision tower: the prompt's placeholders become its image vectors' ids."""
         try:
-            (r.prompt,), r.features = self.model.encode_prompts([r.prompt], [r.images])
+            self.runner.expand(r)
         except Exception as err:
             self._end(r, "failed", _describe(err))
             return False
-        r.images = None
         return True
 
     def _place(self, r: Request, slot: int):
         cfg, P, T = r.config, len(r.prompt), r.length
-        if cfg.cache != "none" and self.cache is None:
-            # one extra column: scratch for the padding of batched steps
-            self.cache = self.model.new_cache(self.max_batch, self.max_length + 1)
-            if self.static_wanted:
-                self.static = StaticBlockStep(
-                    self.model, self.cache, max_batch=self.max_batch, max_length=self.max_length,
-                    capture=self.capture)
+        self.runner.place(r, slot)
         self.x[slot, :P] = on_device(r.prompt, self.device)
         self.x[slot, P:T] = self.mask_id
         self.stable[slot] = 0
@@ -327,28 +314,16 @@ class Engine:
         self.drafted[slot] = False
         self.trace_step[slot] = -1
         self.trace_conf[slot] = math.nan
-        if r.features is not None:
-            self._store_features(slot, r.features)
         r.slot, r.state, r.block, r.step, r.nfe = slot, "running", P, 0, 0
         r.t_admit = time.perf_counter()
         if cfg.temperature > 0:
             r.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.slots[slot] = r
 
-    def _store_features(self, slot: int, table: Tensor):
-        n, d = table.shape
-        old = self.features
-        if old is None or old.shape[1] < n:  # grow (rarely: the longest image prompt so far)
-            self.features = torch.zeros(self.max_batch, n, d, dtype=table.dtype,
-                                        device=self.device)
-            if old is not None:
-                self.features[:, : old.shape[1]] = old
-        self.features[slot, :n] = table
-
     def _run(self, kind: str, rows: list[Request]):
         """Forward `rows` together and commit; an error fails the rows that cause it alone."""
         try:
-            logits = self._forward(kind, rows)
+            logits = self.runner.forward(kind, rows)
         except Exception as err:
             if len(rows) == 1:
                 return self._end(rows[0], "failed", _describe(err))
@@ -372,87 +347,6 @@ class Engine:
                         self._commit(cfg, [r], logits[i : i + 1])
                     except Exception as row_err:
                         self._end(r, "failed", _describe(row_err))
-
-    def _forward(self, kind: str, rows: list[Request]) -> Tensor:
-        """Logits (n, L, V) of each row's active block (L: the longest block; a shorter
-        block's extra columns repeat its last position)."""
-        dev, W = self.device, self.max_length
-        slots = [r.slot for r in rows]
-        ends = [r.length for r in rows]
-        if kind == "dual" and self._fixed_shape(rows):
-            return self.static(self.x, slots, [r.block for r in rows], ends,
-                               rows[0].config.block_length)
-        if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
-            starts, stops = [0] * len(rows), ends
-        elif kind in ("prefix", "dkv"):  # the block and everything after it
-            starts, stops = [r.block - self.shift for r in rows], ends
-        else:  # dual: the block alone, over the cached prefix and suffix
-            starts = [r.block - self.shift for r in rows]
-            stops = [r.block + r.config.block_length for r in rows]
-        width = max(b - a for a, b in zip(starts, stops, strict=True))
-        keys = max(ends)
-        start_t = on_device(starts, dev)[:, None]
-        cols = start_t + torch.arange(width, device=dev)  # (n, L): absolute positions fed
-        valid = cols < on_device(stops, dev)[:, None]
-        cols = cols.clamp(max=W - 1)
-        slot_t = on_device(slots, dev)
-        ids = self.x[slot_t[:, None], cols]  # (n, L)
-        mask = None
-        if self._feeds_prompt(rows, starts):  # a prefix LM's prompt sees only the prompt
-            mask = self._prefix_lm_mask(rows, cols, keys)
-        elif min(ends) != keys:  # rows of different lengths: each attends to its own keys
-            mask = torch.arange(keys, device=dev) < on_device(ends, dev)[:, None]
-        cache = None
-        if self.cache is not None and any(r.config.cache != "none" for r in rows):
-            # padding writes its K/V into the scratch column past max_length
-            write = torch.where(valid, cols, W)
-            if kind == "dkv":  # dKV-Cache's delay: a token decoded two or more forwards ago
-                # keeps the K/V cached at the forward after its commit (or at the refresh)
-                blocks_t = on_device([r.block for r in rows], dev)[:, None]
-                prompt_t = on_device([len(r.prompt) for r in rows], dev)[:, None]
-                nfe_t = on_device([r.nfe for r in rows], dev)[:, None]
-                at = self.trace_step[slot_t[:, None], (cols - prompt_t).clamp(min=0)]
-                stale = (cols >= blocks_t) & (ids != self.mask_id) & (at >= 1) & (at < nfe_t)
-                write = torch.where(stale, W, write)
-            cache = self.cache.slots(slots, write, keys)
-        # which fed positions' logits: the block, s .. s + block_length (relative to starts)
-        blocks = [r.block - a for r, a in zip(rows, starts, strict=True)]
-        lengths = [r.config.block_length for r in rows]
-        if len(set(blocks)) == 1 and len(set(lengths)) == 1:
-            pick = {"logits_slice": slice(blocks[0], blocks[0] + lengths[0])}
-        else:
-            offsets = torch.arange(max(lengths), device=dev)
-            last = on_device(lengths, dev)[:, None] - 1
-            pick = {"logits_index": on_device(blocks, dev)[:, None]
-                    + torch.minimum(offsets, last)}
-        if any(r.features is not None for r in rows):  # row j of slot s: j + s * F of one table
-            width_f = self.features.shape[1]
-            ids = torch.where(ids < 0, ids - slot_t[:, None] * width_f, ids)
-            pick["image_features"] = self.features.flatten(0, 1)
-        return self.model(ids, position_ids=cols, attention_mask=mask, cache=cache, **pick)
-
-    def _feeds_prompt(self, rows: list[Request], starts: list[int]) -> bool:
-        """Whether a prefix LM's forward feeds prompt positions: full forwards do, and a
-        shifted model's (LaViDa-Dream's) steps in its first block feed the prompt's last."""
-        return self.model.prefix_lm and any(
-            a < len(r.prompt) for a, r in zip(starts, rows, strict=True))
-
-    def _prefix_lm_mask(self, rows: list[Request], cols: Tensor, keys: int) -> Tensor:
-        """(n, L, keys) for a prefix LM (LaViDa): fed prompt positions attend to their row's
-        prompt only, generated positions to all of their row."""
-        dev = self.device
-        key = torch.arange(keys, device=dev)
-        prompt = on_device([len(r.prompt) for r in rows], dev)[:, None, None]
-        end = on_device([r.length for r in rows], dev)[:, None, None]
-        return (key < end) & ((cols[..., None] >= prompt) | (key < prompt))
-
-    def _fixed_shape(self, rows: list[Request]) -> bool:
-        """Whether the fixed-shape step (graphs.py) takes these dual rows: it is on, they
-        share one block length, none carries image vectors and none needs a prefix LM's
-        per-position mask."""
-        return (self.static is not None and len({r.config.block_length for r in rows}) == 1
-                and all(r.features is None for r in rows)
-                and not self._feeds_prompt(rows, [r.block - self.shift for r in rows]))
 
     def _commit(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
         """Confidence, the rule and the commit for rows that share one DecodeConfig."""
