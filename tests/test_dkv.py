@@ -44,8 +44,8 @@ def test_tokens_older_than_one_forward_are_read_from_the_cache(arch):
     model = MODELS[arch]()
     engine, r = stepped(model, 4)
     P = len(r.prompt)
-    block = engine.x[r.slot, r.block : r.block + 8]
-    committed = engine.trace_step[r.slot, r.block - P : r.block - P + 8]
+    block = engine.seqs.x[r.slot, r.block : r.block + 8]
+    committed = engine.seqs.trace_step[r.slot, r.block - P : r.block - P + 8]
     assert (block != model.config.mask_token_id).sum() == 4
     assert (committed == r.nfe).sum() == 1  # the newest: fed once more
     old = torch.nonzero((committed >= 1) & (committed < r.nfe))[:, 0] + r.block

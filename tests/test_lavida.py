@@ -287,7 +287,7 @@ def test_a_block_step_after_the_refresh_gives_the_full_forwards_logits(either, k
     with torch.inference_mode():
         engine = Engine(either, max_batch=1, max_length=128, static_step=static)
         engine.submit([5, 9, 33, 7], config("threshold", kind))  # text: static steps allowed
-        engine._admit()
+        engine.scheduler.admit()
         rows = [r for r in engine.slots if r is not None]
         full = engine.runner.forward("full", rows)  # refreshes the cache
         step = engine.runner.forward(kind, rows)

@@ -30,12 +30,10 @@ its slot, so the model reads every row's vectors from one table.
 
 from __future__ import annotations
 
-import itertools
 import math
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -44,77 +42,11 @@ from stdec.decoding.config import DecodeConfig
 from stdec.decoding.graphs import on_device
 from stdec.decoding.policies import NEEDS, StepState, select
 from stdec.decoding.runner import ModelRunner
+from stdec.decoding.scheduler import Request, RowStats, Scheduler, Sequences, Trace, describe
 from stdec.errors import StdecError
 
 __all__ = ["DecodeOutput", "Engine", "Request", "RowStats", "Trace", "confidence", "decode",
            "eos_stop"]
-
-
-@dataclass
-class RowStats:
-    nfe: int  # forward passes this row took part in
-    gen_tokens: int  # generated tokens before the first EOS
-    tpf: float  # gen_tokens / nfe
-    wall_time: float  # seconds from the start of the row's decode (admission) until it finished
-    tokens_per_s: float  # gen_tokens / wall_time
-
-
-@dataclass
-class Trace:
-    step: Tensor  # (B, G) int: the row's step (its NFE count, from 1) that committed each position
-    confidence: Tensor  # (B, G) float: confidence at commit; NaN where EOS stop filled it
-
-
-_ids = itertools.count()
-REMASKS = ("wino",)  # rules that may mask a committed token of the active block again
-
-
-@dataclass(eq=False)
-class Request:
-    """One prompt to decode, and everything the engine knows about it.
-
-    `listener`, when set, is called (on the engine's thread) once when the request ends,
-    and with `progress` also after every step it takes part in (what streaming reads):
-    `tokens`/`steps` are then the generated region so far (ids, the mask id where still
-    masked; commit step, -1 where not committed) and `committed` its decoded prefix.
-    """
-
-    prompt: list[int]
-    config: DecodeConfig
-    listener: Callable[[Request], None] | None = None
-    deadline: float | None = None  # time.monotonic() after which the request fails
-    progress: bool = False
-    images: list | None = None  # PIL images, one per placeholder in `prompt` (vision models)
-    id: int = field(default_factory=lambda: next(_ids))
-    state: str = "waiting"  # waiting, running, done, failed, cancelled
-    error: str | None = None
-    ids: list[int] | None = None  # generated ids, once done
-    stats: RowStats | None = None
-    trace: Trace | None = None  # (1, G) tensors when config.trace
-    tokens: list[int] = field(default_factory=list)  # live view for listeners
-    steps: list[int] = field(default_factory=list)
-    committed: int = 0  # length of the committed prefix (up to the first masked position)
-    # the engine's bookkeeping
-    slot: int | None = None
-    block: int = 0  # start of the active block (absolute position)
-    step: int = 0  # steps taken in the active block
-    nfe: int = 0
-    cancelled: bool = False
-    t_admit: float = 0.0
-    generator: torch.Generator | None = None
-    features: Tensor | None = None  # the prompt's image vectors, once expanded
-
-    @property
-    def length(self) -> int:
-        return len(self.prompt) + self.config.gen_length
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    def cancel(self):
-        """Ask the engine to drop this request (thread-safe): its slot frees at the next step."""
-        self.cancelled = True
 
 
 CONFIDENCE_CHUNK = 1 << 24  # logits read in float32 at a time: 64 MB (4 rows at LLaDA's vocab)
@@ -183,23 +115,42 @@ class Engine:
         self.max_batch = max_batch
         self.max_length = min(max_length or mc.max_sequence_length, mc.max_sequence_length)
         self.mask_id, self.eos_id = mc.mask_token_id, mc.eos_token_id
-        self.eos = torch.tensor(sorted({mc.eos_token_id, *eos_ids}), device=self.device)
+        eos = sorted({mc.eos_token_id, *eos_ids})
+        self.eos = torch.tensor(eos, device=self.device)
         S, W, dev = max_batch, self.max_length, self.device
-        self.x = torch.full((S, W), self.mask_id, dtype=torch.long, device=dev)
+        self.seqs = Sequences(S, W, self.mask_id, dev)
+        self.x, self.trace_step, self.trace_conf = self.seqs.x, self.seqs.trace_step, \
+            self.seqs.trace_conf
         self.stable = torch.zeros(S, W, dtype=torch.long, device=dev)  # by block offset
         self.prev = torch.full((S, W), -1, dtype=torch.long, device=dev)
-        self.trace_step = torch.full((S, W), -1, dtype=torch.long, device=dev)  # by gen offset
-        self.trace_conf = torch.full((S, W), math.nan, device=dev)
         # rule state, by block offset (policies.NEEDS): memory of stateful rules, wino's
         # drafts, klass's previous log-probabilities (allocated when a klass row arrives)
         self.memory = torch.zeros(S, W, device=dev)
         self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
         self.prev_logp: Tensor | None = None
-        self.runner = ModelRunner(model, self, max_batch=max_batch, max_length=self.max_length,
-                                  static_step=static_step)
-        self.slots: list[Request | None] = [None] * S
-        self.waiting: deque[Request] = deque()
-        self.counters = {"nfe": 0, "gen_tokens": 0, "steps": 0}
+        self.runner = ModelRunner(model, self.seqs, max_batch=max_batch,
+                                  max_length=self.max_length, static_step=static_step)
+        self.scheduler = Scheduler(self.seqs, self.runner, self, max_batch=max_batch,
+                                   max_length=self.max_length, mask_id=self.mask_id,
+                                   eos_ids=set(eos))
+
+    @property
+    def slots(self) -> list[Request | None]:
+        return self.scheduler.slots
+
+    @property
+    def waiting(self) -> deque[Request]:
+        return self.scheduler.waiting
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.scheduler.counters
+
+    def reset(self, slots):
+        self.stable[slots] = 0
+        self.prev[slots] = -1
+        self.memory[slots] = 0
+        self.drafted[slots] = False
 
     # ---- the queue ----
 
@@ -212,16 +163,15 @@ class Engine:
 
     def add(self, request: Request) -> Request:
         """Queue a request built by the caller (the server builds them on its own thread)."""
-        self.waiting.append(request)
-        return request
+        return self.scheduler.add(request)
 
     @property
     def active(self) -> int:
-        return sum(r is not None for r in self.slots)
+        return self.scheduler.active
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting) or self.active > 0
+        return self.scheduler.has_work
 
     def run(self):
         """Step until every submitted request has ended."""
@@ -230,95 +180,20 @@ class Engine:
 
     def cancel_all(self, reason: str):
         """End every waiting and running request with `reason` (a shutdown)."""
-        while self.waiting:
-            self._end(self.waiting.popleft(), "cancelled", reason)
-        for r in self.slots:
-            if r is not None:
-                self._end(r, "cancelled", reason)
+        self.scheduler.cancel_all(reason)
 
     # ---- one iteration ----
 
     @torch.inference_mode()
     def step(self) -> bool:
         """One iteration over every active slot; False when there is nothing to do."""
-        self._reap()
-        self._admit()
-        rows = [r for r in self.slots if r is not None]
-        if not rows:
+        groups = self.scheduler.schedule()  # reap, admit; the rows by kind of forward
+        if not groups:
             return False
-        if self.counters["steps"] == 0:
-            _sync(self.device)
-        groups: dict[str, list[Request]] = {"full": [], "prefix": [], "dual": [], "dkv": []}
-        for r in rows:
-            cached = r.config.cache != "none" and self.runner.cache is not None
-            # dkv also refreshes every dkv_interval steps of a block
-            refresh = r.step == 0 or (r.config.cache == "dkv"
-                                      and r.step % r.config.dkv_interval == 0)
-            groups["full" if not cached or refresh else r.config.cache].append(r)
-        for kind, members in groups.items():
-            if members:
-                self._run(kind, members)
-        self._advance([r for r in rows if r.state == "running"])
-        self.counters["steps"] += 1
+        for kind, rows in groups.items():
+            self._run(kind, rows)  # the forward, then each DecodeConfig's commit
+        self.scheduler.advance()  # one host sync: blocks, committed prefixes, finished rows
         return True
-
-    def _reap(self):
-        now = time.monotonic()
-        for r in list(self.waiting):
-            if r.cancelled or (r.deadline is not None and now > r.deadline):
-                self.waiting.remove(r)
-                self._drop(r)
-        for r in self.slots:
-            if r is not None and (r.cancelled or (r.deadline is not None and now > r.deadline)):
-                self._drop(r)
-
-    def _drop(self, r: Request):
-        if r.cancelled:
-            self._end(r, "cancelled", "the request was cancelled")
-        else:
-            self._end(r, "failed", "the request timed out before it finished")
-
-    def _admit(self):
-        for slot in range(self.max_batch):
-            if self.slots[slot] is not None:
-                continue
-            while self.waiting:
-                r = self.waiting.popleft()
-                if r.images and not self._expand(r):
-                    continue
-                if r.length > self.max_length:
-                    self._end(r, "failed", f"prompt ({len(r.prompt)} tokens) + gen_length "
-                              f"({r.config.gen_length}) exceeds the engine's max length "
-                              f"{self.max_length}")
-                    continue
-                self._place(r, slot)
-                break
-
-    def _expand(self, r: Request) -> bool:
-        """Run the vision tower: the prompt's placeholders become its image vectors' ids."""
-        try:
-            self.runner.expand(r)
-        except Exception as err:
-            self._end(r, "failed", _describe(err))
-            return False
-        return True
-
-    def _place(self, r: Request, slot: int):
-        cfg, P, T = r.config, len(r.prompt), r.length
-        self.runner.place(r, slot)
-        self.x[slot, :P] = on_device(r.prompt, self.device)
-        self.x[slot, P:T] = self.mask_id
-        self.stable[slot] = 0
-        self.prev[slot] = -1
-        self.memory[slot] = 0
-        self.drafted[slot] = False
-        self.trace_step[slot] = -1
-        self.trace_conf[slot] = math.nan
-        r.slot, r.state, r.block, r.step, r.nfe = slot, "running", P, 0, 0
-        r.t_admit = time.perf_counter()
-        if cfg.temperature > 0:
-            r.generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        self.slots[slot] = r
 
     def _run(self, kind: str, rows: list[Request]):
         """Forward `rows` together and commit; an error fails the rows that cause it alone."""
@@ -326,7 +201,7 @@ class Engine:
             logits = self.runner.forward(kind, rows)
         except Exception as err:
             if len(rows) == 1:
-                return self._end(rows[0], "failed", _describe(err))
+                return self.scheduler.end(rows[0], "failed", describe(err))
             for r in rows:  # find the row at fault: each alone
                 self._run(kind, [r])
             return
@@ -340,13 +215,13 @@ class Engine:
                 self._commit(cfg, members, picked)
             except Exception as err:
                 if len(members) == 1:
-                    self._end(members[0], "failed", _describe(err))
+                    self.scheduler.end(members[0], "failed", describe(err))
                     continue
                 for i, r in zip(idx, members, strict=True):
                     try:
                         self._commit(cfg, [r], logits[i : i + 1])
                     except Exception as row_err:
-                        self._end(r, "failed", _describe(row_err))
+                        self.scheduler.end(r, "failed", describe(row_err))
 
     def _commit(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
         """Confidence, the rule and the commit for rows that share one DecodeConfig."""
@@ -426,102 +301,6 @@ class Engine:
             state.drafted = self.drafted[rows_t, offsets]
         if "memory" in needs:
             state.memory = self.memory[rows_t, offsets]
-
-    def _advance(self, rows: list[Request]):
-        """One host sync: each row's first masked position gives its block, its committed
-        prefix and whether it is done."""
-        if not rows:
-            return
-        dev, W = self.device, self.max_length
-        slot_t = on_device([r.slot for r in rows], dev)
-        pos = torch.arange(W, device=dev)
-        lo = on_device([len(r.prompt) for r in rows], dev)[:, None]
-        hi = on_device([r.length for r in rows], dev)[:, None]
-        open_ = (self.x[slot_t] == self.mask_id) & (pos >= lo) & (pos < hi)
-        first = torch.where(open_, pos, W).min(dim=1).values
-        listening = [i for i, r in enumerate(rows) if r.progress and r.listener is not None]
-        if listening:
-            li = slot_t[listening]
-            first, view_x, view_s = _host(first, self.x[li], self.trace_step[li])
-        else:
-            first, view_x, view_s = first.tolist(), [], []
-        self.counters["nfe"] += len(rows)
-        reset = []
-        for i, (r, f) in enumerate(zip(rows, first, strict=True)):
-            P, T = len(r.prompt), r.length
-            r.committed = min(f, T) - P
-            if r.config.policy in REMASKS and f < T:  # the active block may still change
-                r.committed = (f - P) // r.config.block_length * r.config.block_length
-            if i in listening:
-                j = listening.index(i)
-                r.tokens, r.steps = view_x[j][P:T], view_s[j][: T - P]
-            if f >= T:
-                self._end(r, "done")
-                continue
-            block = P + (f - P) // r.config.block_length * r.config.block_length
-            if block != r.block:
-                r.block, r.step = block, 0
-                reset.append(r.slot)
-            else:
-                r.step += 1
-            if i in listening:
-                _notify(r)
-        if reset:
-            self.stable[reset] = 0
-            self.prev[reset] = -1
-            self.memory[reset] = 0
-            self.drafted[reset] = False
-
-    def _end(self, r: Request, state: str, error: str | None = None):
-        """Finish a request: copy out its ids, stats and trace, free its slot, tell it."""
-        r.state, r.error = state, error
-        if r.slot is not None:
-            slot, P, T, G = r.slot, len(r.prompt), r.length, r.config.gen_length
-            ids = self.x[slot, P:T].cpu()
-            r.ids = ids.tolist()
-            r.tokens = r.ids
-            r.committed = G if state == "done" else r.committed
-            gen_tokens = next((i for i, t in enumerate(r.ids) if t in self._eos_set), G)
-            wall = time.perf_counter() - r.t_admit
-            r.stats = RowStats(r.nfe, gen_tokens, gen_tokens / max(r.nfe, 1), wall,
-                               gen_tokens / wall if wall > 0 else 0.0)
-            if r.config.trace:
-                r.trace = Trace(self.trace_step[slot, None, :G].clone(),
-                                self.trace_conf[slot, None, :G].clone())
-            r.steps = self.trace_step[slot, :G].tolist()
-            if state == "done":
-                self.counters["gen_tokens"] += gen_tokens
-            self.slots[slot] = None
-            r.slot = None
-        r.generator = r.features = None
-        if r.listener is not None:
-            _notify(r)
-
-    @property
-    def _eos_set(self) -> set[int]:
-        return set(self.eos.tolist())
-
-
-def _host(*tensors: Tensor) -> list:
-    return [t.tolist() for t in tensors]
-
-
-def _notify(r: Request):
-    try:
-        r.listener(r)
-    except Exception:  # a listener's failure must not stop the engine
-        r.listener = None
-        r.cancel()
-
-
-def _describe(err: Exception) -> str:
-    return f"decoding failed: {type(err).__name__}: {err}"
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 # ---- the batch face: stdec.generate, bench, tune and lm-eval ----
 
