@@ -88,6 +88,7 @@ class Scripted(torch.nn.Module):
 
     logits_shift = 0  # the model interface's traits (stdec/models/interface.py)
     prefix_lm = False
+    system_prompt = None
     cuda_graphs = True
 
     def __init__(self, script, vocab=16):

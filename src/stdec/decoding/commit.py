@@ -122,8 +122,7 @@ class CommitStep:
         step_t = on_device([r.step for r in rows], dev)[:, None]
         state = StepState(masked, x[slot_t] != self.mask_id, starts, stable, step_t,
                           seq_end=prompt + G)
-        rule = registry.get(cfg.policy)
-        needs = rule.needs
+        needs = registry.get(cfg.policy).needs
         if needs:
             self._rule_inputs(needs, state, logits, current, rows_t, offsets)
         commit = select(conf, pred, state, cfg)

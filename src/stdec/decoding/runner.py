@@ -40,8 +40,8 @@ class ModelRunner:
         self.model, self.seqs, self.device = model, seqs, model.device
         self.max_batch, self.max_length = max_batch, max_length
         self.mask_id = model.config.mask_token_id
-        # shifted models (Dream) predict position i from hidden state i - 1: cached steps feed
-        # `shift` extra positions on the left (s >= 1: prompts are non-empty)
+        # a shifted model (logits_shift 1) predicts position i from hidden state i - 1: cached
+        # steps feed `shift` extra positions on the left (s >= 1: prompts are non-empty)
         self.shift = model.logits_shift
         self.prefix_lm = model.prefix_lm
         self.capture = model.cuda_graphs  # replay fixed-shape steps (CUDA)
@@ -139,11 +139,11 @@ class ModelRunner:
 
     def _feeds_prompt(self, rows: list[Request], starts: list[int]) -> bool:
         """Whether a prefix LM's forward feeds prompt positions: full forwards do, and a
-        shifted model's (LaViDa-Dream's) steps in its first block feed the prompt's last."""
+        shifted prefix LM's steps in its first block feed the prompt's last."""
         return self.prefix_lm and any(a < len(r.prompt) for a, r in zip(starts, rows, strict=True))
 
     def _prefix_lm_mask(self, rows: list[Request], cols: Tensor, keys: int) -> Tensor:
-        """(n, L, keys) for a prefix LM (LaViDa): fed prompt positions attend to their row's
+        """(n, L, keys) for a prefix LM: fed prompt positions attend to their row's
         prompt only, generated positions to all of their row."""
         dev = self.device
         key = torch.arange(keys, device=dev)
