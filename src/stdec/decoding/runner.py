@@ -10,8 +10,13 @@ Kinds of forward (each row takes one a step; rows of one kind go together):
 
 Rows of one forward are padded on the right and the padding is masked out of attention; each
 row's K/V lives in its own row of one preallocated KVCache, written by position, so a row
-decodes as it would alone. The runner also holds the image feature table (a row's image
-vectors, by slot) and builds a prefix LM's per-position mask.
+decodes as it would alone. A prefix LM (the model's `prefix_lm`) gets a per-position mask:
+its prompt positions see the prompt only.
+
+Images (vision-language models): at admission the model expands a prompt's placeholders into
+one id per image vector, -1 - j for row j of the request's feature table; the runner keeps
+that table in the slot's row of `features` and, in a forward, offsets each row's negative ids
+by its slot, so the model reads every row's vectors from one table.
 """
 
 from __future__ import annotations
