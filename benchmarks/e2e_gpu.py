@@ -127,7 +127,7 @@ def run(model, rule: str, cache: str, batch: int, prompt_len: int,
     vocab = model.config.mask_token_id  # ids below the mask id
     prompts = [torch.randint(0, vocab, (prompt_len,), generator=gen).tolist()
                for _ in range(batch)]
-    model.cuda_graphs = graphs
+    model.configure(cuda_graphs=graphs)
     engine = Engine(model, max_batch=batch, max_length=prompt_len + GEN, static_step=graphs)
     sync(model.device)
     t0 = time.perf_counter()

@@ -15,6 +15,11 @@ class Scripted(torch.nn.Module):
     block, of {token id: probability}; ids not named get probability 0. With a shorter list
     the last entry repeats."""
 
+    logits_shift = 0  # the model interface's traits (stdec/models/interface.py)
+    prefix_lm = False
+    system_prompt = None
+    cuda_graphs = True
+
     def __init__(self, script, vocab: int = 16):
         super().__init__()
         self.config = tiny_config(vocab_size=vocab, mask_token_id=MASK, eos_token_id=EOS,

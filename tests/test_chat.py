@@ -14,7 +14,9 @@ class Recorder(torch.nn.Module):
         super().__init__()
         self.inner, self.fed = inner, []
         self.config = inner.config
-        self.logits_shift = getattr(inner, "logits_shift", 0)
+        # the model interface's traits: the inner model's
+        self.logits_shift, self.prefix_lm = inner.logits_shift, inner.prefix_lm
+        self.system_prompt, self.cuda_graphs = inner.system_prompt, inner.cuda_graphs
 
     device = property(lambda self: self.inner.device)
     dtype = property(lambda self: self.inner.dtype)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scripted import Scripted
 
-from stdec.decoding import engine
+from stdec.decoding import commit, engine
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import decode
 
@@ -73,7 +73,7 @@ def test_confidence_read_a_few_rows_at_a_time_is_the_same(monkeypatch, temperatu
         return engine.confidence(logits.clone(), 49, temperature, gens)
 
     whole = run()
-    monkeypatch.setattr(engine, "CONFIDENCE_CHUNK", 2 * 4 * 50)  # two rows a chunk
+    monkeypatch.setattr(commit, "CONFIDENCE_CHUNK", 2 * 4 * 50)  # two rows a chunk
     chunked = run()
     assert torch.equal(chunked[1], whole[1]) and torch.equal(chunked[0], whole[0])
     assert (whole[1] != 49).all()  # the mask id is never the prediction

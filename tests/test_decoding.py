@@ -87,6 +87,11 @@ def test_sampling_is_seeded(tiny_model):
 class Scripted(torch.nn.Module):
     """Ignores its input: step n (from 0) returns script(n) as logits for the fed block."""
 
+    logits_shift = 0  # the model interface's traits (stdec/models/interface.py)
+    prefix_lm = False
+    system_prompt = None
+    cuda_graphs = True
+
     def __init__(self, script, vocab=16):
         super().__init__()
         self.config = tiny_config(vocab_size=vocab, mask_token_id=MASK, eos_token_id=1,

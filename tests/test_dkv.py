@@ -34,8 +34,8 @@ def test_nothing_committed_since_a_refresh_gives_uncached_logits(arch):
     model = MODELS[arch]()
     engine, r = stepped(model, 4)  # four tokens of the block decoded, at forwards 1..4
     with torch.inference_mode():
-        full = engine._forward("full", [r])  # a refresh: every K/V from the current sequence
-        dkv = engine._forward("dkv", [r])
+        full = engine.runner.forward("full", [r])  # a refresh: every K/V from the current sequence
+        dkv = engine.runner.forward("dkv", [r])
     assert_f32_close(dkv, full, **TINY)
 
 
@@ -44,22 +44,23 @@ def test_tokens_older_than_one_forward_are_read_from_the_cache(arch):
     model = MODELS[arch]()
     engine, r = stepped(model, 4)
     P = len(r.prompt)
-    block = engine.x[r.slot, r.block : r.block + 8]
-    committed = engine.trace_step[r.slot, r.block - P : r.block - P + 8]
+    block = engine.seqs.x[r.slot, r.block : r.block + 8]
+    committed = engine.seqs.trace_step[r.slot, r.block - P : r.block - P + 8]
     assert (block != model.config.mask_token_id).sum() == 4
     assert (committed == r.nfe).sum() == 1  # the newest: fed once more
     old = torch.nonzero((committed >= 1) & (committed < r.nfe))[:, 0] + r.block
     new = torch.nonzero(committed == r.nfe)[:, 0] + r.block
-    saved = [(k.clone(), v.clone()) for k, v in zip(engine.cache.k, engine.cache.v, strict=True)]
-    k0 = engine.cache.k[-1][r.slot].clone()  # (H_kv, T, D); layer 0 sees no context
+    cache = engine.runner.cache
+    saved = [(k.clone(), v.clone()) for k, v in zip(cache.k, cache.v, strict=True)]
+    k0 = cache.k[-1][r.slot].clone()  # (H_kv, T, D); layer 0 sees no context
     with torch.inference_mode():
-        prefix = engine._forward("prefix", [r])  # recomputes every block position
-        k_prefix = engine.cache.k[-1][r.slot].clone()
+        prefix = engine.runner.forward("prefix", [r])  # recomputes every block position
+        k_prefix = cache.k[-1][r.slot].clone()
         for layer, (k, v) in enumerate(saved):  # back to the cache before that forward
-            engine.cache.k[layer].copy_(k)
-            engine.cache.v[layer].copy_(v)
-        dkv = engine._forward("dkv", [r])
-    k_dkv = engine.cache.k[-1][r.slot]
+            cache.k[layer].copy_(k)
+            cache.v[layer].copy_(v)
+        dkv = engine.runner.forward("dkv", [r])
+    k_dkv = cache.k[-1][r.slot]
     torch.testing.assert_close(k_dkv[:, old], k0[:, old], atol=0, rtol=0)  # kept
     torch.testing.assert_close(k_dkv[:, new], k_prefix[:, new], atol=1e-6, rtol=0)  # written
     suffix = torch.arange(r.block + 8, r.length)  # masks after the block: fed and written

@@ -19,7 +19,7 @@ PROMPTS = [[5, 9, 33], [7, 101, 54, 8, 12], [40, 41], [9] * 11, [77, 3, 5, 6]]
 
 
 def decode_all(model, cfg, *, graphs: bool, static: bool | None = None):
-    model.cuda_graphs = graphs
+    model.configure(cuda_graphs=graphs)
     engine = Engine(model, max_batch=3, max_length=64, static_step=static)
     requests = [engine.submit(p, cfg) for p in PROMPTS]
     engine.run()
@@ -36,11 +36,11 @@ def test_graph_replays_decode_what_eager_steps_do(arch, dtype):
         # the same fixed-shape step run eagerly: the same kernels, so the same bits
         eager, eager_engine = decode_all(model, cfg, graphs=False, static=True)
         replayed, engine = decode_all(model, cfg, graphs=True)
-        assert engine.static.graphs and not eager_engine.static.graphs
+        assert engine.runner.static.graphs and not eager_engine.runner.static.graphs
         assert replayed == eager, policy
         if dtype == torch.float32:  # and the plain step's decodes (bf16 may round apart)
             plain, plain_engine = decode_all(model, cfg, graphs=False)
-            assert plain_engine.static is None and plain == replayed, policy
+            assert plain_engine.runner.static is None and plain == replayed, policy
 
 
 def test_small_tensors_reach_the_device_without_blocking():

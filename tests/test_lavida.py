@@ -287,8 +287,8 @@ def test_a_block_step_after_the_refresh_gives_the_full_forwards_logits(either, k
     with torch.inference_mode():
         engine = Engine(either, max_batch=1, max_length=128, static_step=static)
         engine.submit([5, 9, 33, 7], config("threshold", kind))  # text: static steps allowed
-        engine._admit()
+        engine.scheduler.admit()
         rows = [r for r in engine.slots if r is not None]
-        full = engine._forward("full", rows)  # refreshes the cache
-        step = engine._forward(kind, rows)
+        full = engine.runner.forward("full", rows)  # refreshes the cache
+        step = engine.runner.forward(kind, rows)
     torch.testing.assert_close(step, full, atol=1e-4, rtol=0)

@@ -44,7 +44,8 @@ def test_static_steps_decode_what_the_plain_ones_do(arch, max_batch):
         plain, _ = decode_all(model, PROMPTS, cfg, static=False, max_batch=max_batch)
         static, engine = decode_all(model, PROMPTS, cfg, static=True, max_batch=max_batch)
         assert static == plain, policy
-        assert engine.static is not None and engine.static.inputs  # the path was taken
+        step = engine.runner.static
+        assert step is not None and step.inputs  # the path was taken
 
 
 @torch.inference_mode()
@@ -56,9 +57,9 @@ def test_the_static_step_gives_the_plain_steps_logits():
         engine.submit(p, cfg)
     engine.step()  # admission and the refresh forwards: every row is now mid-block
     rows = [r for r in engine.slots if r is not None]
-    static = engine._forward("dual", rows)
-    engine.static = None
-    plain = engine._forward("dual", rows)
+    static = engine.runner.forward("dual", rows)
+    engine.runner.static = None
+    plain = engine.runner.forward("dual", rows)
     assert_f32_close(static, plain, **TINY)
 
 
@@ -81,8 +82,8 @@ def test_rows_with_other_block_lengths_take_the_plain_step_together():
     engine.submit([7, 8], dataclasses.replace(config("threshold", "dual"), block_length=4))
     engine.step()  # both refresh: now both are mid-block, with blocks of 8 and 4
     rows = [r for r in engine.slots if r is not None]
-    logits = engine._forward("dual", rows)
-    assert logits.shape[:2] == (2, 8) and not engine.static.inputs
+    logits = engine.runner.forward("dual", rows)
+    assert logits.shape[:2] == (2, 8) and not engine.runner.static.inputs
 
 
 def test_static_steps_decode_testbed_problems_as_the_plain_ones():
@@ -111,7 +112,7 @@ def test_no_cuda_graphs_reaches_the_loaded_model(checkpoint, monkeypatch):
     assert seen["cuda_graphs"] is False
     assert stdec.load(checkpoint, device="cpu", cuda_graphs=False)[0].cuda_graphs is False
     engine = Engine(stdec.load(checkpoint, device="cpu")[0])
-    assert not engine.static_wanted  # the CPU keeps the plain step unless asked
+    assert not engine.runner.static_wanted  # the CPU keeps the plain step unless asked
 
 
 def test_a_compiled_model_decodes_what_the_plain_one_does():

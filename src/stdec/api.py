@@ -80,8 +80,8 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
     loaded = load_model(path, dtype=dtype, device=device)
     if fuse:  # fewer, larger multiplies; the same numbers (tests/test_fused.py)
         loaded.fuse()
-    loaded.decoding_defaults = defaults  # what generate() lays the user's options over
-    loaded.cuda_graphs = cuda_graphs  # the engine reads it (CUDA only)
+    # what generate() lays the user's options over; whether the engine may capture graphs
+    loaded.configure(decoding_defaults=defaults, cuda_graphs=cuda_graphs)
     if compile:
         compile_model(loaded)
     return loaded, tokenizer
@@ -264,7 +264,7 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
         raise StdecError(f"the tokenizer's mask id ({tok_mask}) differs from the model's "
                          f"mask_token_id ({mc.mask_token_id}); they must come from one checkpoint.")
     ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None,
-                 system=getattr(model, "system_prompt", None))
+                 system=model.system_prompt)
     for i, (p, im) in enumerate(zip(ids, images, strict=True)):
         length = model.prompt_length(p, im) if im else len(p)
         if length + config.gen_length > mc.max_sequence_length:

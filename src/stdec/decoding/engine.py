@@ -1,167 +1,43 @@
-"""Continuous batching: slots, admission, per-row blocks, refresh, commit. The one decode loop.
+"""Continuous batching: the one decode loop, as a facade over its three parts.
 
-The engine holds `max_batch` slots. A request owns one slot from admission to its last
-commit, with its own prompt length, gen_length, block position, DecodeConfig, sampling
-generator, stats and trace. Each iteration (`step`):
-  1. drops cancelled or timed-out requests and admits waiting ones into free slots;
-  2. runs the forwards: rows at a block start (and rows without a cache) take a full
-     forward, which refreshes their K/V; the other rows take one block step, one batched
-     forward per cache mode (prefix, dual; on CUDA the dual step runs at fixed shapes,
-     replayed as a CUDA graph: graphs.py);
-  3. each row commits by its own rule (one policy call per distinct DecodeConfig);
-  4. reads, in one host sync, each row's first masked position: that gives its block, its
-     committed prefix (what is streamed) and whether it is finished; a finished row frees
-     its slot at once.
+  scheduler.py  the queue and the slots: admission, reaping, each row's block (Request)
+  runner.py     the model: each kind of forward, the KV cache, fixed-shape (CUDA graph) steps
+  commit.py     the commit: confidence, each row's rule and the rules' per-slot state
 
-Every slot's sequence starts at column 0 of its row of `x` (positions = columns); rows of
-one forward are padded on the right, padding is masked out of attention, and each row's
-K/V lives in its own row of one preallocated KVCache, written by position. So a row
-decodes as it would alone, whatever else is in flight. The engine knows no task and no
-HTTP: it is driven by a plain loop (`run`, or a server thread calling `step`). `decode()`,
-at the end, is its batch face for stdec.generate, bench, tune and lm-eval: every prompt
-gets a slot, the engine runs to completion, the rows come back in order.
+Each iteration (`step`): the scheduler drops cancelled or timed-out requests, admits waiting
+ones and sorts the rows by kind of forward; the runner runs one batched forward per kind;
+each row commits by its own rule (one rule call per distinct DecodeConfig); the scheduler
+reads, in one host sync, where each row stands (its block, its committed prefix, whether it
+is done) and frees finished slots. A forward or a rule that fails for one row fails that row
+alone. A row decodes as it would alone, whatever else is in flight.
 
-Images (vision-language models): a request's prompt holds one placeholder id per image and
-the request carries the images. At admission the model expands the placeholders into one id
-per image vector, -1 - j for row j of the request's feature table; the engine keeps that
-table in the slot's row of `features` and, in a forward, offsets each row's negative ids by
-its slot, so the model reads every row's vectors from one table.
+The engine knows no task, no HTTP, no rule by name and no model by class (only
+stdec.models.interface): it is driven by a plain loop (`run`, or a server thread calling
+`step`). `decode()`, at the end, is its batch face for stdec.generate, bench, tune and
+lm-eval: every prompt gets a slot, the engine runs to completion, the rows come back in order.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from stdec.decoding import registry
+from stdec.decoding.commit import CONFIDENCE_CHUNK, CommitStep, confidence, eos_stop
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.graphs import StaticBlockStep, on_device
-from stdec.decoding.policies import StepState, select
+from stdec.decoding.runner import ModelRunner
+from stdec.decoding.scheduler import Request, RowStats, Scheduler, Sequences, Trace, describe
 from stdec.errors import StdecError
 
-__all__ = ["DecodeOutput", "Engine", "Request", "RowStats", "Trace", "confidence", "decode",
-           "eos_stop"]
+if TYPE_CHECKING:
+    from stdec.models.interface import DiffusionLM
 
-
-@dataclass
-class RowStats:
-    nfe: int  # forward passes this row took part in
-    gen_tokens: int  # generated tokens before the first EOS
-    tpf: float  # gen_tokens / nfe
-    wall_time: float  # seconds from the start of the row's decode (admission) until it finished
-    tokens_per_s: float  # gen_tokens / wall_time
-
-
-@dataclass
-class Trace:
-    step: Tensor  # (B, G) int: the row's step (its NFE count, from 1) that committed each position
-    confidence: Tensor  # (B, G) float: confidence at commit; NaN where EOS stop filled it
-
-
-_ids = itertools.count()
-
-
-@dataclass(eq=False)
-class Request:
-    """One prompt to decode, and everything the engine knows about it.
-
-    `listener`, when set, is called (on the engine's thread) once when the request ends,
-    and with `progress` also after every step it takes part in (what streaming reads):
-    `tokens`/`steps` are then the generated region so far (ids, the mask id where still
-    masked; commit step, -1 where not committed) and `committed` its decoded prefix.
-    """
-
-    prompt: list[int]
-    config: DecodeConfig
-    listener: Callable[[Request], None] | None = None
-    deadline: float | None = None  # time.monotonic() after which the request fails
-    progress: bool = False
-    images: list | None = None  # PIL images, one per placeholder in `prompt` (vision models)
-    id: int = field(default_factory=lambda: next(_ids))
-    state: str = "waiting"  # waiting, running, done, failed, cancelled
-    error: str | None = None
-    ids: list[int] | None = None  # generated ids, once done
-    stats: RowStats | None = None
-    trace: Trace | None = None  # (1, G) tensors when config.trace
-    tokens: list[int] = field(default_factory=list)  # live view for listeners
-    steps: list[int] = field(default_factory=list)
-    committed: int = 0  # length of the committed prefix (up to the first masked position)
-    # the engine's bookkeeping
-    slot: int | None = None
-    block: int = 0  # start of the active block (absolute position)
-    step: int = 0  # steps taken in the active block
-    nfe: int = 0
-    cancelled: bool = False
-    t_admit: float = 0.0
-    generator: torch.Generator | None = None
-    features: Tensor | None = None  # the prompt's image vectors, once expanded
-
-    @property
-    def length(self) -> int:
-        return len(self.prompt) + self.config.gen_length
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    def cancel(self):
-        """Ask the engine to drop this request (thread-safe): its slot frees at the next step."""
-        self.cancelled = True
-
-
-CONFIDENCE_CHUNK = 1 << 24  # logits read in float32 at a time: 64 MB (4 rows at LLaDA's vocab)
-
-
-def confidence(logits: Tensor, mask_id: int, temperature: float,
-               generators: Sequence[torch.Generator] | None) -> tuple[Tensor, Tensor]:
-    """Prediction and its probability for each position. logits (B, L, V) -> (B, L), (B, L).
-
-    The mask token is never a prediction (committing it would undo the commit). With a
-    temperature the prediction is Gumbel-max sampled in float64 and the confidence is its
-    probability under the model, as in LLaDA. `generators` (one per row, needed when
-    temperature > 0): each row's noise comes from its own, so it never depends on the batch.
-    Rows are read in float32 a few at a time, never as one float32 copy of every row's
-    vocabulary (half a gigabyte for a batch of 32 blocks at LLaDA's vocab).
-    """
-    B, L, V = logits.shape
-    per = max(1, CONFIDENCE_CHUNK // max(L * V, 1))
-    if B <= per:
-        return _confidence(logits, mask_id, temperature, generators)
-    parts = [_confidence(logits[i : i + per], mask_id, temperature,
-                         generators[i : i + per] if generators is not None else None)
-             for i in range(0, B, per)]
-    return torch.cat([c for c, _ in parts]), torch.cat([p for _, p in parts])
-
-
-def _confidence(logits: Tensor, mask_id: int, temperature: float,
-                generators: Sequence[torch.Generator] | None) -> tuple[Tensor, Tensor]:
-    logits = logits.float()
-    logits[..., mask_id] = -math.inf
-    if temperature > 0:
-        u = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device,
-                                    dtype=torch.float64) for g in generators])
-        pred = (logits.double() / temperature - torch.log(-torch.log(u))).argmax(-1)
-    else:
-        pred = logits.argmax(-1)
-    log_p = logits.gather(-1, pred[..., None])[..., 0] - logits.logsumexp(-1)
-    return log_p.exp(), pred
-
-
-def eos_stop(gen: Tensor, eos_ids: Tensor, mask_id: int) -> Tensor:
-    """Masks after a row's first EOS, once everything before that EOS is decoded. (B, G) bool."""
-    G = gen.shape[1]
-    pos = torch.arange(G, device=gen.device)
-    first_eos = torch.where(torch.isin(gen, eos_ids), pos, G).min(dim=1, keepdim=True).values
-    is_mask = gen == mask_id
-    first_mask = torch.where(is_mask, pos, G).min(dim=1, keepdim=True).values
-    return (first_eos < first_mask) & (pos > first_eos) & is_mask
+__all__ = ["CONFIDENCE_CHUNK", "DecodeOutput", "Engine", "Request", "RowStats", "Trace",
+           "confidence", "decode", "eos_stop"]
 
 
 class Engine:
@@ -172,40 +48,24 @@ class Engine:
     max_length fails alone.
     """
 
-    def __init__(self, model, *, max_batch: int = 8, max_length: int | None = None,
+    def __init__(self, model: DiffusionLM, *, max_batch: int = 8, max_length: int | None = None,
                  eos_ids: Sequence[int] = (), static_step: bool | None = None):
         """`static_step`: run dual-cache block steps at fixed shapes (decoding/graphs.py),
         captured as CUDA graphs on CUDA. None: on CUDA unless the model was loaded with
         cuda_graphs=False; True on the CPU runs them eagerly (what the tests compare)."""
         mc = model.config
-        self.model, self.device = model, model.device
-        self.max_batch = max_batch
+        self.model, self.device, self.max_batch = model, model.device, max_batch
         self.max_length = min(max_length or mc.max_sequence_length, mc.max_sequence_length)
-        self.mask_id, self.eos_id = mc.mask_token_id, mc.eos_token_id
-        self.eos = torch.tensor(sorted({mc.eos_token_id, *eos_ids}), device=self.device)
-        # shifted models (Dream) predict position i from hidden state i - 1: cached steps feed
-        # `shift` extra positions on the left (s >= 1: prompts are non-empty)
-        self.shift = getattr(model, "logits_shift", 0)
-        S, W, dev = max_batch, self.max_length, self.device
-        self.x = torch.full((S, W), self.mask_id, dtype=torch.long, device=dev)
-        self.stable = torch.zeros(S, W, dtype=torch.long, device=dev)  # by block offset
-        self.prev = torch.full((S, W), -1, dtype=torch.long, device=dev)
-        self.trace_step = torch.full((S, W), -1, dtype=torch.long, device=dev)  # by gen offset
-        self.trace_conf = torch.full((S, W), math.nan, device=dev)
-        # rule state, by block offset (policies.NEEDS): memory of stateful rules, wino's
-        # drafts, klass's previous log-probabilities (allocated when a klass row arrives)
-        self.memory = torch.zeros(S, W, device=dev)
-        self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
-        self.prev_logp: Tensor | None = None
-        self.cache = None  # allocated by the first request that asks for one
-        self.capture = getattr(model, "cuda_graphs", True)  # replay fixed-shape steps (CUDA)
-        on_cuda = self.device.type == "cuda" and self.capture
-        self.static_wanted = on_cuda if static_step is None else static_step
-        self.static: StaticBlockStep | None = None  # built with the cache
-        self.features: Tensor | None = None  # (S, F, d) image vectors, by the first image
-        self.slots: list[Request | None] = [None] * S
-        self.waiting: deque[Request] = deque()
-        self.counters = {"nfe": 0, "gen_tokens": 0, "steps": 0}
+        mask_id, eos = mc.mask_token_id, sorted({mc.eos_token_id, *eos_ids})
+        self.seqs = Sequences(max_batch, self.max_length, mask_id, self.device)
+        self.runner = ModelRunner(model, self.seqs, max_batch=max_batch,
+                                  max_length=self.max_length, static_step=static_step)
+        self.commit = CommitStep(self.seqs, max_batch=max_batch, max_length=self.max_length,
+                                 mask_id=mask_id, eos_id=mc.eos_token_id,
+                                 eos=torch.tensor(eos, device=self.device))
+        self.scheduler = Scheduler(self.seqs, self.runner, self.commit, max_batch=max_batch,
+                                   max_length=self.max_length, mask_id=mask_id,
+                                   eos_ids=set(eos))
 
     # ---- the queue ----
 
@@ -218,16 +78,28 @@ class Engine:
 
     def add(self, request: Request) -> Request:
         """Queue a request built by the caller (the server builds them on its own thread)."""
-        self.waiting.append(request)
-        return request
+        return self.scheduler.add(request)
+
+    @property
+    def slots(self) -> list[Request | None]:
+        return self.scheduler.slots
+
+    @property
+    def waiting(self) -> deque[Request]:
+        return self.scheduler.waiting
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """nfe (row forwards), gen_tokens (of finished rows), steps (iterations)."""
+        return self.scheduler.counters
 
     @property
     def active(self) -> int:
-        return sum(r is not None for r in self.slots)
+        return self.scheduler.active
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting) or self.active > 0
+        return self.scheduler.has_work
 
     def run(self):
         """Step until every submitted request has ended."""
@@ -236,122 +108,28 @@ class Engine:
 
     def cancel_all(self, reason: str):
         """End every waiting and running request with `reason` (a shutdown)."""
-        while self.waiting:
-            self._end(self.waiting.popleft(), "cancelled", reason)
-        for r in self.slots:
-            if r is not None:
-                self._end(r, "cancelled", reason)
+        self.scheduler.cancel_all(reason)
 
     # ---- one iteration ----
 
     @torch.inference_mode()
     def step(self) -> bool:
         """One iteration over every active slot; False when there is nothing to do."""
-        self._reap()
-        self._admit()
-        rows = [r for r in self.slots if r is not None]
-        if not rows:
+        groups = self.scheduler.schedule()  # reap, admit; the rows by kind of forward
+        if not groups:
             return False
-        if self.counters["steps"] == 0:
-            _sync(self.device)
-        groups: dict[str, list[Request]] = {"full": [], "prefix": [], "dual": [], "dkv": []}
-        for r in rows:
-            cached = r.config.cache != "none" and self.cache is not None
-            # dkv also refreshes every dkv_interval steps of a block
-            refresh = r.step == 0 or (r.config.cache == "dkv"
-                                      and r.step % r.config.dkv_interval == 0)
-            groups["full" if not cached or refresh else r.config.cache].append(r)
-        for kind, members in groups.items():
-            if members:
-                self._run(kind, members)
-        self._advance([r for r in rows if r.state == "running"])
-        self.counters["steps"] += 1
+        for kind, rows in groups.items():
+            self._run(kind, rows)  # the runner's forward, then each DecodeConfig's commit
+        self.scheduler.advance()  # one host sync: blocks, committed prefixes, finished rows
         return True
-
-    def _reap(self):
-        now = time.monotonic()
-        for r in list(self.waiting):
-            if r.cancelled or (r.deadline is not None and now > r.deadline):
-                self.waiting.remove(r)
-                self._drop(r)
-        for r in self.slots:
-            if r is not None and (r.cancelled or (r.deadline is not None and now > r.deadline)):
-                self._drop(r)
-
-    def _drop(self, r: Request):
-        if r.cancelled:
-            self._end(r, "cancelled", "the request was cancelled")
-        else:
-            self._end(r, "failed", "the request timed out before it finished")
-
-    def _admit(self):
-        for slot in range(self.max_batch):
-            if self.slots[slot] is not None:
-                continue
-            while self.waiting:
-                r = self.waiting.popleft()
-                if r.images and not self._expand(r):
-                    continue
-                if r.length > self.max_length:
-                    self._end(r, "failed", f"prompt ({len(r.prompt)} tokens) + gen_length "
-                              f"({r.config.gen_length}) exceeds the engine's max length "
-                              f"{self.max_length}")
-                    continue
-                self._place(r, slot)
-                break
-
-    def _expand(self, r: Request) -> bool:
-        """Run the vision tower: the prompt's placeholders become its image vectors' ids."""
-        try:
-            (r.prompt,), r.features = self.model.encode_prompts([r.prompt], [r.images])
-        except Exception as err:
-            self._end(r, "failed", _describe(err))
-            return False
-        r.images = None
-        return True
-
-    def _place(self, r: Request, slot: int):
-        cfg, P, T = r.config, len(r.prompt), r.length
-        if cfg.cache != "none" and self.cache is None:
-            # one extra column: scratch for the padding of batched steps
-            self.cache = self.model.new_cache(self.max_batch, self.max_length + 1)
-            if self.static_wanted:
-                self.static = StaticBlockStep(
-                    self.model, self.cache, max_batch=self.max_batch, max_length=self.max_length,
-                    capture=self.capture)
-        self.x[slot, :P] = on_device(r.prompt, self.device)
-        self.x[slot, P:T] = self.mask_id
-        self.stable[slot] = 0
-        self.prev[slot] = -1
-        self.memory[slot] = 0
-        self.drafted[slot] = False
-        self.trace_step[slot] = -1
-        self.trace_conf[slot] = math.nan
-        if r.features is not None:
-            self._store_features(slot, r.features)
-        r.slot, r.state, r.block, r.step, r.nfe = slot, "running", P, 0, 0
-        r.t_admit = time.perf_counter()
-        if cfg.temperature > 0:
-            r.generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        self.slots[slot] = r
-
-    def _store_features(self, slot: int, table: Tensor):
-        n, d = table.shape
-        old = self.features
-        if old is None or old.shape[1] < n:  # grow (rarely: the longest image prompt so far)
-            self.features = torch.zeros(self.max_batch, n, d, dtype=table.dtype,
-                                        device=self.device)
-            if old is not None:
-                self.features[:, : old.shape[1]] = old
-        self.features[slot, :n] = table
 
     def _run(self, kind: str, rows: list[Request]):
         """Forward `rows` together and commit; an error fails the rows that cause it alone."""
         try:
-            logits = self._forward(kind, rows)
+            logits = self.runner.forward(kind, rows)
         except Exception as err:
             if len(rows) == 1:
-                return self._end(rows[0], "failed", _describe(err))
+                return self.scheduler.end(rows[0], "failed", describe(err))
             for r in rows:  # find the row at fault: each alone
                 self._run(kind, [r])
             return
@@ -362,271 +140,16 @@ class Engine:
             members = [rows[i] for i in idx]
             picked = logits if len(idx) == len(rows) else logits[idx]
             try:
-                self._commit(cfg, members, picked)
+                self.commit(cfg, members, picked)
             except Exception as err:
                 if len(members) == 1:
-                    self._end(members[0], "failed", _describe(err))
+                    self.scheduler.end(members[0], "failed", describe(err))
                     continue
                 for i, r in zip(idx, members, strict=True):
                     try:
-                        self._commit(cfg, [r], logits[i : i + 1])
+                        self.commit(cfg, [r], logits[i : i + 1])
                     except Exception as row_err:
-                        self._end(r, "failed", _describe(row_err))
-
-    def _forward(self, kind: str, rows: list[Request]) -> Tensor:
-        """Logits (n, L, V) of each row's active block (L: the longest block; a shorter
-        block's extra columns repeat its last position)."""
-        dev, W = self.device, self.max_length
-        slots = [r.slot for r in rows]
-        ends = [r.length for r in rows]
-        if kind == "dual" and self._fixed_shape(rows):
-            return self.static(self.x, slots, [r.block for r in rows], ends,
-                               rows[0].config.block_length)
-        if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
-            starts, stops = [0] * len(rows), ends
-        elif kind in ("prefix", "dkv"):  # the block and everything after it
-            starts, stops = [r.block - self.shift for r in rows], ends
-        else:  # dual: the block alone, over the cached prefix and suffix
-            starts = [r.block - self.shift for r in rows]
-            stops = [r.block + r.config.block_length for r in rows]
-        width = max(b - a for a, b in zip(starts, stops, strict=True))
-        keys = max(ends)
-        start_t = on_device(starts, dev)[:, None]
-        cols = start_t + torch.arange(width, device=dev)  # (n, L): absolute positions fed
-        valid = cols < on_device(stops, dev)[:, None]
-        cols = cols.clamp(max=W - 1)
-        slot_t = on_device(slots, dev)
-        ids = self.x[slot_t[:, None], cols]  # (n, L)
-        mask = None
-        if self._feeds_prompt(rows, starts):  # a prefix LM's prompt sees only the prompt
-            mask = self._prefix_lm_mask(rows, cols, keys)
-        elif min(ends) != keys:  # rows of different lengths: each attends to its own keys
-            mask = torch.arange(keys, device=dev) < on_device(ends, dev)[:, None]
-        cache = None
-        if self.cache is not None and any(r.config.cache != "none" for r in rows):
-            # padding writes its K/V into the scratch column past max_length
-            write = torch.where(valid, cols, W)
-            if kind == "dkv":  # dKV-Cache's delay: a token decoded two or more forwards ago
-                # keeps the K/V cached at the forward after its commit (or at the refresh)
-                blocks_t = on_device([r.block for r in rows], dev)[:, None]
-                prompt_t = on_device([len(r.prompt) for r in rows], dev)[:, None]
-                nfe_t = on_device([r.nfe for r in rows], dev)[:, None]
-                at = self.trace_step[slot_t[:, None], (cols - prompt_t).clamp(min=0)]
-                stale = (cols >= blocks_t) & (ids != self.mask_id) & (at >= 1) & (at < nfe_t)
-                write = torch.where(stale, W, write)
-            cache = self.cache.slots(slots, write, keys)
-        # which fed positions' logits: the block, s .. s + block_length (relative to starts)
-        blocks = [r.block - a for r, a in zip(rows, starts, strict=True)]
-        lengths = [r.config.block_length for r in rows]
-        if len(set(blocks)) == 1 and len(set(lengths)) == 1:
-            pick = {"logits_slice": slice(blocks[0], blocks[0] + lengths[0])}
-        else:
-            offsets = torch.arange(max(lengths), device=dev)
-            last = on_device(lengths, dev)[:, None] - 1
-            pick = {"logits_index": on_device(blocks, dev)[:, None]
-                    + torch.minimum(offsets, last)}
-        if any(r.features is not None for r in rows):  # row j of slot s: j + s * F of one table
-            width_f = self.features.shape[1]
-            ids = torch.where(ids < 0, ids - slot_t[:, None] * width_f, ids)
-            pick["image_features"] = self.features.flatten(0, 1)
-        return self.model(ids, position_ids=cols, attention_mask=mask, cache=cache, **pick)
-
-    def _feeds_prompt(self, rows: list[Request], starts: list[int]) -> bool:
-        """Whether a prefix LM's forward feeds prompt positions: full forwards do, and a
-        shifted model's (LaViDa-Dream's) steps in its first block feed the prompt's last."""
-        return getattr(self.model, "prefix_lm", False) and any(
-            a < len(r.prompt) for a, r in zip(starts, rows, strict=True))
-
-    def _prefix_lm_mask(self, rows: list[Request], cols: Tensor, keys: int) -> Tensor:
-        """(n, L, keys) for a prefix LM (LaViDa): fed prompt positions attend to their row's
-        prompt only, generated positions to all of their row."""
-        dev = self.device
-        key = torch.arange(keys, device=dev)
-        prompt = on_device([len(r.prompt) for r in rows], dev)[:, None, None]
-        end = on_device([r.length for r in rows], dev)[:, None, None]
-        return (key < end) & ((cols[..., None] >= prompt) | (key < prompt))
-
-    def _fixed_shape(self, rows: list[Request]) -> bool:
-        """Whether the fixed-shape step (graphs.py) takes these dual rows: it is on, they
-        share one block length, none carries image vectors and none needs a prefix LM's
-        per-position mask."""
-        return (self.static is not None and len({r.config.block_length for r in rows}) == 1
-                and all(r.features is None for r in rows)
-                and not self._feeds_prompt(rows, [r.block - self.shift for r in rows]))
-
-    def _commit(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
-        """Confidence, the rule and the commit for rows that share one DecodeConfig."""
-        dev, bl, G = self.device, cfg.block_length, cfg.gen_length
-        logits = logits[:, :bl]
-        generators = [r.generator for r in rows] if cfg.temperature > 0 else None
-        conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
-        slot_t = on_device([r.slot for r in rows], dev)
-        rows_t = slot_t[:, None]
-        starts = on_device([r.block for r in rows], dev)[:, None]  # (n, 1)
-        prompt = on_device([len(r.prompt) for r in rows], dev)[:, None]
-        offsets = torch.arange(bl, device=dev)
-        cols = starts + offsets  # (n, L) absolute positions of the block
-        current = self.x[rows_t, cols]
-        masked = current == self.mask_id
-        held = pred == self.prev[rows_t, offsets]
-        stable = torch.where(held, self.stable[rows_t, offsets] + 1, 1)
-        self.prev[rows_t, offsets] = pred
-        self.stable[rows_t, offsets] = stable
-        step_t = on_device([r.step for r in rows], dev)[:, None]
-        state = StepState(masked, self.x[slot_t] != self.mask_id, starts, stable, step_t,
-                          seq_end=prompt + G)
-        needs = registry.get(cfg.policy).needs
-        if needs:
-            self._rule_inputs(needs, state, logits, current, rows_t, offsets)
-        commit = select(conf, pred, state, cfg)
-        new = torch.where(commit, pred, current)
-        remask = state.remask
-        if remask is not None:  # wino takes drafts back: masked again, out of the trace
-            new = new.masked_fill(remask, self.mask_id)
-        self.x[rows_t, cols] = new
-        if "memory" in needs:
-            self.memory[rows_t, offsets] = state.memory.float()
-        if "drafted" in needs:
-            drafted = state.drafted | commit
-            self.drafted[rows_t, offsets] = drafted if remask is None else drafted & ~remask
-        for r in rows:
-            r.nfe += 1
-        nfe = on_device([r.nfe for r in rows], dev)[:, None]
-        g = cols - prompt  # block positions within the generated region
-        self.trace_step[rows_t, g] = torch.where(commit, nfe, self.trace_step[rows_t, g])
-        self.trace_conf[rows_t, g] = torch.where(commit, conf, self.trace_conf[rows_t, g])
-        if remask is not None:
-            self.trace_step[rows_t, g] = self.trace_step[rows_t, g].masked_fill(remask, -1)
-            self.trace_conf[rows_t, g] = self.trace_conf[rows_t, g].masked_fill(remask, math.nan)
-        if cfg.stop_at_eos:
-            gen_cols = prompt + torch.arange(G, device=dev)  # (n, G)
-            gen = self.x[rows_t, gen_cols]
-            fill = eos_stop(gen, self.eos, self.mask_id)
-            self.x[rows_t, gen_cols] = gen.masked_fill(fill, self.eos_id)
-            self.trace_step[slot_t, :G] = torch.where(fill, nfe, self.trace_step[slot_t, :G])
-
-    def _rule_inputs(self, needs: frozenset[str], state: StepState, logits: Tensor,
-                     current: Tensor, rows_t: Tensor, offsets: Tensor):
-        """Fill what the rule reads beyond confidence (policies.NEEDS) into `state`."""
-        if needs & {"entropy", "kl", "token_conf"}:
-            logits = logits.float()
-            logits[..., self.mask_id] = -math.inf  # as confidence(): never a prediction
-            logp = logits.log_softmax(-1)  # (n, L, V)
-            p = logp.exp()
-        if "entropy" in needs:
-            state.entropy = -torch.special.xlogy(p, p).sum(-1)
-        if "kl" in needs:
-            n, length, vocab = logp.shape
-            old = self.prev_logp
-            if old is None or old.shape[1] < length or old.shape[2] != vocab:
-                self.prev_logp = torch.zeros(self.max_batch, length, vocab, device=self.device)
-                if old is not None and old.shape[2] == vocab:  # rows mid-block keep theirs
-                    self.prev_logp[:, : old.shape[1]] = old
-            prev = self.prev_logp[rows_t, offsets]
-            kl = torch.where(p > 0, p * (logp - prev), 0.0).sum(-1)
-            state.kl = torch.where(state.step == 0, math.inf, kl)  # nothing before the block
-            self.prev_logp[rows_t, offsets] = logp
-        if "token_conf" in needs:
-            state.token_conf = logp.gather(-1, current[..., None])[..., 0].exp()
-        if "drafted" in needs:
-            state.drafted = self.drafted[rows_t, offsets]
-        if "memory" in needs:
-            state.memory = self.memory[rows_t, offsets]
-
-    def _advance(self, rows: list[Request]):
-        """One host sync: each row's first masked position gives its block, its committed
-        prefix and whether it is done."""
-        if not rows:
-            return
-        dev, W = self.device, self.max_length
-        slot_t = on_device([r.slot for r in rows], dev)
-        pos = torch.arange(W, device=dev)
-        lo = on_device([len(r.prompt) for r in rows], dev)[:, None]
-        hi = on_device([r.length for r in rows], dev)[:, None]
-        open_ = (self.x[slot_t] == self.mask_id) & (pos >= lo) & (pos < hi)
-        first = torch.where(open_, pos, W).min(dim=1).values
-        listening = [i for i, r in enumerate(rows) if r.progress and r.listener is not None]
-        if listening:
-            li = slot_t[listening]
-            first, view_x, view_s = _host(first, self.x[li], self.trace_step[li])
-        else:
-            first, view_x, view_s = first.tolist(), [], []
-        self.counters["nfe"] += len(rows)
-        reset = []
-        for i, (r, f) in enumerate(zip(rows, first, strict=True)):
-            P, T = len(r.prompt), r.length
-            r.committed = min(f, T) - P
-            if registry.get(r.config.policy).remasks and f < T:  # the active block may still change
-                r.committed = (f - P) // r.config.block_length * r.config.block_length
-            if i in listening:
-                j = listening.index(i)
-                r.tokens, r.steps = view_x[j][P:T], view_s[j][: T - P]
-            if f >= T:
-                self._end(r, "done")
-                continue
-            block = P + (f - P) // r.config.block_length * r.config.block_length
-            if block != r.block:
-                r.block, r.step = block, 0
-                reset.append(r.slot)
-            else:
-                r.step += 1
-            if i in listening:
-                _notify(r)
-        if reset:
-            self.stable[reset] = 0
-            self.prev[reset] = -1
-            self.memory[reset] = 0
-            self.drafted[reset] = False
-
-    def _end(self, r: Request, state: str, error: str | None = None):
-        """Finish a request: copy out its ids, stats and trace, free its slot, tell it."""
-        r.state, r.error = state, error
-        if r.slot is not None:
-            slot, P, T, G = r.slot, len(r.prompt), r.length, r.config.gen_length
-            ids = self.x[slot, P:T].cpu()
-            r.ids = ids.tolist()
-            r.tokens = r.ids
-            r.committed = G if state == "done" else r.committed
-            gen_tokens = next((i for i, t in enumerate(r.ids) if t in self._eos_set), G)
-            wall = time.perf_counter() - r.t_admit
-            r.stats = RowStats(r.nfe, gen_tokens, gen_tokens / max(r.nfe, 1), wall,
-                               gen_tokens / wall if wall > 0 else 0.0)
-            if r.config.trace:
-                r.trace = Trace(self.trace_step[slot, None, :G].clone(),
-                                self.trace_conf[slot, None, :G].clone())
-            r.steps = self.trace_step[slot, :G].tolist()
-            if state == "done":
-                self.counters["gen_tokens"] += gen_tokens
-            self.slots[slot] = None
-            r.slot = None
-        r.generator = r.features = None
-        if r.listener is not None:
-            _notify(r)
-
-    @property
-    def _eos_set(self) -> set[int]:
-        return set(self.eos.tolist())
-
-
-def _host(*tensors: Tensor) -> list:
-    return [t.tolist() for t in tensors]
-
-
-def _notify(r: Request):
-    try:
-        r.listener(r)
-    except Exception:  # a listener's failure must not stop the engine
-        r.listener = None
-        r.cancel()
-
-
-def _describe(err: Exception) -> str:
-    return f"decoding failed: {type(err).__name__}: {err}"
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+                        self.scheduler.end(r, "failed", describe(row_err))
 
 
 # ---- the batch face: stdec.generate, bench, tune and lm-eval ----

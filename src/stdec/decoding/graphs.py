@@ -47,7 +47,7 @@ class StaticBlockStep:
     def __init__(self, model, cache, *, max_batch: int, max_length: int, capture: bool):
         self.model, self.cache = model, cache
         self.max_batch, self.max_length = max_batch, max_length
-        self.shift = getattr(model, "logits_shift", 0)
+        self.shift = model.logits_shift
         self.mask_id = model.config.mask_token_id
         self.device, self.dtype = model.device, model.dtype
         self.capture = capture and self.device.type == "cuda"

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
+from stdec.models.interface import NO_DEFAULTS, Configurable
 from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears, qkv_heads, sdpa_mask
 
 __all__ = ["DreamConfig", "DreamModel"]
@@ -138,10 +139,15 @@ class DreamLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class DreamModel(nn.Module):
+class DreamModel(nn.Module, Configurable):
     """Dream with the checkpoint's tensor names (model.*, lm_head)."""
 
+    # the model interface's traits (models/interface.py)
     logits_shift = 1  # logits at i come from hidden state i - 1; the loop feeds one more left
+    prefix_lm = False
+    system_prompt: str | None = None
+    cuda_graphs = True
+    decoding_defaults = NO_DEFAULTS
 
     def __init__(self, cfg: DreamConfig):
         super().__init__()

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
+from stdec.models.interface import NO_DEFAULTS, Configurable
 from stdec.models.layers import RMSNorm, apply_rope, attend, fuse_linears, qkv_heads, sdpa_mask
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM"]
@@ -114,10 +115,15 @@ class LLaDABlock(nn.Module):
         return h + self.ff_out(F.silu(gate) * up)
 
 
-class LLaDAModelLM(nn.Module):
+class LLaDAModelLM(nn.Module, Configurable):
     """LLaDA with the checkpoint's tensor names (model.transformer.*)."""
 
+    # the model interface's traits (models/interface.py)
     logits_shift = 0  # logits at i come from hidden state i (Dream's come from i - 1)
+    prefix_lm = False
+    system_prompt: str | None = None
+    cuda_graphs = True
+    decoding_defaults = NO_DEFAULTS
 
     def __init__(self, cfg: LLaDAConfig):
         super().__init__()

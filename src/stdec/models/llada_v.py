@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.cache import KVCache
+from stdec.models.interface import NO_DEFAULTS, Configurable
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 
 __all__ = ["IMAGE_TOKEN_INDEX", "LLaDAVConfig", "LLaDAVModel", "best_resolution",
@@ -254,11 +255,16 @@ def image_token_count(size: tuple[int, int], cfg: LLaDAVConfig) -> int:
 
 # ---- the model ----
 
-class LLaDAVModel(nn.Module):
+class LLaDAVModel(nn.Module, Configurable):
     """LLaDA-V: vision_tower (transformers' SiglipVisionModel), mm_projector, image_newline and
     language_model (stdec's LLaDAModelLM)."""
 
     language_model_class: type[nn.Module] = LLaDAModelLM  # LaViDa-Dream: DreamModel
+    # the model interface's traits (models/interface.py); logits_shift is the language model's
+    prefix_lm = False
+    system_prompt: str | None = None
+    cuda_graphs = True
+    decoding_defaults = NO_DEFAULTS
 
     def __init__(self, cfg: LLaDAVConfig):
         super().__init__()
