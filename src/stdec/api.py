@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stdec.decoding.config import DecodeConfig, build
+from stdec.decoding.config import DecodeConfig, Defaults, build
 from stdec.decoding.defaults import FILE, checkpoint_defaults, every_option
 from stdec.decoding.engine import RowStats, Trace, decode
 from stdec.errors import StdecError
@@ -99,10 +99,11 @@ def compile_model(model):
     model.compile(dynamic=True)
 
 
-def model_defaults(model) -> dict:
-    """The decoding defaults a loaded model carries (preset < its folder's file); {} for a
-    model built in memory, which decodes with DecodeConfig's own."""
-    return dict(getattr(model, "decoding_defaults", None) or {})
+def model_defaults(model) -> Defaults:
+    """The decoding defaults a loaded model carries (preset < its folder's file), each with
+    its source; empty for a model built in memory, which decodes with DecodeConfig's own."""
+    defaults = getattr(model, "decoding_defaults", None)  # a model from elsewhere may lack it
+    return defaults if isinstance(defaults, Defaults) else Defaults(defaults or {})
 
 
 def decoding_defaults(model: str | Path) -> dict:
