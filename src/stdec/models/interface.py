@@ -115,5 +115,5 @@ class Configurable:
         if cuda_graphs is not None:
             self.cuda_graphs = cuda_graphs
         if decoding_defaults is not None:
-            self.decoding_defaults = dict(decoding_defaults)
+            self.decoding_defaults = decoding_defaults  # kept as given: it may name sources
         return self
