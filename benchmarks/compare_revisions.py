@@ -41,14 +41,15 @@ import json, sys
 from stdec.api import load
 from stdec.decoding.config import DecodeConfig
 from stdec.tasks import evaluate
-model_path, tasks, limit, gen, batch, caches, rules = sys.argv[1:8]
+model_path, tasks, limit, gen, batch, caches, rules, warm = sys.argv[1:9]
 model, tokenizer = load(model_path)
 out = {}
 for task in tasks.split(","):
     for cache in caches.split(","):
         for label, opts in json.loads(rules).items():
             cfg = DecodeConfig(gen_length=int(gen), block_length=32, cache=cache, **opts)
-            evaluate(model, tokenizer, task, "test", cfg, limit=4, batch_size=int(batch))
+            if warm == "1":  # a warm-up decode, for the timed passes
+                evaluate(model, tokenizer, task, "test", cfg, limit=4, batch_size=int(batch))
             r = evaluate(model, tokenizer, task, "test", cfg, limit=int(limit),
                          batch_size=int(batch))
             out[f"{task} {cache} {label}"] = {"accuracy": r.accuracy, "nfe": r.mean_nfe,
@@ -71,7 +72,8 @@ def run(tree: Path, args, rules: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     model = str(ROOT / "src" / "stdec" / "assets" / "testbed")  # one model for both
     cmd = [sys.executable, "-c", WORKER, model, args.task, str(args.limit), str(args.gen_length),
-           str(args.batch_size), args.cache, json.dumps(rules)]
+           str(args.batch_size), args.cache, json.dumps(rules),
+           "1" if args.passes > 1 else "0"]  # one pass compares outputs: no warm-up
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{tree}: the decode failed:\n{done.stderr[-2000:]}")

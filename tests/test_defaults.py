@@ -1,6 +1,7 @@
 """Decoding defaults belong to the checkpoint: code < preset < the folder's file < the user."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -124,3 +125,15 @@ def test_a_known_hub_id_gets_its_preset_by_name_whatever_its_config_says():
     name = "GSAI-ML/LLaDA-8B-Instruct"
     assert checkpoint_defaults(name, None, {}) == PRESETS[name].decoding
     assert checkpoint_defaults("someone/else", None, {}) == {}
+
+
+def test_a_conflict_with_a_checkpoint_default_names_its_source(capsys):
+    source = r"\(tau_low 0\.95 comes from the model's decoding_defaults\.json; set tau_low"
+    model, tok = load("testbed")
+    with pytest.raises(StdecError, match=r"tau_low \(0\.95\) must not exceed tau_high \(0\.9\)"
+                       r".*" + source):
+        stdec.generate(model, tok, "hi", tau_high=0.9)
+    assert main(["generate", "hi", "--tau-high", "0.9"]) == 2
+    assert re.search(source, capsys.readouterr().err)
+    # another rule's options of the checkpoint never reach a config: threshold takes tau only
+    assert stdec.generate(model, tok, "hi", policy="threshold", gen_length=32).stats[0].nfe >= 1
