@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 
 import pytest
 
@@ -75,6 +77,33 @@ def test_filesystem_is_read_only_outside_its_temp_folder(tmp_path):
     assert not os.path.exists("/usr/lib/escaped.txt")
     # its own folder works, and nothing of it is left on the host
     assert kernel("open('a.txt', 'w').write('hi')\nassert open('a.txt').read() == 'hi'\n").ok
+
+
+def test_writes_land_nowhere_outside(tmp_path, monkeypatch):
+    # a name no other run uses, written wherever the program may write: its /tmp, its
+    # working folder, its home, and the host's own /tmp, temp folder, working folder and home
+    host = {"/tmp", tempfile.gettempdir(), os.getcwd(), str(tmp_path), os.path.expanduser("~")}
+    monkeypatch.chdir(tmp_path)
+    name = f"stdec-leak-{uuid.uuid4().hex}"
+    res = kernel(f"import os\nname = {name!r}\nwrote = []\n"
+                 f"for folder in ['/tmp', os.getcwd(), os.path.expanduser('~'), *{sorted(host)}]:\n"
+                 "    try:\n"
+                 "        with open(os.path.join(folder, name), 'w') as f:\n"
+                 "            f.write('x')\n"
+                 "        wrote.append(folder)\n"
+                 "    except OSError:\n"
+                 "        pass\n"
+                 "assert '/tmp' in wrote and os.getcwd() in wrote, wrote\n"
+                 "assert open('/tmp/' + name).read() == 'x'\n")
+    assert res.ok, res.error  # the writes happened, inside
+    found = {os.path.join(folder, name) for folder in host
+             if os.path.exists(os.path.join(folder, name))}
+    found |= {os.path.join(d, name) for top in ("/tmp", tempfile.gettempdir())
+              for d, _, files in os.walk(top) if name in files}
+    for path in found:  # a leak fails the test and is cleaned up
+        os.remove(path)
+    assert not found, found
+    assert not os.listdir(tmp_path)
 
 
 def test_secrets_stay_unreadable_and_out_of_the_error_text(tmp_path):
