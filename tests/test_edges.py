@@ -13,9 +13,10 @@ import pytest
 import torch
 from scripted import EOS, Scripted, peaked
 
+from stdec.decoding import registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine, decode
-from stdec.decoding.policies import POLICIES, StepState, select, stdec_thresholds
+from stdec.decoding.policies import StepState, select, stdec_thresholds
 from stdec.testing import random_model, tiny_config
 
 
@@ -37,7 +38,8 @@ def state(masked, stable=None, step=0, **kw) -> StepState:
 
 def commits(policy: str, conf, st: StepState, **kw) -> list[int]:
     conf = torch.tensor([conf])
-    return POLICIES[policy](conf, conf, st, DecodeConfig(policy=policy, **kw))[0].int().tolist()
+    rule = registry.get(policy).resolve()
+    return rule(conf, conf, st, DecodeConfig(policy=policy, **kw))[0].int().tolist()
 
 
 # ---- each rule at its boundary ----
@@ -89,7 +91,7 @@ def test_stdec_spatial_threshold_is_met_exactly_and_lower_near_decoded_tokens():
     masked = ~decoded[:, 4:]
     fresh = StepState(masked, decoded, 4, torch.ones(1, 12, dtype=torch.long), 0)
     held = StepState(masked, decoded, 4, torch.full((1, 12), 2), 0)
-    rule = POLICIES["stdec"]
+    rule = registry.get("stdec").resolve()
     assert rule(tau, tau, fresh, cfg).all()
     short = torch.nextafter(tau, torch.zeros_like(tau))
     assert not rule(short, short, fresh, cfg).any()
