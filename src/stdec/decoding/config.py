@@ -7,6 +7,7 @@ read through: `config.tau` is `config.params.tau` when the policy is threshold. 
 another rule are refused, naming the chosen rule's own.
 """
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -214,8 +215,6 @@ def parse_value(name: str, value: Any, kind: type):
 
 
 def _names(message: str, name: str) -> bool:
-    import re
-
     return re.search(rf"\b{re.escape(name)}\b", message) is not None
 
 
