@@ -15,11 +15,16 @@ LOOSE = dict(tau=0.6, tau_high=0.7, tau_low=0.45, sigma=1.5, rho=0.8, window=2,
              leap_tau_hi=0.7, leap_tau_lo=0.5, factor=2.0)
 
 
+def own(policy: str, **options) -> dict:
+    """`options` less those of other rules: a test's settings for several rules at once."""
+    return {k: v for k, v in options.items()
+            if k in registry.get(policy).options or k in DecodeConfig.shared_fields()}
+
+
 def config(policy: str, cache: str = "none", **kw) -> DecodeConfig:
     """The policy with the LOOSE settings of its own options, and `kw` over them."""
-    loose = {k: v for k, v in LOOSE.items() if k in registry.get(policy).options}
     return DecodeConfig(policy=policy, cache=cache, gen_length=24, block_length=8,
-                        **{**loose, **kw})
+                        **{**own(policy, **LOOSE), **kw})
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from reference import own
 from tolerance import TINY, assert_f32_close
 
 from stdec.decoding.config import DecodeConfig
@@ -74,8 +75,8 @@ def test_refresh_every_step_is_the_uncached_decode():
     model = MODELS["llada"]()
     prompts = [[5, 9, 33], [7, 101, 54, 8]]
     for policy in ("stdec", "threshold", "eb"):
-        cfg = DecodeConfig(policy=policy, cache="dkv", gen_length=24, block_length=8,
-                           dkv_interval=1, tau=0.6)
+        cfg = DecodeConfig(**own(policy, policy=policy, cache="dkv", gen_length=24,
+                                 block_length=8, dkv_interval=1, tau=0.6))
         every = decode(model, prompts, cfg)
         none = decode(model, prompts, replace(cfg, cache="none"))
         assert torch.equal(every.ids, none.ids)
@@ -86,9 +87,9 @@ def test_refresh_every_step_is_the_uncached_decode():
 def test_dkv_decodes_a_row_as_alone_whatever_else_is_in_the_batch(arch):
     model = MODELS[arch]()
     prompts = [[5, 9, 33], [7, 101, 54, 8, 9, 10], [77], [40, 41]]
-    base = DecodeConfig(cache="dkv", gen_length=24, block_length=8, trace=True, tau=0.6,
-                        tau_high=0.7, tau_low=0.45, dkv_interval=3)
-    cfgs = [replace(base, policy=p) for p in ("stdec", "wino", "klass", "credit")]
+    base = dict(cache="dkv", gen_length=24, block_length=8, trace=True, tau=0.6, tau_high=0.7,
+                tau_low=0.45, dkv_interval=3)
+    cfgs = [DecodeConfig(**own(p, policy=p, **base)) for p in ("stdec", "wino", "klass", "credit")]
     alone = [decode(model, [p], c) for p, c in zip(prompts, cfgs, strict=True)]
     together = decode(model, prompts, cfgs)
     for i, a in enumerate(alone):
