@@ -77,19 +77,20 @@ def create_app(model, tokenizer, config: ServerConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        serving: Serving = request.app.state.serving
-        body = p.parse(await request.body(), p.CompletionRequest, config.max_body_bytes)
-        serving.check_model(body)
-        ids, images = serving.completion_prompt(body)
-        return await answer(request, serving.schedule(body, ids, images, chat=False))
+        return await decode(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        return await decode(request, chat=True)
+
+    async def decode(request: Request, chat: bool):
+        """Parse, check the model name, build the prompt, schedule; then stream or collect."""
         serving: Serving = request.app.state.serving
-        body = p.parse(await request.body(), p.ChatRequest, config.max_body_bytes)
+        kind = p.ChatRequest if chat else p.CompletionRequest
+        body = p.parse(await request.body(), kind, config.max_body_bytes)
         serving.check_model(body)
-        ids, images = serving.chat_prompt(body)
-        return await answer(request, serving.schedule(body, ids, images, chat=True))
+        ids, images = (serving.chat_prompt if chat else serving.completion_prompt)(body)
+        return await answer(request, serving.schedule(body, ids, images, chat=chat))
 
     async def answer(request: Request, gen: Generation):
         serving: Serving = request.app.state.serving
