@@ -15,7 +15,7 @@ LOOSE = dict(tau=0.6, tau_high=0.7, tau_low=0.45, sigma=1.5, rho=0.8, window=2,
              leap_tau_hi=0.7, leap_tau_lo=0.5, factor=2.0)
 
 
-def own(policy: str, **options) -> dict:
+def own(policy: str, /, **options) -> dict:
     """`options` less those of other rules: a test's settings for several rules at once."""
     return {k: v for k, v in options.items()
             if k in registry.get(policy).options or k in DecodeConfig.shared_fields()}

@@ -184,7 +184,7 @@ def test_image_and_text_rows_decode_as_they_do_alone(either):
     lv = either
     prompts = [[5, 9, IMG, 33], [7, 101, 54, 8, 12], [IMG, 40, IMG]]
     images = [[picture(64, 32, seed=3)], [], [picture(30, 30, seed=4), picture(20, 40, seed=5)]]
-    cfg = config("stdec", "dual", steps=12)
+    cfg = config("stdec", "dual")
     together = decode(lv, prompts, cfg, images=images)
     for i, (p, im) in enumerate(zip(prompts, images, strict=True)):
         assert lv.prompt_length(p, im) == len(lv.encode_prompts([p], [im])[0][0])

@@ -208,7 +208,7 @@ def test_decode_loop_runs_unchanged_with_an_image_prefix(vl, cache):
 def test_image_and_text_rows_decode_as_they_do_alone(vl, cache):
     prompts = [[5, 9, IMG, 33], [7, 101, 54, 8, 12], [IMG, 40, IMG]]
     images = [[picture(64, 32, seed=3)], [], [picture(30, 30, seed=4), picture(20, 40, seed=5)]]
-    cfg = config("stdec", cache, steps=12)
+    cfg = config("stdec", cache)
     together = decode(vl, prompts, cfg, images=images)
     for i, (p, im) in enumerate(zip(prompts, images, strict=True)):
         alone = decode(vl, [p], cfg, images=[im])
