@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import stdec
+from stdec.decoding import registry
 from stdec.decoding.config import DecodeConfig
 from stdec.errors import StdecError
 from stdec.tasks import TASKS, evaluate, get_task
@@ -35,7 +36,8 @@ ROWS = {"fixed, 1 token/step": dict(policy="fixed"),
 
 def vision_rows(tuned_tau: float, defaults: dict) -> dict:
     return {**ROWS, f"threshold {tuned_tau:g} (dev-tuned)": dict(policy="threshold", tau=tuned_tau),
-            "stdec (dev-tuned)": dict(policy="stdec", **defaults)}
+            "stdec (dev-tuned)": dict(policy="stdec", **{  # the checkpoint's stdec setting
+                k: v for k, v in defaults.items() if k in registry.get("stdec").options})}
 
 
 def measure(model, tokenizer, lengths: dict, limit: int | None, batch: int, cache: str,
