@@ -40,8 +40,8 @@ models)
            tests/test_models_values.py tests/test_api.py::test_bad_checkpoints -k
            "not testbed and not decodes_mostly");;
 decoding)
-    mutate=(src/stdec/decoding/{config,defaults,engine,scheduler,runner,commit,policies}.py)
-    tests=(tests/test_policies.py tests/test_decoding.py tests/test_eos_stop.py
+    mutate=(src/stdec/decoding/{config,defaults,registry,engine,scheduler,runner,commit,policies}.py)
+    tests=(tests/test_policies.py tests/test_edges.py tests/test_decoding.py tests/test_eos_stop.py
            tests/test_confidence.py tests/test_engine.py tests/test_rules.py tests/test_dkv.py
            tests/test_defaults.py tests/test_llada_v.py
            tests/test_api.py::test_bad_decode_options_fail_with_one_sentence);;
