@@ -96,7 +96,8 @@ def main():
     args = ap.parse_args()
     rules = dict(RULES)
     if args.rules == "every":
-        rules.update({name: {"policy": name} for name in EVERY if name != "fixed"})
+        rules.update({f"{name} (code defaults)": {"policy": name}
+                      for name in EVERY if name != "fixed"})
     trees = dict(worktree(rev) for rev in (args.old, args.new))
     results: dict[str, list[dict]] = {sha: [] for sha in trees}
     for p in range(args.passes):
