@@ -76,6 +76,8 @@ cd "$work"
     echo "do_not_mutate_patterns ="
     echo "    raise [A-Za-z]*Error\\("
     echo "    desc="
+    echo "also_copy ="  # the fixtures every test reads live in the root conftest.py
+    echo "    conftest.py"
     echo "pytest_add_cli_args_test_selection ="
     for t in "${tests[@]}"; do echo "    $t"; done
     echo "pytest_add_cli_args ="
