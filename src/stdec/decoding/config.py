@@ -16,8 +16,7 @@ from stdec.decoding import registry
 from stdec.errors import StdecError
 
 __all__ = ["CACHE_MODES", "POLICY_NAMES", "DecodeConfig", "Defaults", "build", "check_names",
-           "check_options",
-           "parse_value"]
+           "check_options", "parse_value"]
 
 POLICY_NAMES = registry.POLICY_NAMES
 CACHE_MODES = ("none", "prefix", "dual", "dkv")
@@ -52,8 +51,7 @@ class DecodeConfig:
         for f in fields(self):
             if f.name != "params":
                 object.__setattr__(self, f.name, options.pop(f.name, f.default))
-        _one_of("policy", self.policy, registry.names())
-        rule = registry.get(self.policy)
+        rule = registry.get(self.policy)  # an unknown policy fails here, naming the rules
         params = options.pop("params", None)
         if not isinstance(params, rule.params):  # None, or another rule's (a changed policy)
             params = None
