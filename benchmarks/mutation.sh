@@ -12,7 +12,11 @@
 # function's mutants by their number, about a tenth per digit, for a quick estimate on a
 # busy machine (functions with fewer mutants than the smallest digit are then skipped).
 # Prints the survival rate (survived / (killed + survived); a mutant no selected test reaches
-# counts as survived, a timeout as killed) and writes every survivor's diff to
+# counts as survived, a timeout as killed), and beside it the rate with two kinds of
+# equivalent mutant set aside, read from each survivor's diff: a tensor's `device=` dropped
+# or set to None (the same tensor on the CPU; tests/test_gpu.py runs these lines on CUDA), and
+# a zip's strict=True made False (a guard: equivalent while the lengths agree, as they do
+# wherever a test reaches). It writes every survivor's diff to
 # $MUTATION_DIR/AREA/survivors.diff. A run that hits BUDGET_S (default 1800 s) reports the
 # mutants it checked. Error-message wording (raise ... statements) and the tqdm progress
 # labels are not mutated: changing a sentence is not a bug a test should pin letter by letter.
@@ -43,8 +47,11 @@ decoding)
     mutate=(src/stdec/decoding/{config,defaults,registry,engine,scheduler,runner,commit,policies}.py)
     tests=(tests/test_policies.py tests/test_edges.py tests/test_decoding.py tests/test_eos_stop.py
            tests/test_confidence.py tests/test_engine.py tests/test_rules.py tests/test_dkv.py
-           tests/test_defaults.py tests/test_llada_v.py
-           tests/test_api.py::test_bad_decode_options_fail_with_one_sentence);;
+           tests/test_defaults.py tests/test_llada_v.py tests/test_options.py
+           tests/test_api.py::test_bad_decode_options_fail_with_one_sentence
+           tests/test_static_step.py tests/test_lavida.py  # fixed-shape steps, prefix LMs
+           --deselect tests/test_static_step.py::test_a_compiled_model_decodes_what_the_plain_one_does
+           --deselect tests/test_static_step.py::test_static_steps_decode_testbed_problems_as_the_plain_ones);;
 scorers)
     mutate=(src/stdec/tasks/base.py src/stdec/testbed/suites/lists.py
             src/stdec/testbed/suites/arith.py src/stdec/testbed/suites/gsm.py
@@ -110,13 +117,42 @@ checked = killed + survived
 rate = survived / checked if checked else 0.0
 print(f"{area}: {checked} of {len(rows)} mutants checked, {killed} killed, {survived} survived "
       f"(survival rate {100 * rate:.1f} %); {dict(count)}")
+
+
+def plain(line: str) -> str:
+    """A source line with its device placements and zip strictness taken out."""
+    line = re.sub(r"device=(None|[\w.]+)", "", line)
+    line = re.sub(r"strict=(True|False)", "", line)
+    line = re.sub(r"\s+", "", line)
+    return re.sub(r",+\)", ")", re.sub(r",,+", ",", line))
+
+
+def equivalent(diff: str) -> str | None:
+    """Which kind of equivalent mutant a survivor's diff is, if it is one."""
+    lines = diff.splitlines()
+    old = [ln[1:] for ln in lines if ln.startswith("-") and not ln.startswith("---")]
+    new = [ln[1:] for ln in lines if ln.startswith("+") and not ln.startswith("+++")]
+    if not old or len(old) != len(new) or [plain(a) for a in old] != [plain(b) for b in new]:
+        return None
+    return "zip strict" if any("strict=" in a for a in old) else "device placement"
+
+
+aside = Counter()
 with open("survivors.diff", "w") as out:
     for name, status in rows:
         if status in ("survived", "no tests"):
             diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name],
                                   capture_output=True, text=True).stdout
-            out.write(f"# {name}: {status}\n{diff}\n")
-            print(f"  {status}: {name}")
+            kind = equivalent(diff)
+            if kind:
+                aside[kind] += 1
+            note = f" (equivalent: {kind})" if kind else ""
+            out.write(f"# {name}: {status}{note}\n{diff}\n")
+            print(f"  {status}{note}: {name}")
+left = survived - sum(aside.values())
+rest = checked - sum(aside.values())
+print(f"{area}: with {dict(aside) or 'no'} equivalent mutants set aside, {left} of {rest} "
+      f"survived (survival rate {100 * left / rest if rest else 0.0:.1f} %)")
 EOF
 echo "survivor diffs: $work/survivors.diff"
 }

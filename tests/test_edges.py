@@ -7,7 +7,7 @@ comparison is the one documented, strict or not.
 """
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -302,3 +302,53 @@ def test_a_reused_slot_leaves_no_confidence_where_eos_fills():
     assert second.trace.step[0].tolist() == [1, 1, 1, 1]
     conf = second.trace.confidence[0]
     assert conf[0].item() == pytest.approx(0.95) and conf[1:].isnan().all()
+
+
+# ---- what a rule's own state holds, read by a probe rule ----
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    pass
+
+
+def probe_rule(seen: list):
+    """Commits positions 0 and 1 of a block at its first step and takes position 0 back;
+    commits the rest at its second. Records the state it was given, and leaves 7 in its
+    memory."""
+
+    def probe(conf, pred, state, cfg):
+        seen.append((int(state.step), state.stable.clone(), state.memory.clone(),
+                     state.drafted.clone()))
+        state.memory = torch.full_like(state.memory, 7.0)
+        if int(state.step) == 0:
+            commit = torch.zeros_like(state.masked)
+            commit[:, :2] = True
+            state.remask = torch.zeros_like(state.masked)
+            state.remask[:, 0] = True
+            return commit
+        return state.masked
+
+    return probe
+
+
+def test_a_rules_memory_and_drafts_start_empty_and_exclude_what_it_took_back():
+    # two requests through one slot, two blocks each: every block's first step finds zero
+    # memory and no drafts; its second finds the memory written and only position 1 drafted
+    seen = []
+    registry.register(registry.Rule("probe", ProbeParams, probe_rule(seen),
+                                    needs=frozenset({"memory", "drafted"}), remasks=True))
+    cfg = DecodeConfig(policy="probe", gen_length=8, block_length=4, stop_at_eos=False)
+    engine = Engine(Scripted(lambda n: peaked([5, 6, 7, 8], [0.9] * 4)), max_batch=1,
+                    max_length=16)
+    requests = [engine.submit([3, 4], cfg) for _ in range(2)]
+    engine.run()
+    assert [r.ids for r in requests] == [[5, 6, 7, 8] * 2] * 2
+    assert [step for step, *_ in seen] == [0, 1] * 4
+    for step, stable, memory, drafted in seen:
+        assert stable.dtype == torch.long  # counts, as StepState documents
+        if step == 0:
+            assert memory.eq(0).all() and not drafted.any()
+        else:
+            assert memory.eq(7).all()
+            assert drafted[0].tolist() == [False, True, False, False]

@@ -232,7 +232,10 @@ def test_counters_and_stats_add_up():
     model = MODELS["llada"]()
     engine = Engine(model, max_batch=2, max_length=64)
     reqs = [engine.submit(p, config("threshold", "dual")) for p in ([5, 6], [7, 8, 9], [10])]
-    engine.run()
+    steps = 0
+    while engine.step():
+        steps += 1
+    assert engine.counters["steps"] == steps > 0
     stats = [r.stats for r in reqs]
     assert engine.counters["gen_tokens"] == sum(s.gen_tokens for s in stats) > 0
     assert engine.counters["nfe"] == sum(s.nfe for s in stats)
@@ -338,3 +341,20 @@ def test_rows_at_different_blocks_share_one_forward_per_cache_mode():
     assert model.calls - before == 1
     engine.run()
     assert [r.state for r in (late, *mixed)] == ["done"] * 3
+
+
+def test_decode_sizes_its_engine_to_the_longest_row(monkeypatch):
+    # not the model's max_sequence_length: a batch of short rows allocates short rows
+    model = MODELS["llada"]()
+    sizes = []
+    real = Engine.__init__
+
+    def spy(self, model, **kw):
+        sizes.append((kw["max_batch"], kw["max_length"]))
+        real(self, model, **kw)
+
+    monkeypatch.setattr(Engine, "__init__", spy)
+    cfg = config("threshold", "prefix")
+    decode(model, [[5, 6], [7, 8, 9, 10, 11]], cfg)
+    assert sizes == [(2, 5 + cfg.gen_length)]
+    assert 5 + cfg.gen_length < model.config.max_sequence_length

@@ -46,7 +46,7 @@ def confidence(logits: Tensor, mask_id: int, temperature: float,
     vocabulary (half a gigabyte for a batch of 32 blocks at LLaDA's vocab).
     """
     B, L, V = logits.shape
-    per = max(1, CONFIDENCE_CHUNK // max(L * V, 1))
+    per = max(1, CONFIDENCE_CHUNK // max(L * V, 1))  # pragma: no mutate (memory, not values)
     if B <= per:
         return _confidence(logits, mask_id, temperature, generators)
     parts = [_confidence(logits[i : i + per], mask_id, temperature,
@@ -105,7 +105,7 @@ class CommitStep:
         dev, bl, G = self.device, cfg.block_length, cfg.gen_length
         x, trace_step, trace_conf = self.seqs.x, self.seqs.trace_step, self.seqs.trace_conf
         logits = logits[:, :bl]
-        generators = [r.generator for r in rows] if cfg.temperature > 0 else None
+        generators = [r.generator for r in rows]  # None at temperature 0, and not read
         conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
         slot_t = on_device([r.slot for r in rows], dev)
         rows_t = slot_t[:, None]
@@ -166,7 +166,8 @@ class CommitStep:
         if "kl" in needs:
             n, length, vocab = logp.shape
             old = self.prev_logp
-            if old is None or old.shape[1] < length or old.shape[2] != vocab:
+            # (growing also at an equal length would copy the same values: no mutants here)
+            if old is None or old.shape[1] < length or old.shape[2] != vocab:  # pragma: no mutate
                 self.prev_logp = torch.zeros(self.max_batch, length, vocab, device=self.device)
                 if old is not None and old.shape[2] == vocab:  # rows mid-block keep theirs
                     self.prev_logp[:, : old.shape[1]] = old

@@ -108,9 +108,8 @@ class DecodeConfig:
     @classmethod
     def shared_fields(cls) -> dict[str, tuple[type, Any, str]]:
         """name -> (type, default, help) of the options every rule shares."""
-        kinds = {"str": str, "int": int, "bool": bool, "float": float}
-        return {f.name: (kinds[f.type] if isinstance(f.type, str) else f.type, f.default,
-                         f.metadata["help"]) for f in fields(cls) if f.name != "params"}
+        return {f.name: (f.type, f.default, f.metadata["help"])
+                for f in fields(cls) if f.name != "params"}
 
 
 def check_options(policy: str | None, options: Mapping[str, Any]):

@@ -47,9 +47,11 @@ class StepState:
     kl:          (B, L) float, KL(p_t || p_t-1) against the previous step of this block; inf
                  at the block's first step (klass)
     token_conf:  (B, L) float, the model's probability of the token now at each position (wino)
-    drafted:     (B, L) bool, positions this rule committed earlier in this block (wino)
-    memory:      (B, L) float, the rule's per-position memory from the previous step (klass:
-                 consecutive low-KL steps, credit: the credit); the rule writes the new one
+    drafted:     (B, L) bool, positions this rule committed earlier in this block and did not
+                 take back (wino)
+    memory:      (B, L) float, the rule's per-position memory from the previous step, 0 at a
+                 block's first (klass: consecutive low-KL steps, credit: the credit); the rule
+                 writes the new one
     remask:      (B, L) bool, set by a rule: decoded positions to mask again (wino)
     """
 

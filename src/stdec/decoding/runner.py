@@ -50,7 +50,7 @@ class ModelRunner:
         self.shift = model.logits_shift
         self.prefix_lm = model.prefix_lm
         self.capture = model.cuda_graphs  # replay fixed-shape steps (CUDA)
-        on_cuda = self.device.type == "cuda" and self.capture
+        on_cuda = self.device.type == "cuda" and self.capture  # pragma: no mutate (CUDA)
         self.static_wanted = on_cuda if static_step is None else static_step
         self.static: StaticBlockStep | None = None  # built with the cache
         self.cache = None  # allocated by the first request that asks for one
