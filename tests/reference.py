@@ -23,8 +23,8 @@ def own(policy: str, /, **options) -> dict:
 
 def config(policy: str, cache: str = "none", **kw) -> DecodeConfig:
     """The policy with the LOOSE settings of its own options, and `kw` over them."""
-    return DecodeConfig(policy=policy, cache=cache, gen_length=24, block_length=8,
-                        **{**own(policy, **LOOSE), **kw})
+    return DecodeConfig(policy=policy, cache=cache,
+                        **{"gen_length": 24, "block_length": 8, **own(policy, **LOOSE), **kw})
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def reference_decode(model, prompt: list[int], cfg: DecodeConfig, forward,
     x, P, nfe = prompt + [MASK] * cfg.gen_length, len(prompt), 0
     born: dict[int, int] = {}  # position -> the forward (from 1) that committed it
     for s in range(P, len(x), cfg.block_length):
-        e, frozen, step = s + cfg.block_length, None, 0
+        e, frozen, step = min(s + cfg.block_length, len(x)), None, 0  # a last block may be short
         while MASK in x[s:e]:
             dkv = cfg.cache == "dkv"
             if cfg.cache == "none" or step == 0 or (dkv and step % cfg.dkv_interval == 0):

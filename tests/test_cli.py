@@ -27,7 +27,7 @@ CASES = [
      "window"),
     (["generate", "hi", "--policy", "threshold", "--tau-high", "0.5"],
      "tau_high does not apply to policy threshold; threshold's options are tau"),
-    (["generate", "hi", "--gen-length", "30"], "gen_length (30) must be a multiple"),
+    (["generate", "hi", "--gen-length", "0"], "gen_length must be a positive integer"),
     (["generate", "hi", "--model", "/no/such/model"], "is not a folder"),
     (["generate", "hi", "--model", "{file}"], "is a file"),
     (["generate", "hi", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),

@@ -34,9 +34,10 @@ def ref_forward(model, ids: list[int], a: int, b: int, frozen):
     return (t.ff_out(t.ln_f(h)))[0], kv
 
 
+@pytest.mark.parametrize("gen_length", [24, 21])  # 21: blocks of 8, 8 and 5
 @pytest.mark.parametrize("cache", CACHE_MODES)
-def test_decode_matches_reference_loop(tiny_model, cache):
-    cfg = config("threshold", cache, stop_at_eos=False)
+def test_decode_matches_reference_loop(tiny_model, cache, gen_length):
+    cfg = config("threshold", cache, stop_at_eos=False, gen_length=gen_length)
     prompt = [5, 9, 33, 7, 101, 54, 8]
     ids, nfe = reference_decode(tiny_model, prompt, cfg, ref_forward)
     out = decode(tiny_model, [prompt], cfg)
@@ -50,11 +51,27 @@ def test_decode_matches_reference_loop(tiny_model, cache):
 def test_rows_decode_as_they_do_alone(tiny_model, policy, cache):
     prompts = [[5, 9, 33], [7, 101, 54, 8, 12, 40, 41], [77], [60, 61, 62, 63, 64]]
     cfg = config(policy, cache, **({"steps": 12} if policy == "fixed" else {}))
-    together = decode(tiny_model, prompts, cfg)
+    assert_rows_decode_as_alone(tiny_model, prompts, cfg)
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+@pytest.mark.parametrize("cache", CACHE_MODES)
+def test_a_shorter_last_block_decodes_as_alone(tiny_model, policy, cache):
+    # gen_length 21 over blocks of 8: the last block has 5 positions; rows at their last
+    # block share forwards with rows at a whole one (prompts of different lengths)
+    prompts = [[5, 9, 33], [7, 101, 54, 8, 12, 40, 41, 9, 10, 11, 12], [77]]
+    cfg = config(policy, cache, gen_length=21, **({"k": 1} if policy == "fixed" else {}))
+    out = assert_rows_decode_as_alone(tiny_model, prompts, cfg)
+    assert out.ids.shape == (3, 21) and not (out.ids == MASK).any()
+
+
+def assert_rows_decode_as_alone(model, prompts, cfg):
+    together = decode(model, prompts, cfg)
     for row, prompt in enumerate(prompts):
-        alone = decode(tiny_model, [prompt], cfg)
+        alone = decode(model, [prompt], cfg)
         assert together.ids[row].tolist() == alone.ids[0].tolist()
         assert together.stats[row].nfe == alone.stats[0].nfe
+    return together
 
 
 def test_trace_records_every_commit(tiny_model):
@@ -164,3 +181,20 @@ def test_steps_may_be_one_per_block():
     assert DecodeConfig(policy="fixed", gen_length=64, block_length=32, steps=2).steps == 2
     with pytest.raises(StdecError, match="steps \\(1\\) must be a multiple"):
         DecodeConfig(policy="fixed", gen_length=64, block_length=32, steps=1)
+
+
+@pytest.mark.parametrize("options, nfe", [
+    ({}, 21),  # one token a step
+    ({"k": 2}, 4 + 4 + 3),  # whole blocks 8 / 2 steps; the last, 5 positions, ceil(5 / 2)
+    ({"steps": 168 // 8}, 21),  # steps x 8 / 21 = 8 a whole block
+])
+def test_fixed_paces_a_shorter_last_block_as_the_whole_ones(tiny_model, options, nfe):
+    cfg = DecodeConfig(policy="fixed", gen_length=21, block_length=8, stop_at_eos=False,
+                       **options)
+    assert decode(tiny_model, [[5, 9, 33]], cfg).stats[0].nfe == nfe
+
+
+def test_fixed_steps_must_pace_every_block_wholly():
+    assert DecodeConfig(policy="fixed", gen_length=20, block_length=8, steps=10).steps == 10
+    with pytest.raises(StdecError, match=r"steps \(7\) must give a block of 8 a whole number"):
+        DecodeConfig(policy="fixed", gen_length=20, block_length=8, steps=7)

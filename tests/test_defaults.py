@@ -87,7 +87,7 @@ def test_precedence_code_preset_file_user(tmp_path):
     ({"tau_high": 1.5}, r"tau_high must be in \(0, 1\]"),
     ([0.9], "one JSON object"),
     # no policy named: the shared options are checked under every rule all the same
-    ({"gen_length": 100}, r"gen_length \(100\) must be a multiple of block_length"),
+    ({"temperature": -1}, r"temperature must be >= 0"),
 ])
 def test_a_bad_defaults_file_fails_in_one_sentence(tmp_path, content, message):
     path = folder(tmp_path / "ckpt", LLADA_8B)

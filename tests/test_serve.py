@@ -61,8 +61,8 @@ def test_chat_and_completions_equal_generate_alone(testbed, client):
     assert chat.choices[0].message.content == alone(testbed, PROMPTS[0], chat=True)
     assert chat.usage.completion_tokens > 0 and chat.model_extra["stdec"]["nfe"] > 0
     text = client.completions.create(model="testbed", prompt=PROMPTS[1], max_tokens=20)
-    assert text.choices[0].text == alone(testbed, PROMPTS[1], chat=False)  # 20 -> 32
-    assert text.model_extra["stdec"]["gen_length"] == 32
+    assert text.choices[0].text == alone(testbed, PROMPTS[1], chat=False, gen_length=20)
+    assert text.model_extra["stdec"]["gen_length"] == 20  # blocks of 16 and 4
 
 
 def test_streams_concatenate_to_the_full_text(client):
@@ -226,3 +226,17 @@ def test_a_request_past_its_timeout_gets_504(testbed):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 8, 33, 100])
+def test_max_tokens_is_the_length_decoded(testbed, client, max_tokens):
+    # blocks of 16: 33 ends in a block of 1, 100 in one of 4; the text is generate's at that
+    # length (fixed, one token a step: no stop at EOS, so every position is decoded)
+    options = {"policy": "fixed", "stop_at_eos": False}
+    out = client.completions.create(model="testbed", prompt=PROMPTS[0], max_tokens=max_tokens,
+                                    extra_body=options)
+    assert out.usage.completion_tokens <= max_tokens
+    assert out.model_extra["stdec"]["gen_length"] == max_tokens
+    assert out.model_extra["stdec"]["nfe"] == max_tokens
+    assert out.choices[0].text == alone(testbed, PROMPTS[0], False, gen_length=max_tokens,
+                                        **options)

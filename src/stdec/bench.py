@@ -169,11 +169,6 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise StdecError(f"{name} must be a positive integer, got {value}.")
-        for name in ("gen_length", "long_gen_length"):
-            value = getattr(self, name)
-            if value is not None and value % self.block_length:
-                raise StdecError(f"{name} ({value}) must be a multiple of block_length "
-                                 f"({self.block_length}).")
         for setting in self.settings():  # every policy spec parses and fits a block
             setting.config(self.block_length, self.block_length)
 

@@ -101,10 +101,10 @@ class CommitStep:
         self.drafted[slots] = False
 
     def __call__(self, cfg: DecodeConfig, rows: list[Request], logits: Tensor):
-        """Confidence, the rule and the commit for rows that share one DecodeConfig."""
-        dev, bl, G = self.device, cfg.block_length, cfg.gen_length
+        """Confidence, the rule and the commit for rows that share one DecodeConfig and one
+        block width: `logits` (n, width, V), width block_length or a shorter last block's."""
+        dev, bl, G = self.device, logits.shape[1], cfg.gen_length
         x, trace_step, trace_conf = self.seqs.x, self.seqs.trace_step, self.seqs.trace_conf
-        logits = logits[:, :bl]
         generators = [r.generator for r in rows]  # None at temperature 0, and not read
         conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
         slot_t = on_device([r.slot for r in rows], dev)

@@ -35,7 +35,9 @@ class DecodeConfig:
     policy: str = _opt("stdec", "commit rule (decoding/registry.py lists them)")
     cache: str = _opt("none", f"KV cache mode, one of {', '.join(CACHE_MODES)}")
     gen_length: int = _opt(128, "number of tokens to generate (masks appended to the prompt)")
-    block_length: int = _opt(32, "semi-autoregressive block size; must divide gen_length")
+    block_length: int = _opt(
+        32, "semi-autoregressive block size (the last block is shorter when it does not divide "
+        "gen_length)")
     stop_at_eos: bool = _opt(
         True, "finish a row once it has committed EOS with everything before it decoded"
     )
@@ -73,11 +75,6 @@ class DecodeConfig:
         _one_of("cache", self.cache, CACHE_MODES)
         _positive_int("gen_length", self.gen_length)
         _positive_int("block_length", self.block_length)
-        if self.gen_length % self.block_length:
-            raise StdecError(
-                f"gen_length ({self.gen_length}) must be a multiple of block_length "
-                f"({self.block_length}); pick block_length among its divisors."
-            )
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float):
             raise StdecError(f"temperature must be a number, got {self.temperature!r}.")
         if self.temperature < 0:
@@ -89,7 +86,8 @@ class DecodeConfig:
 
     @property
     def num_blocks(self) -> int:
-        return self.gen_length // self.block_length
+        """Blocks of block_length, the last one shorter when it does not divide gen_length."""
+        return -(-self.gen_length // self.block_length)
 
     def options(self) -> dict:
         """Every option as one flat dict: the shared ones and the policy's own."""

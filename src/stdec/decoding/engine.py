@@ -133,21 +133,22 @@ class Engine:
             for r in rows:  # find the row at fault: each alone
                 self._run(kind, [r])
             return
-        by_config: dict[DecodeConfig, list[int]] = {}
+        # rows that share a DecodeConfig and a block width (a last block may be shorter)
+        groups: dict[tuple[DecodeConfig, int], list[int]] = {}
         for i, r in enumerate(rows):
-            by_config.setdefault(r.config, []).append(i)
-        for cfg, idx in by_config.items():
+            groups.setdefault((r.config, r.block_width), []).append(i)
+        for (cfg, width), idx in groups.items():
             members = [rows[i] for i in idx]
             picked = logits if len(idx) == len(rows) else logits[idx]
             try:
-                self.commit(cfg, members, picked)
+                self.commit(cfg, members, picked[:, :width])
             except Exception as err:
                 if len(members) == 1:
                     self.scheduler.end(members[0], "failed", describe(err))
                     continue
                 for i, r in zip(idx, members, strict=True):
                     try:
-                        self.commit(cfg, [r], logits[i : i + 1])
+                        self.commit(cfg, [r], logits[i : i + 1, :width])
                     except Exception as row_err:
                         self.scheduler.end(r, "failed", describe(row_err))
 

@@ -71,7 +71,8 @@ class StepState:
 
 def fixed(conf: Tensor, pred: Tensor, state: StepState, cfg: DecodeConfig) -> Tensor:
     """LLaDA: commit the k most confident masked positions, k from an even schedule."""
-    length, steps = conf.shape[1], cfg.params.steps_per_block(cfg)
+    length = conf.shape[1]  # the block's (a last, shorter block's own)
+    steps = cfg.params.steps_per_block(cfg, length)
     # LLaDA's schedule: block // steps each step, the remainder spread over the first steps
     k = length // steps + (state.step < length % steps)
     return (_rank(conf, state.masked) < k) & state.masked

@@ -158,8 +158,8 @@ def _builtin(name: str, params: type, **entry) -> Rule:
 @dataclass(frozen=True)
 class FixedParams:
     steps: int | None = param(
-        None, "fixed: total steps over gen_length, split evenly over blocks (default "
-        "gen_length)", ">= 1")
+        None, "fixed: total steps over gen_length, split over blocks by their lengths "
+        "(default gen_length)", ">= 1")
     k: int | None = param(
         None, "fixed: tokens committed per step, the same as steps = gen_length / k", ">= 1")
 
@@ -175,18 +175,34 @@ class FixedParams:
         return gen_length // self.k if self.k is not None else gen_length
 
     def check(self, config) -> None:
-        """The steps must split evenly over the blocks, at most one per position."""
-        if self.k is not None and config.block_length % self.k:
-            raise StdecError(f"fixed:k={self.k} must divide block_length "
-                             f"({config.block_length}) so that every block takes whole steps.")
-        steps, blocks = self.total_steps(config.gen_length), config.num_blocks
-        if steps % blocks or not 1 <= steps // blocks <= config.block_length:
-            what = f"steps ({steps})" if self.k is None else f"steps ({steps}, from k {self.k})"
-            raise StdecError(f"{what} must be a multiple of the number of blocks ({blocks}) "
-                             f"between {blocks} and gen_length ({config.gen_length}).")
+        """A whole block must take a whole number of steps, at most one per position."""
+        G, bl = config.gen_length, config.block_length
+        if self.k is not None:
+            if bl % self.k:
+                raise StdecError(f"fixed:k={self.k} must divide block_length ({bl}) so that "
+                                 "every block takes whole steps.")
+            return
+        steps = self.total_steps(G)
+        if steps * bl % G == 0 and 1 <= steps * bl // G <= bl:
+            return
+        if G % bl == 0:
+            blocks = G // bl
+            raise StdecError(f"steps ({steps}) must be a multiple of the number of blocks "
+                             f"({blocks}) between {blocks} and gen_length ({G}).")
+        raise StdecError(f"steps ({steps}) must give a block of {bl} a whole number of steps "
+                         f"from 1 to {bl}: steps x {bl} / gen_length ({G}) is not one.")
 
-    def steps_per_block(self, config) -> int:
-        return self.total_steps(config.gen_length) // config.num_blocks
+    def steps_per_block(self, config, length: int | None = None) -> int:
+        """The steps of a block of `length` positions (a whole block by default; the last
+        block is shorter when block_length does not divide gen_length): a whole block's
+        share of the steps, and a shorter block as many as its positions need at that pace."""
+        bl = config.block_length
+        if self.k is not None:
+            whole = bl // self.k
+        else:
+            whole = self.total_steps(config.gen_length) * bl // config.gen_length
+        length = bl if length is None else length
+        return -(-whole * length // bl)  # rounded up
 
 
 @dataclass(frozen=True)

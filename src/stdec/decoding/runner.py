@@ -91,15 +91,14 @@ class ModelRunner:
         slots = [r.slot for r in rows]
         ends = [r.length for r in rows]
         if kind == "dual" and self._fixed_shape(rows):
-            return self.static(x, slots, [r.block for r in rows], ends,
-                               rows[0].config.block_length)
+            return self.static(x, slots, [r.block for r in rows], ends, rows[0].block_width)
         if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
             starts, stops = [0] * len(rows), ends
         elif kind in ("prefix", "dkv"):  # the block and everything after it
             starts, stops = [r.block - self.shift for r in rows], ends
         else:  # dual: the block alone, over the cached prefix and suffix
             starts = [r.block - self.shift for r in rows]
-            stops = [r.block + r.config.block_length for r in rows]
+            stops = [r.block + r.block_width for r in rows]
         width = max(b - a for a, b in zip(starts, stops, strict=True))
         keys = max(ends)
         start_t = on_device(starts, dev)[:, None]
@@ -126,9 +125,9 @@ class ModelRunner:
                 stale = (cols >= blocks_t) & (ids != self.mask_id) & (at >= 1) & (at < nfe_t)
                 write = torch.where(stale, W, write)
             cache = self.cache.slots(slots, write, keys)
-        # which fed positions' logits: the block, s .. s + block_length (relative to starts)
+        # which fed positions' logits: the block, s .. s + its width (relative to starts)
         blocks = [r.block - a for r, a in zip(rows, starts, strict=True)]
-        lengths = [r.config.block_length for r in rows]
+        lengths = [r.block_width for r in rows]
         if len(set(blocks)) == 1 and len(set(lengths)) == 1:
             pick = {"logits_slice": slice(blocks[0], blocks[0] + lengths[0])}
         else:
@@ -158,8 +157,8 @@ class ModelRunner:
 
     def _fixed_shape(self, rows: list[Request]) -> bool:
         """Whether the fixed-shape step (graphs.py) takes these dual rows: it is on, they
-        share one block length, none carries image vectors and none needs a prefix LM's
+        share one block width, none carries image vectors and none needs a prefix LM's
         per-position mask."""
-        return (self.static is not None and len({r.config.block_length for r in rows}) == 1
+        return (self.static is not None and len({r.block_width for r in rows}) == 1
                 and all(r.features is None for r in rows)
                 and not self._feeds_prompt(rows, [r.block - self.shift for r in rows]))

@@ -97,6 +97,11 @@ class Request:
         return len(self.prompt) + self.config.gen_length
 
     @property
+    def block_width(self) -> int:
+        """Positions of the active block: block_length, or fewer in a shorter last block."""
+        return min(self.config.block_length, self.length - self.block)
+
+    @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
 

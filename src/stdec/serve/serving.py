@@ -9,7 +9,6 @@ finish_reason and stdec's stats.
 
 import asyncio
 import json
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -49,24 +48,32 @@ def decode_options(body: p.CompletionRequest | p.ChatRequest,
         raise p.ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.",
                          param="max_tokens")
     try:
-        base = build({k: v for k, v in options.items() if k == "policy"}, defaults)
-        block = options.get("block_length", base.block_length)
-        if max_tokens is not None and isinstance(block, int) and block > 0:
-            blocks = math.ceil(max_tokens / block)  # a whole number of blocks
-            options["gen_length"] = blocks * block
-            steps = base.options().get("steps")  # a rule's steps: the same per block
-            if "steps" not in options and steps is not None:
-                options["steps"] = steps // base.num_blocks * blocks
+        if max_tokens is not None:
+            options["gen_length"] = max_tokens  # the last block is shorter when need be
+            base = build({k: v for k, v in options.items() if k != "gen_length"}, defaults)
+            if "steps" not in options and base.options().get("steps") is not None:
+                options.update(_same_pace(base, max_tokens))
         return build(options, defaults)
     except StdecError as err:
         raise p.ApiError(400, str(err)) from None
 
 
+def _same_pace(base: DecodeConfig, gen_length: int) -> dict:
+    """The fixed rule's default steps over a new gen_length at the same steps per block: as
+    steps where they come out whole, else as tokens a step (k), which paces any length."""
+    steps, bl = base.steps, base.block_length
+    pace = steps * bl // base.gen_length  # steps of a whole block
+    if pace * gen_length % bl == 0:
+        return {"steps": pace * gen_length // bl}
+    if bl % pace == 0:
+        return {"steps": None, "k": bl // pace}
+    return {"steps": steps}  # refused by the rule's own check, in its sentence
+
+
 def check_length(config: DecodeConfig, prompt_tokens: int, max_length: int):
     if prompt_tokens + config.gen_length > max_length:
         raise p.ApiError(400, f"the prompt has {prompt_tokens} tokens and max_tokens asks for "
-                         f"{config.gen_length} (a multiple of block_length "
-                         f"{config.block_length}); together they exceed the model's length "
+                         f"{config.gen_length}; together they exceed the model's length "
                          f"{max_length}.", param="max_tokens")
 
 
