@@ -11,7 +11,7 @@ from stdec.api import ASSETS, generate, load
 from stdec.cli import main
 from stdec.decoding import registry
 from stdec.decoding.config import DecodeConfig
-from stdec.decoding.defaults import FILE, checkpoint_defaults, effective
+from stdec.decoding.defaults import FILE, checkpoint_defaults, effective, read_defaults_file
 from stdec.errors import StdecError
 from stdec.models.presets import PRESETS
 
@@ -139,3 +139,13 @@ def test_a_conflict_with_a_checkpoint_default_names_its_source(capsys):
     assert re.search(source, capsys.readouterr().err)
     # another rule's options of the checkpoint never reach a config: threshold takes tau only
     assert stdec.generate(model, tok, "hi", policy="threshold", gen_length=32).stats[0].nfe >= 1
+
+
+def test_the_file_alone_is_checked_under_every_rule_when_it_names_no_policy(tmp_path):
+    # read_defaults_file names the file's own bad value before any layering
+    path = tmp_path / FILE
+    path.write_text(json.dumps({"temperature": -1}))
+    with pytest.raises(StdecError, match="temperature must be >= 0"):
+        read_defaults_file(path)
+    path.write_text(json.dumps({"temperature": 0.5, "tau": 0.8}))
+    assert read_defaults_file(path) == {"temperature": 0.5, "tau": 0.8}
