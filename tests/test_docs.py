@@ -173,12 +173,12 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{where}: stdec serve exited: {self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"{where}: stdec serve did not answer /health in 180 s")
+        raise AssertionError(f"{where}: stdec serve was not ready (/ready) in 180 s")
 
     def stop(self):
         self.proc.terminate()
