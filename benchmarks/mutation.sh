@@ -40,7 +40,7 @@ case $area in
 models)
     # the text models (the vision files, llada_v.py and images.py, have their own tests)
     mutate=(src/stdec/models/{__init__,cache,dream,layers,llada}.py)
-    tests=(tests/test_llada.py tests/test_dream.py tests/test_precision.py
+    tests=(tests/test_llada.py tests/test_dream.py tests/test_precision.py tests/test_fused.py
            tests/test_models_values.py tests/test_api.py::test_bad_checkpoints -k
            "not testbed and not decodes_mostly");;
 decoding)

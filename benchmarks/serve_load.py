@@ -8,14 +8,18 @@ every answer against stdec.generate of that prompt alone, and prints throughput 
 tokens/s), p50/p95 latency and p50/p95 time to first streamed token. The static-batch loop
 decodes the same requests in arrival order, `max_batch` at a time, each batch starting when
 the previous one has finished (the engine with no admission mid-batch; at batch 1 that is
-stdec.generate of each request alone, the reference). Then clients that
-hang up mid-stream: /metrics must show 0 active slots afterwards.
+stdec.generate of each request alone, the reference). /metrics (read with prometheus-client's
+parser) must count every request in its latency histogram. Then clients that hang up
+mid-stream: /metrics must show 0 active slots afterwards; and a 20 MB prompt, refused (413)
+while /health is asked again and again: how long the refusal and the slowest /health took.
 
     python benchmarks/serve_load.py                       # testbed: 16 clients x 4 requests
     python benchmarks/serve_load.py --clients 4 --per-client 2 --batches 1,4
 """
 
 import argparse
+import http.client
+import json
 import os
 import platform
 import socket
@@ -28,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from stdec.api import encode, end_token_ids, generate, load, model_defaults
 from stdec.decoding.config import DecodeConfig
@@ -87,7 +92,7 @@ def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.3)
@@ -168,6 +173,45 @@ def summary(label: str, results: list[dict], wall: float, streamed: bool = True)
             f"{ttft_text} {wall:7.1f}")
 
 
+def metrics(url: str) -> dict[str, float]:
+    """/metrics through prometheus-client's parser: {name or name{outcome}: value}."""
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for s in family.samples:
+            key = s.name + (f"{{{s.labels['outcome']}}}" if "outcome" in s.labels else "")
+            if "le" not in s.labels:
+                out[key] = s.value
+    return out
+
+
+def big_prompt_test(url: str, megabytes: int) -> str:
+    """A prompt of `megabytes` MB, refused (413) while /health is asked in a loop."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "testbed", "prompt": "hello " * (megabytes * 2**20 // 6)})
+    body, result = body.encode(), {}
+
+    def send():
+        start = time.perf_counter()
+        conn = http.client.HTTPConnection(host, int(port), timeout=600)
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        result["status"] = conn.getresponse().status
+        result["seconds"] = time.perf_counter() - start
+
+    sender = threading.Thread(target=send)
+    probe, waits = http.client.HTTPConnection(host, int(port), timeout=60), []
+    sender.start()
+    while sender.is_alive():
+        start = time.perf_counter()
+        probe.request("GET", "/health")
+        probe.getresponse().read()
+        waits.append(time.perf_counter() - start)
+    sender.join()
+    waits.sort()
+    return (f"a {megabytes} MB prompt: {result['status']} in {result['seconds']:.3f} s; "
+            f"/health meanwhile: {len(waits)} answers, median {waits[len(waits) // 2] * 1e3:.1f}"
+            f" ms, slowest {waits[-1] * 1e3:.1f} ms")
+
+
 def drop_test(url: str, work: list, drops: int) -> str:
     """`drops` clients hang up after their first streamed token while others finish."""
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
@@ -188,18 +232,15 @@ def drop_test(url: str, work: list, drops: int) -> str:
         for f in hung:
             f.result()
         completed = sum(bool(f.result()["tokens"] >= 0) for f in kept)
-    deadline, active = time.monotonic() + 30, None
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        text = httpx.get(url + "/metrics").text
-        active = next(line.split()[1] for line in text.splitlines()
-                      if line.startswith("stdec_active_slots"))
-        if active == "0":
+        m = metrics(url)
+        if m["stdec_active_slots"] == 0:
             break
         time.sleep(0.2)
-    cancelled = next(line.split()[1] for line in text.splitlines()
-                     if 'outcome="cancelled"' in line)
-    return (f"{drops} clients hung up mid-stream: active slots after drain {active}, "
-            f"cancelled {cancelled}, other requests completed {completed}/4")
+    return (f"{drops} clients hung up mid-stream: active slots after drain "
+            f"{m['stdec_active_slots']:.0f}, cancelled {m['stdec_requests_total{cancelled}']:.0f}"
+            f", other requests completed {completed}/4")
 
 
 def main():
@@ -210,6 +251,8 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads of the server and of the static loop")
     ap.add_argument("--drops", type=int, default=10)
+    ap.add_argument("--big-prompt-mb", type=int, default=20,
+                    help="size of the prompt sent to be refused (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -242,8 +285,10 @@ def main():
             results, wall = run_server(url, work, args.clients)
             same = sum(r["text"] == a for r, a in zip(results, alone, strict=True))
             rows[b] = sum(r["tokens"] for r in results) / wall
+            counted = metrics(url)["stdec_e2e_request_latency_seconds_count"] - 1  # warm-up
             print(summary(f"serve --max-batch {b}", results, wall) +
-                  f"   {same}/{len(work)} == generate alone", flush=True)
+                  f"   {same}/{len(work)} == generate alone; /metrics latency histogram "
+                  f"counts {counted:.0f}/{len(work)}", flush=True)
             if b > 1:
                 static, swall = run_static(model, tokenizer, work, b)
                 same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
@@ -252,6 +297,8 @@ def main():
                       f"   {same}/{len(work)} == generate alone", flush=True)
             if b == max(batches) and args.drops:
                 print(drop_test(url, work, args.drops), flush=True)
+            if b == max(batches) and args.big_prompt_mb:
+                print(big_prompt_test(url, args.big_prompt_mb), flush=True)
         finally:
             stop_server(proc)
     if 1 in rows and len(batches) > 1 and ("static", max(batches)) in rows:

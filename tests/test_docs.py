@@ -153,10 +153,7 @@ class Page:
 class Server:
     """A page's `stdec serve ...`, in a subprocess on a free loopback port."""
 
-    def __init__(self, argv: list[str], folder: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    def __init__(self, argv: list[str], folder: Path, port: int):
         src = str(Path(stdec.__file__).resolve().parent.parent)
         path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
         env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -173,12 +170,12 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{where}: stdec serve exited: {self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"{where}: stdec serve did not answer /health in 180 s")
+        raise AssertionError(f"{where}: stdec serve was not ready (/ready) in 180 s")
 
     def stop(self):
         self.proc.terminate()
@@ -226,11 +223,18 @@ def servers(request, tmp_path_factory):
     pages = {item.callspec.params["page"] for item in request.session.items
              if "page" in getattr(getattr(item, "callspec", None), "params", {})}
     started = {}
+    commands = {page: argv for page in sorted(pages)
+                if (argv := serve_command(page)) is not None}
+    # every port picked while the others are still held, so that no two servers get one
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in commands:
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
     try:
-        for page in sorted(pages):
-            argv = serve_command(page)
-            if argv is not None:
-                started[page] = Server(argv, tmp_path_factory.mktemp("serve"))
+        for (page, argv), port in zip(commands.items(), ports, strict=True):
+            started[page] = Server(argv, tmp_path_factory.mktemp("serve"), port)
         yield started
     finally:
         for server in started.values():

@@ -202,6 +202,9 @@ def test_a_forward_that_fails_for_one_row_fails_that_row_alone(n_good):
     engine.run()
     assert bad.state == "failed"
     assert bad.error == "decoding failed: RuntimeError: poisoned input"
+    # the first step's batched forward failed: every row ran again alone, once
+    assert engine.counters["rerun_alone"] == n_good + 1
+    assert engine.counters["forwards"] == model.calls
     for r, p in zip(good, prompts, strict=True):
         assert r.state == "done"
         assert r.ids == decode(inner, [p], config("threshold")).ids[0].tolist()
@@ -239,6 +242,9 @@ def test_counters_and_stats_add_up():
     stats = [r.stats for r in reqs]
     assert engine.counters["gen_tokens"] == sum(s.gen_tokens for s in stats) > 0
     assert engine.counters["nfe"] == sum(s.nfe for s in stats)
+    assert engine.counters["steps"] <= engine.counters["forwards"] <= engine.counters["nfe"]
+    assert engine.counters["rerun_alone"] == 0
+    assert all(0 < r.t_admit < r.t_first for r in reqs)
     for s in stats:
         assert s.tokens_per_s == pytest.approx(s.gen_tokens / s.wall_time)
         assert s.tpf == pytest.approx(s.gen_tokens / s.nfe)

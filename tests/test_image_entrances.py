@@ -5,7 +5,6 @@ is one sentence before any decoding."""
 
 import base64
 import io
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import decode
 from stdec.errors import StdecError
 from stdec.models.llada_v import IMAGE_TOKEN_INDEX
-from stdec.serve import ServerConfig, uvicorn_server
+from stdec.serve import ServerConfig, bind, uvicorn_server
 from stdec.testing import random_llava_checkpoint
 
 CFG = DecodeConfig(policy="threshold", cache="dual", gen_length=16, block_length=8,
@@ -173,8 +172,7 @@ def test_cli_generate_and_viz_take_images(vl, folder, png, tmp_path, checkpoint)
 # ---- the server ----
 
 def start(loaded, **kw):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = bind("127.0.0.1", 0)
     config = ServerConfig(**{"name": "m", "defaults": CFG, "max_batch": 4, **kw})
     server = uvicorn_server(*loaded, config, drain_s=1.0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -186,8 +184,9 @@ def start(loaded, **kw):
 
 
 def ask(client, *parts, stream=False):
-    content = [{"type": "text", "text": p} if not p.startswith(("data:", "/", "file:", "http"))
-               else {"type": "image_url", "image_url": {"url": p}} for p in parts]
+    content = [{"type": "image_url", "image_url": {"url": p}}
+               if p.startswith(("data:", "/", "file:", "http")) or p.endswith(".png")
+               else {"type": "text", "text": p} for p in parts]
     reply = client.chat.completions.create(model="m", max_tokens=16, stream=stream,
                                            messages=[{"role": "user", "content": content}])
     if stream:
@@ -209,7 +208,9 @@ def test_server_answers_image_chat_requests(vl, png):
         assert ask(client, str(png), QUESTION).choices[0].message.content == want  # --image-dir
         assert ask(client, f"file://{png}", QUESTION).choices[0].message.content == want
         for parts, words in [
-            ((f"file://{png.parent.parent}/elsewhere.png", QUESTION), "outside the server's"),
+            ((f"file://{png.parent.parent}/elsewhere.png", QUESTION), "outside the folder"),
+            (("../elsewhere.png", QUESTION), "'../elsewhere.png' is outside the folder"),
+            (("missing.png", QUESTION), "'missing.png' is not a file"),
             (("https://example.com/cat.png", QUESTION), "network URL"),
             (("data:image/png;base64,AAAA", QUESTION), "is not an image"),
             ((QUESTION + " <image>",), "1 <image> placeholders but 0 images"),
@@ -217,7 +218,19 @@ def test_server_answers_image_chat_requests(vl, png):
             with pytest.raises(openai.BadRequestError) as err:
                 ask(client, *parts)
             assert words in err.value.body["message"]
+            assert str(png.parent) not in err.value.body["message"]  # no server path shown
         assert ask(client, data_url(image), QUESTION).choices[0].message.content == want
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_relative_image_dir_is_taken_from_where_the_server_starts(vl, png, monkeypatch):
+    monkeypatch.chdir(png.parent.parent)
+    server, thread, client = start(vl, image_dir=png.parent.name)  # relative
+    try:
+        monkeypatch.chdir("/")  # a request's path is taken inside --image-dir, not the cwd
+        assert ask(client, png.name, QUESTION).choices[0].finish_reason is not None
     finally:
         server.should_exit = True
         thread.join(10)

@@ -382,7 +382,7 @@ def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
     config = decode_defaults(args)
     from stdec.api import load
-    from stdec.serve import ServerConfig, serve
+    from stdec.serve import ServerConfig, bind, serve
 
     name = args.served_model_name or Path(args.model).name
     if args.image_dir is not None and not Path(args.image_dir).is_dir():
@@ -390,12 +390,18 @@ def cmd_serve(args: argparse.Namespace):
                          "whose images clients may name by path.")
     server = ServerConfig(name=name, defaults=config, host=args.host, port=args.port,
                           max_batch=args.max_batch, max_queue=args.max_queue,
-                          timeout=args.timeout, drain=args.drain, image_dir=args.image_dir)
-    model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
-                            cuda_graphs=args.cuda_graphs, compile=args.compile)
-    print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
-          file=sys.stderr)
-    serve(model, tokenizer, server)
+                          timeout=args.timeout, drain=args.drain, image_dir=args.image_dir,
+                          max_prompt_tokens=args.max_prompt_tokens,
+                          api_key=args.api_key or os.environ.get("STDEC_API_KEY") or None)
+    sock = bind(server.host, server.port)  # a port in use is refused before the model loads
+    try:
+        model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
+                                cuda_graphs=args.cuda_graphs, compile=args.compile)
+        print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} "
+              f"slots{', API key required' if server.api_key else ''})", file=sys.stderr)
+        serve(model, tokenizer, server, sock=sock)
+    finally:
+        sock.close()
 
 
 def _explain_empty(text: str, chat: bool, tokenizer):
@@ -749,7 +755,15 @@ def _build_serve(p: argparse.ArgumentParser):
     p.add_argument("--max-batch", type=_positive("--max-batch"), default=8,
                    help="engine slots: requests decoded together (default: 8)")
     p.add_argument("--max-queue", type=int, default=64,
-                   help="requests that may wait for a slot before new ones get 429 (default: 64)")
+                   help="requests that may wait when every slot is taken; more get 429 "
+                   "(default: 64)")
+    p.add_argument("--max-prompt-tokens", type=_positive("--max-prompt-tokens"), default=None,
+                   help="longest prompt in tokens, images included; longer ones get 413 "
+                   "(default: the model's length less one)")
+    p.add_argument("--api-key", default=None,
+                   help="the key clients must send as `Authorization: Bearer KEY`; 401 "
+                   "without it (/health and /ready stay open) (default: $STDEC_API_KEY, "
+                   "else none needed)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds a request may take, queueing included (default: 600)")
     p.add_argument("--drain", type=float, default=30.0,
@@ -758,8 +772,9 @@ def _build_serve(p: argparse.ArgumentParser):
     p.add_argument("--served-model-name", default=None,
                    help="the model name clients send (default: the --model folder's name)")
     p.add_argument("--image-dir", default=None,
-                   help="a folder whose images requests may name by local path (default: none; "
-                   "images then come as data URLs only; network URLs are never fetched)")
+                   help="a folder whose images requests may name by local path, a relative one "
+                   "taken inside it (default: none; images then come as data URLs only; "
+                   "network URLs are never fetched)")
     add_decode_options(p, "decoding defaults of requests (DecodeConfig)")
     p.set_defaults(run=cmd_serve)
 

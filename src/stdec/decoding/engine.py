@@ -90,7 +90,9 @@ class Engine:
 
     @property
     def counters(self) -> dict[str, int]:
-        """nfe (row forwards), gen_tokens (of finished rows), steps (iterations)."""
+        """nfe (row forwards), gen_tokens (of finished rows), steps (iterations), forwards
+        (model forward calls), rerun_alone (rows run again alone after a batched forward
+        failed)."""
         return self.scheduler.counters
 
     @property
@@ -125,11 +127,13 @@ class Engine:
 
     def _run(self, kind: str, rows: list[Request]):
         """Forward `rows` together and commit; an error fails the rows that cause it alone."""
+        self.counters["forwards"] += 1
         try:
             logits = self.runner.forward(kind, rows)
         except Exception as err:
             if len(rows) == 1:
                 return self.scheduler.end(rows[0], "failed", describe(err))
+            self.counters["rerun_alone"] += len(rows)
             for r in rows:  # find the row at fault: each alone
                 self._run(kind, [r])
             return

@@ -88,7 +88,8 @@ class Request:
     step: int = 0  # steps taken in the active block
     nfe: int = 0
     cancelled: bool = False
-    t_admit: float = 0.0
+    t_admit: float = 0.0  # time.perf_counter() at admission into a slot
+    t_first: float = 0.0  # ... when its committed prefix first grew (time to first token)
     generator: torch.Generator | None = None
     features: Tensor | None = None  # the prompt's image vectors, once expanded
 
@@ -134,7 +135,9 @@ class Scheduler:
         self.device = runner.device
         self.slots: list[Request | None] = [None] * max_batch
         self.waiting: deque[Request] = deque()
-        self.counters = {"nfe": 0, "gen_tokens": 0, "steps": 0}
+        # forwards: model forward calls (a batched one counts once); rerun_alone: rows run
+        # again one by one after their batched forward failed
+        self.counters = {"nfe": 0, "gen_tokens": 0, "steps": 0, "forwards": 0, "rerun_alone": 0}
 
     # ---- the queue ----
 
@@ -255,12 +258,14 @@ class Scheduler:
         else:
             first, view_x, view_s = first.tolist(), [], []
         self.counters["nfe"] += len(rows)
-        reset = []
+        reset, now = [], time.perf_counter()
         for i, (r, f) in enumerate(zip(rows, first, strict=True)):
             P, T = len(r.prompt), r.length
             r.committed = min(f, T) - P
             if registry.get(r.config.policy).remasks and f < T:  # the block may still change
                 r.committed = (f - P) // r.config.block_length * r.config.block_length
+            if r.committed > 0 and not r.t_first:
+                r.t_first = now
             if i in listening:
                 j = listening.index(i)
                 r.tokens, r.steps = view_x[j][P:T], view_s[j][: T - P]

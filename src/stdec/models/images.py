@@ -62,9 +62,10 @@ def _checked(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
 
 
 def load_image(source: ImageInput, *, max_pixels: int = MAX_PIXELS,
-               max_bytes: int = MAX_BYTES) -> Image.Image:
-    """An RGB PIL image from a PIL image, a local path or a data:image/...;base64 URL."""
-    name = _name(source)
+               max_bytes: int = MAX_BYTES, name: str | None = None) -> Image.Image:
+    """An RGB PIL image from a PIL image, a local path or a data:image/...;base64 URL.
+    `name`: what an error calls the image (default: from `source`)."""
+    name = name or _name(source)
     if isinstance(source, Image.Image):
         return _checked(source, name, max_pixels)
     if not isinstance(source, str | Path):

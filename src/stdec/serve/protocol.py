@@ -83,7 +83,7 @@ class CompletionRequest(_Common):
         if len(prompts) != 1:
             raise ApiError(400, f"prompt must be one string; got a list of {len(prompts)} (send "
                            "one request per prompt).", param="prompt")
-        if not prompts[0].strip():
+        if not prompts[0] or prompts[0].isspace():  # (no copy of a long prompt)
             raise ApiError(400, "prompt is empty; give some text.", param="prompt")
         return prompts[0]
 

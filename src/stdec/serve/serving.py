@@ -1,10 +1,11 @@
 """The serving logic behind the routes: a parsed request becomes an engine job, and the
 job's updates become an answer, collected whole or streamed as its committed prefix grows.
 
-Here a request's prompt is encoded and its images read, its decoding options become a
-DecodeConfig (decode_options, the one place that happens), it is admitted or refused
-(503 draining, 429 queue full), and its text is cut at EOS and at stop strings, with usage,
-finish_reason and stdec's stats.
+Here a request is prepared off the event loop (`prepare`, on a worker thread: its body
+parsed, its prompt encoded and its images read, its decoding options made a DecodeConfig by
+decode_options, the one place that happens, its prompt held to --max-prompt-tokens), then
+admitted or refused on the loop (503 draining, 429 full), and its text is cut at EOS and at
+stop strings, with usage, finish_reason and stdec's stats.
 """
 
 import asyncio
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -27,7 +29,8 @@ from stdec.serve.config import ServerConfig
 from stdec.serve.metrics import Metrics
 from stdec.serve.runner import SHUTDOWN, Bridge, Runner
 
-__all__ = ["Answer", "Generation", "Serving", "decode_options", "read_images"]
+__all__ = ["Answer", "Generation", "Prepared", "Serving", "decode_options", "prompt_limit",
+           "read_images", "with_max_tokens"]
 
 
 # ---- the one place a request's decoding options become a DecodeConfig ----
@@ -48,14 +51,21 @@ def decode_options(body: p.CompletionRequest | p.ChatRequest,
         raise p.ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.",
                          param="max_tokens")
     try:
-        if max_tokens is not None:
-            options["gen_length"] = max_tokens  # the last block is shorter when need be
-            base = build({k: v for k, v in options.items() if k != "gen_length"}, defaults)
-            if "steps" not in options and base.options().get("steps") is not None:
-                options.update(_same_pace(base, max_tokens))
-        return build(options, defaults)
+        return with_max_tokens(options, defaults, max_tokens)
     except StdecError as err:
         raise p.ApiError(400, str(err)) from None
+
+
+def with_max_tokens(options: dict, defaults: Mapping, max_tokens: int | None) -> DecodeConfig:
+    """`options` over `defaults`, gen_length exactly `max_tokens` (the last block shorter when
+    need be; a default `steps` of the fixed rule kept at the same pace)."""
+    options = dict(options)
+    if max_tokens is not None:
+        options["gen_length"] = max_tokens
+        base = build({k: v for k, v in options.items() if k != "gen_length"}, defaults)
+        if "steps" not in options and base.options().get("steps") is not None:
+            options.update(_same_pace(base, max_tokens))
+    return build(options, defaults)
 
 
 def _same_pace(base: DecodeConfig, gen_length: int) -> dict:
@@ -77,9 +87,23 @@ def check_length(config: DecodeConfig, prompt_tokens: int, max_length: int):
                          f"{max_length}.", param="max_tokens")
 
 
+def prompt_limit(config: ServerConfig, max_length: int) -> int:
+    """The longest prompt, in tokens, the server takes: --max-prompt-tokens, or the model's
+    length less one generated token; more than the model takes is refused."""
+    if config.max_prompt_tokens is None:
+        return max_length - 1
+    if config.max_prompt_tokens > max_length - 1:
+        raise StdecError(f"max_prompt_tokens is {config.max_prompt_tokens}, more than this "
+                         f"model takes ({max_length - 1}: its length {max_length} less one "
+                         "generated token); pass a smaller --max-prompt-tokens or none.")
+    return config.max_prompt_tokens
+
+
 def read_images(urls: list[str], image_dir: Path | None) -> list:
     """The images of a request, from data URLs or, inside `image_dir`, local paths (a
-    file:// URL or a plain path); a network URL is refused, never fetched."""
+    file:// URL or a plain path; a relative one is taken inside `image_dir`); a network URL
+    is refused, never fetched. An error shows a path as the request gave it, never where it
+    lies on the server."""
     from stdec.models.images import load_image
 
     images = []
@@ -87,17 +111,35 @@ def read_images(urls: list[str], image_dir: Path | None) -> list:
         local = not url.startswith("data:") and not re.match(r"[a-zA-Z][\w+.-]*://", url)
         if url.startswith("file://"):
             url, local = url.removeprefix("file://"), True
-        if local:
-            shown = url if len(url) <= 60 else url[:57] + "..."
-            if image_dir is None:
-                raise StdecError(f"image {shown!r} is a local path, and this server reads none "
-                                 "(start it with --image-dir DIR to allow a folder); send a "
-                                 "data:image/...;base64 URL.")
-            if not Path(url).resolve().is_relative_to(image_dir):
-                raise StdecError(f"image {shown!r} is outside the server's --image-dir "
-                                 f"{str(image_dir)!r}; send a data URL or a path inside it.")
-        images.append(load_image(url))
+        if not local:
+            images.append(load_image(url))
+            continue
+        shown = repr(url if len(url) <= 60 else url[:57] + "...")
+        if image_dir is None:
+            raise StdecError(f"image {shown} is a local path, and this server reads none "
+                             "(start it with --image-dir DIR to allow a folder); send a "
+                             "data:image/...;base64 URL.")
+        try:
+            path = (image_dir / url).resolve()
+        except (OSError, ValueError):
+            raise StdecError(f"image {shown} is not a usable path; send a data URL or a "
+                             "path inside the server's --image-dir.") from None
+        if not path.is_relative_to(image_dir):
+            raise StdecError(f"image {shown} is outside the folder this server reads images "
+                             "from (its --image-dir); send a data URL or a path inside it.")
+        images.append(load_image(path, name=shown))
     return images
+
+
+@dataclass
+class Prepared:
+    """A request ready to be scheduled: what `Serving.prepare` made of its body."""
+
+    body: p.CompletionRequest | p.ChatRequest
+    ids: list[int]
+    images: list
+    config: DecodeConfig
+    prompt_tokens: int
 
 
 @dataclass
@@ -113,16 +155,40 @@ class Generation:
     stream: bool  # answer with server-sent events
     canvas: bool  # stream stdec.canvas events
     include_usage: bool  # end the stream with a usage chunk
+    t0: float  # time.perf_counter() at the request's arrival
+    state: Any  # the request's state: the access log reads `tokens` from it
+    ended: bool = False  # its outcome is counted
 
 
 class Serving:
-    """A request's way from its parsed body to its answer, over the engine's thread."""
+    """A request's way from its raw body to its answer, over the engine's thread."""
 
     def __init__(self, model, tokenizer, config: ServerConfig, runner: Runner, metrics: Metrics):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.runner, self.metrics = runner, metrics
         self.max_length = model.config.max_sequence_length
+        self.max_prompt_tokens = prompt_limit(config, self.max_length)
         self.eos = set(end_token_ids(tokenizer))
+        # no token spans more characters than the vocabulary's longest, so a prompt longer
+        # than max_prompt_tokens of those is refused before it is tokenized
+        vocab = getattr(tokenizer, "get_vocab", None)
+        self.chars_per_token = max(map(len, vocab()), default=0) if vocab else 0
+
+    def prepare(self, raw: bytes, chat: bool) -> Prepared:
+        """Parse the body, check the model name, build the prompt (its images read) and its
+        DecodeConfig; a worker thread's work, so that no prompt holds up the event loop."""
+        body = p.parse(raw, p.ChatRequest if chat else p.CompletionRequest,
+                       self.config.max_body_bytes)
+        self.check_model(body)
+        ids, images = self.chat_prompt(body) if chat else self.completion_prompt(body)
+        prompt_tokens = self.model.prompt_length(ids, images) if images else len(ids)
+        if prompt_tokens > self.max_prompt_tokens:
+            raise p.ApiError(413, f"the prompt has {prompt_tokens} tokens; this server takes "
+                             f"at most {self.max_prompt_tokens}.",
+                             param="messages" if chat else "prompt")
+        cfg = decode_options(body, self.config.defaults)
+        check_length(cfg, prompt_tokens, self.max_length)
+        return Prepared(body, ids, images, cfg, prompt_tokens)
 
     def check_model(self, body: p.CompletionRequest | p.ChatRequest):
         if body.model != self.config.name:
@@ -130,10 +196,19 @@ class Serving:
                              f"serves {self.config.name!r}.", param="model",
                              kind="not_found_error")
 
+    def check_characters(self, chars: int, param: str):
+        """A prompt too long to tokenize: 413 at once, from its length in characters."""
+        if self.chars_per_token and chars > self.max_prompt_tokens * self.chars_per_token:
+            raise p.ApiError(413, f"the prompt has {chars} characters, too many for this "
+                             f"server's limit of {self.max_prompt_tokens} prompt tokens.",
+                             param=param)
+
     def completion_prompt(self, body: p.CompletionRequest) -> tuple[list[int], list]:
         """The prompt's ids (and no images)."""
+        text = body.text()
+        self.check_characters(len(text), "prompt")
         try:
-            ids = encode(self.tokenizer, [body.text()], chat=False,
+            ids = encode(self.tokenizer, [text], chat=False,
                          images=[[]] if sees_images(self.model) else None)[0]
         except StdecError as err:
             raise p.ApiError(400, str(err)) from None
@@ -141,11 +216,12 @@ class Serving:
 
     def chat_prompt(self, body: p.ChatRequest) -> tuple[list[int], list]:
         """The conversation's ids under the chat template, and its images."""
+        messages = body.conversation()
+        self.check_characters(sum(len(m["content"]) for m in messages), "messages")
         try:
             urls = body.image_urls()
             require_vision(self.model, len(urls))
             images = read_images(urls, self.config.image_dir)
-            messages = body.conversation()
             system = getattr(self.model, "system_prompt", None)  # the model's own, unless given
             if system and not any(m["role"] == "system" for m in messages):
                 messages = [{"role": "system", "content": system}, *messages]
@@ -155,56 +231,74 @@ class Serving:
             raise p.ApiError(400, str(err), param="messages") from None
         return ids, images
 
-    def schedule(self, body: p.CompletionRequest | p.ChatRequest, ids: list[int],
-                 images: list, chat: bool) -> Generation:
-        """Admit the request onto the engine's thread, or refuse it (400, 503, 429)."""
-        prompt_tokens = self.model.prompt_length(ids, images) if images else len(ids)
-        cfg = decode_options(body, self.config.defaults)
-        check_length(cfg, prompt_tokens, self.max_length)
+    def schedule(self, prep: Prepared, *, chat: bool, t0: float, state: Any) -> Generation:
+        """Admit the request onto the engine's thread, or refuse it (503, 429). Admission
+        counts free slots: with F free and --max-queue Q, F + Q requests are taken at once."""
         if self.runner.draining:
+            self.metrics.count("rejected")
             raise p.ApiError(503, "the server is shutting down; send the request elsewhere.",
                              "server_error")
-        if self.runner.queued >= self.config.max_queue:
-            raise p.ApiError(429, f"the queue is full ({self.config.max_queue} requests "
-                             "waiting); retry in a second.", "rate_limit_error",
-                             headers={"Retry-After": "1"})
-        bridge = Bridge(asyncio.get_running_loop())
+        if self.runner.load >= self.config.max_batch + self.config.max_queue:
+            self.metrics.count("rejected")
+            raise p.ApiError(429, f"the server is full (its {self.config.max_batch} slots and "
+                             f"a queue of {self.config.max_queue} are taken); retry in a "
+                             "second.", "rate_limit_error", headers={"Retry-After": "1"})
+        body, bridge = prep.body, Bridge(asyncio.get_running_loop())
         stops = body.stops()
-        job = Job(ids, cfg, bridge, time.monotonic() + self.config.timeout,
-                  progress=body.stream or bool(stops), images=list(images) or None)
+        job = Job(prep.ids, prep.config, bridge, time.monotonic() + self.config.timeout,
+                  progress=body.stream or bool(stops), images=list(prep.images) or None)
         self.runner.submit(job)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return Generation(job, bridge, Answer(self.tokenizer, self.eos, stops, cfg.gen_length),
-                          p.completion_id(chat), chat, prompt_tokens, body.stream,
-                          body.stdec_canvas, include_usage)
+        answer = Answer(self.tokenizer, self.eos, stops, prep.config.gen_length)
+        return Generation(job, bridge, answer, p.completion_id(chat), chat, prep.prompt_tokens,
+                          body.stream, body.stdec_canvas, include_usage, t0, state)
 
-    async def collect(self, gen: Generation,
-                      disconnected: Callable[[], Awaitable[bool]]) -> dict:
-        """The whole answer as one response; a client gone meanwhile frees its slot."""
+    def end(self, gen: Generation, outcome: str):
+        """A scheduled request ended: its outcome, times and tokens go to the metrics."""
+        job, t0 = gen.job, gen.t0
+        gen.ended = True
+        gen.state.tokens = gen.answer.completion_tokens
+        self.metrics.ended(outcome, seconds=time.perf_counter() - t0,
+                           queue_s=job.t_admit - t0 if job.t_admit else None,
+                           ttft_s=job.t_first - t0 if job.t_first else None,
+                           tokens=gen.answer.completion_tokens)
+
+    def close(self, gen: Generation):
+        """Nobody waits for the answer any more: cancel the request unless it has ended (its
+        slot frees at the next step)."""
+        if not gen.ended:
+            gen.job.cancel()
+            self.end(gen, "cancelled")
+
+    async def collect(self, gen: Generation, receive: Callable[[], Awaitable[dict]]) -> dict:
+        """The whole answer as one response. A client that hangs up meanwhile cancels its
+        request at once."""
         job, answer = gen.job, gen.answer
-        while True:
-            try:
-                update = await asyncio.wait_for(gen.bridge.updates.get(), 0.25)
-            except TimeoutError:
-                if await disconnected():  # nobody waits for it: free the slot
-                    job.cancel()
-                    self.metrics.count("cancelled")
-                    raise p.ApiError(499, "client disconnected") from None
-                continue
-            if answer.update(job, *update):
-                break
+        watcher = asyncio.create_task(_hang_up(receive, lambda: self.close(gen)))
+        try:
+            while not answer.update(job, *await gen.bridge.updates.get()):
+                pass
+        finally:
+            watcher.cancel()
+            if answer.finish is None and answer.error is None:  # this task was cancelled
+                self.close(gen)
+        if gen.ended:  # the client hung up: cancelled and counted
+            raise p.ApiError(499, "the client hung up before its answer was ready.")
         if answer.error is not None:
-            self.metrics.count("failed")
+            self.end(gen, "failed")
             timed_out = "timed out" in answer.error
             status = 504 if timed_out else 503 if answer.error == SHUTDOWN else 500
             raise p.ApiError(status, answer.error + ".",
                              "timeout" if timed_out else "server_error")
-        self.metrics.finish(job, answer)
+        self.end(gen, "completed")
         return p.response(gen.rid, self.config.name, gen.chat, answer.text, answer.finish,
                           answer.usage(gen.prompt_tokens), answer.stats(job)).model_dump()
 
     async def stream(self, gen: Generation) -> AsyncIterator[str]:
-        """Server-sent events: each new piece of the committed prefix, then the finish."""
+        """Server-sent events: each new piece of the committed prefix, then the finish. A
+        client that hangs up ends this generator (Starlette cancels it), which cancels its
+        request at once (`close`; the route's response calls it too, should this generator
+        never start)."""
         job, answer, rid, chat, name = gen.job, gen.answer, gen.rid, gen.chat, self.config.name
         sent, seen_steps = "", None
         try:
@@ -223,7 +317,7 @@ class Serving:
                         event = p.CanvasEvent(id=rid, model=name, stdec={"commits": new})
                         yield f"event: stdec.canvas\n{_sse(event)}"
                 if answer.error is not None:
-                    self.metrics.count("failed")
+                    self.end(gen, "failed")
                     body = p.error_body(answer.error + ".", "server_error")
                     yield f"data: {json.dumps(body)}\n\n"
                     return
@@ -233,16 +327,21 @@ class Serving:
                     sent = text
                 if done:
                     break
+            self.end(gen, "completed")
             yield _sse(p.chunk(rid, name, chat, None if chat else "", answer.finish))
             if gen.include_usage:
                 yield _sse(p.usage_chunk(rid, name, chat, answer.usage(gen.prompt_tokens),
                                          answer.stats(job)))
-            self.metrics.finish(job, answer)
             yield "data: [DONE]\n\n"
         finally:
-            if not job.finished and answer.finish is None:  # the client went away
-                job.cancel()
-                self.metrics.count("cancelled")
+            self.close(gen)  # unless it ended: the client went away
+
+
+async def _hang_up(receive: Callable[[], Awaitable[dict]], then: Callable[[], None]):
+    """Wait until the client hangs up, then call `then`."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    then()
 
 
 class Answer:
