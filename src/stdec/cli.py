@@ -380,6 +380,10 @@ def cmd_generate(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
+    if args.replicas > 1:  # before anything heavy: Ray Serve must be there
+        from stdec.serve.replicas import require_ray
+
+        require_ray(args.replicas)
     config = decode_defaults(args)
     from stdec.api import load
     from stdec.serve import ServerConfig, serve
@@ -391,6 +395,13 @@ def cmd_serve(args: argparse.Namespace):
     server = ServerConfig(name=name, defaults=config, host=args.host, port=args.port,
                           max_batch=args.max_batch, max_queue=args.max_queue,
                           timeout=args.timeout, drain=args.drain, image_dir=args.image_dir)
+    if args.replicas > 1:  # each replica loads the model itself
+        from stdec.serve.replicas import serve_replicas
+
+        options = dict(dtype=args.dtype, device=args.device, cuda_graphs=args.cuda_graphs,
+                       compile=args.compile)
+        serve_replicas(args.model, options, server, args.replicas, device=args.device)
+        return
     model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
                             cuda_graphs=args.cuda_graphs, compile=args.compile)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} slots)",
@@ -760,6 +771,10 @@ def _build_serve(p: argparse.ArgumentParser):
     p.add_argument("--image-dir", default=None,
                    help="a folder whose images requests may name by local path (default: none; "
                    "images then come as data URLs only; network URLs are never fetched)")
+    p.add_argument("--replicas", type=_positive("--replicas"), default=1,
+                   help="engine replicas behind the one endpoint, on Ray Serve (pip install "
+                   "'stdec[ray]'): one GPU each, or a share of the CPU threads; joins the Ray "
+                   "cluster RAY_ADDRESS names, else starts a local one (default: 1, no Ray)")
     add_decode_options(p, "decoding defaults of requests (DecodeConfig)")
     p.set_defaults(run=cmd_serve)
 
