@@ -13,6 +13,11 @@ hang up mid-stream: /metrics must show 0 active slots afterwards.
 
     python benchmarks/serve_load.py                       # testbed: 16 clients x 4 requests
     python benchmarks/serve_load.py --clients 4 --per-client 2 --batches 1,4
+    python benchmarks/serve_load.py --replicas 1,2 --batches 4   # on Ray Serve (stdec[ray])
+
+With --replicas R > 1 the server is `stdec serve --replicas R` (a local Ray cluster of the
+machine's CPUs, each replica taking its share of the threads, or one GPU each); the
+hang-up test then runs on R = 1 only, since /metrics answers for one replica.
 """
 
 import argparse
@@ -75,16 +80,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(max_batch: int, threads: int,
+                 replicas: int = 1) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "stdec", "serve", "--port", str(port), "--max-batch",
          str(max_batch), "--max-queue", "1024", "--gen-length", "64", "--block-length",
-         str(BLOCK), "--drain", "2"], env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+         str(BLOCK), "--drain", "2", "--replicas", str(replicas)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # replicas: Ray starts, then each replica loads
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
@@ -92,7 +98,7 @@ def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
-    raise SystemExit("the server did not come up within 120 s")
+    raise SystemExit("the server did not come up within 300 s")
 
 
 def stop_server(proc: subprocess.Popen):
@@ -202,6 +208,33 @@ def drop_test(url: str, work: list, drops: int) -> str:
             f"cancelled {cancelled}, other requests completed {completed}/4")
 
 
+def serve_once(model, tokenizer, work: list, alone: list, rows: dict, args, b: int,
+               replicas: int, with_static: bool, drops: int):
+    """The requests through `stdec serve --max-batch b --replicas replicas`, then (with_static,
+    b > 1) the static-batch loop at b, then (drops) the hang-up test."""
+    proc, url = start_server(b, args.threads, replicas)
+    label = f"serve --max-batch {b}" + (f" x{replicas}" if replicas > 1 else "")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        for _ in range(2 * replicas):  # warm-up, discarded (each replica, likely)
+            ask(client, *work[0], time.perf_counter())
+        results, wall = run_server(url, work, args.clients)
+        same = sum(r["text"] == a for r, a in zip(results, alone, strict=True))
+        rows[b if replicas == 1 else (replicas, b)] = sum(r["tokens"] for r in results) / wall
+        print(summary(label, results, wall) + f"   {same}/{len(work)} == generate alone",
+              flush=True)
+        if with_static and b > 1:
+            static, swall = run_static(model, tokenizer, work, b)
+            same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
+            rows[("static", b)] = sum(r["tokens"] for r in static) / swall
+            print(summary(f"static batch {b}", static, swall, streamed=False) +
+                  f"   {same}/{len(work)} == generate alone", flush=True)
+        if drops:
+            print(drop_test(url, work, drops), flush=True)
+    finally:
+        stop_server(proc)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=16)
@@ -209,10 +242,13 @@ def main():
     ap.add_argument("--batches", default="1,4,16", help="max-batch values, comma-separated")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads of the server and of the static loop")
+    ap.add_argument("--replicas", default="1",
+                    help="engine replicas of the server (Ray Serve when > 1), comma-separated")
     ap.add_argument("--drops", type=int, default=10)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
+    replicas = [int(r) for r in args.replicas.split(",")]
     work = requests(args.clients * args.per_client)
     model, tokenizer = load("testbed", device="cpu")
     CHECKPOINT.update(model_defaults(model))
@@ -234,30 +270,20 @@ def main():
     print(summary("generate alone (1)", alone, time.perf_counter() - t0, streamed=False),
           flush=True)
     alone = [r["text"] for r in alone]
-    for b in batches:
-        proc, url = start_server(b, args.threads)
-        try:
-            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-            ask(client, *work[0], time.perf_counter())  # warm-up, discarded
-            results, wall = run_server(url, work, args.clients)
-            same = sum(r["text"] == a for r, a in zip(results, alone, strict=True))
-            rows[b] = sum(r["tokens"] for r in results) / wall
-            print(summary(f"serve --max-batch {b}", results, wall) +
-                  f"   {same}/{len(work)} == generate alone", flush=True)
-            if b > 1:
-                static, swall = run_static(model, tokenizer, work, b)
-                same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
-                rows[("static", b)] = sum(r["tokens"] for r in static) / swall
-                print(summary(f"static batch {b}", static, swall, streamed=False) +
-                      f"   {same}/{len(work)} == generate alone", flush=True)
-            if b == max(batches) and args.drops:
-                print(drop_test(url, work, args.drops), flush=True)
-        finally:
-            stop_server(proc)
+    for r in replicas:
+        for b in batches:
+            serve_once(model, tokenizer, work, alone, rows, args, b, r,
+                       with_static=r == replicas[0],
+                       drops=args.drops if r == 1 and b == max(batches) else 0)
     if 1 in rows and len(batches) > 1 and ("static", max(batches)) in rows:
         top = max(batches)
         print(f"throughput: max-batch {top} / max-batch 1 = {rows[top] / rows[1]:.2f}x; "
               f"/ static batch {top} = {rows[top] / rows[('static', top)]:.2f}x")
+    for r in replicas[1:]:
+        for b in batches:
+            if b in rows and (r, b) in rows:
+                print(f"throughput: max-batch {b}, {r} replicas / 1 = "
+                      f"{rows[(r, b)] / rows[b]:.2f}x")
 
 
 if __name__ == "__main__":
