@@ -196,6 +196,15 @@ def decode_defaults(args: argparse.Namespace):
 
 # ---- checks that run before anything heavy is imported ----
 
+def check_ray(replicas: int):
+    """`--replicas N` runs on Ray Serve, an optional extra: refuse before the model loads."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise StdecError(f"--replicas {replicas} runs the replicas on Ray Serve, which is not "
+                         "installed here; pip install 'stdec[ray]'.") from None
+
+
 def check_prompt(text: str) -> str:
     """A prompt from the shell, or from standard input when it is `-`: UTF-8 (bytes that are
     not arrive as surrogates), not blank."""
@@ -380,10 +389,8 @@ def cmd_generate(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
-    if args.replicas > 1:  # before anything heavy: Ray Serve must be there
-        from stdec.serve.replicas import require_ray
-
-        require_ray(args.replicas)
+    if args.replicas > 1:
+        check_ray(args.replicas)
     config = decode_defaults(args)
     from stdec.api import load
     from stdec.serve import ServerConfig, serve

@@ -16,18 +16,9 @@ import time
 from stdec.errors import StdecError
 from stdec.serve.config import ServerConfig
 
-__all__ = ["APP_NAME", "Plan", "application", "plan", "require_ray", "serve_replicas"]
+__all__ = ["APP_NAME", "Plan", "application", "plan", "serve_replicas"]
 
 APP_NAME = "stdec"  # the Ray Serve application's name
-
-
-def require_ray(replicas: int):
-    """Refuse before any model work when Ray Serve is missing."""
-    try:
-        import ray.serve  # noqa: F401
-    except ImportError:
-        raise StdecError(f"--replicas {replicas} runs the replicas on Ray Serve, which is not "
-                         "installed here; pip install 'stdec[ray]'.") from None
 
 
 class Plan:
