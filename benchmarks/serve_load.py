@@ -101,6 +101,26 @@ def start_server(max_batch: int, threads: int,
     raise SystemExit("the server did not come up within 300 s")
 
 
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of process `root` and all its descendants so far, from
+    /proc: a server with replicas runs in Ray's worker processes under it."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            parents[int(entry)] = (int(fields[1]), ticks)
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, (ppid, _) in parents.items() if ppid in tree} - tree
+        tree, grew = tree | more, bool(more)
+    return sum(parents[pid][1] for pid in tree if pid in parents) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_server(proc: subprocess.Popen):
     proc.terminate()
     try:
@@ -218,11 +238,16 @@ def serve_once(model, tokenizer, work: list, alone: list, rows: dict, args, b: i
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         for _ in range(2 * replicas):  # warm-up, discarded (each replica, likely)
             ask(client, *work[0], time.perf_counter())
+        cpu = cpu_seconds(proc.pid)
         results, wall = run_server(url, work, args.clients)
+        cpu = cpu_seconds(proc.pid) - cpu
         same = sum(r["text"] == a for r, a in zip(results, alone, strict=True))
-        rows[b if replicas == 1 else (replicas, b)] = sum(r["tokens"] for r in results) / wall
-        print(summary(label, results, wall) + f"   {same}/{len(work)} == generate alone",
-              flush=True)
+        tokens = sum(r["tokens"] for r in results)
+        rows[b if replicas == 1 else (replicas, b)] = tokens / wall
+        # tokens per CPU-second: on a machine shared with other jobs, more processes take
+        # more of its time; this says whether the replicas also do more with it
+        print(summary(label, results, wall) + f"   {same}/{len(work)} == generate alone; "
+              f"{cpu:.1f} CPU s, {tokens / cpu:.1f} tokens/CPU s", flush=True)
         if with_static and b > 1:
             static, swall = run_static(model, tokenizer, work, b)
             same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))

@@ -5,13 +5,14 @@ Each replica is a Ray Serve replica running the single-process server's own Fast
 so routes, streaming and errors are the same. Ray Serve's proxy owns the port and picks a
 replica per request (its power-of-two-choices router, by queue length); a replica that dies
 is restarted by Ray Serve. On GPUs each replica holds one; on CPUs the threads are shared
-out. Ray is imported here only: `--replicas 1` never imports it.
+out. Ray is imported only for `--replicas` above 1 (this module imports it lazily).
 """
 
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 from stdec.errors import StdecError
 from stdec.serve.config import ServerConfig
@@ -21,18 +22,21 @@ __all__ = ["APP_NAME", "Plan", "application", "plan", "serve_replicas"]
 APP_NAME = "stdec"  # the Ray Serve application's name
 
 
+@dataclass(frozen=True)
 class Plan:
     """What each replica gets: one GPU, or its share of the CPU threads."""
 
-    def __init__(self, replicas: int, gpus: bool, threads: int, cpus: float):
-        self.replicas, self.gpus, self.threads, self.cpus = replicas, gpus, threads, cpus
+    replicas: int
+    gpus: bool  # one GPU a replica
+    threads: int  # torch threads a replica, on CPUs
+    cpus: float  # Ray's num_cpus a replica, on CPUs
 
     def actor_options(self) -> dict:
         if self.gpus:
             return {"num_gpus": 1, "num_cpus": 1}
         return {"num_cpus": self.cpus}
 
-    def __repr__(self) -> str:
+    def __str__(self) -> str:
         each = "1 GPU" if self.gpus else f"{self.threads} torch threads"
         return f"{self.replicas} replicas, {each} each"
 
