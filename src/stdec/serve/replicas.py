@@ -37,7 +37,8 @@ class Plan:
         return {"num_cpus": self.cpus}
 
     def __str__(self) -> str:
-        each = "1 GPU" if self.gpus else f"{self.threads} torch threads"
+        each = "1 GPU" if self.gpus else \
+            f"{self.threads} torch thread{'s' if self.threads > 1 else ''}"
         return f"{self.replicas} replicas, {each} each"
 
 
@@ -121,5 +122,5 @@ def serve_replicas(model: str, load_options: dict, config: ServerConfig, replica
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    finally:  # Ray Serve drains each replica for config.drain seconds, then stops it
+    finally:  # Ray Serve lets each replica's requests run for config.drain s, then stops it
         serve.delete(APP_NAME)  # this application only: a shared cluster keeps the rest
