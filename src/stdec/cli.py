@@ -780,8 +780,9 @@ def _build_serve(p: argparse.ArgumentParser):
                    "images then come as data URLs only; network URLs are never fetched)")
     p.add_argument("--replicas", type=_positive("--replicas"), default=1,
                    help="engine replicas behind the one endpoint, on Ray Serve (pip install "
-                   "'stdec[ray]'): one GPU each, or a share of the CPU threads; joins the Ray "
-                   "cluster RAY_ADDRESS names, else starts a local one (default: 1, no Ray)")
+                   "'stdec[ray]'): one GPU each, or a share of the CPU threads; joins a "
+                   "running Ray cluster (RAY_ADDRESS, or one `ray start` began on this machine), "
+                   "else starts a local one (default: 1, no Ray)")
     add_decode_options(p, "decoding defaults of requests (DecodeConfig)")
     p.set_defaults(run=cmd_serve)
 
