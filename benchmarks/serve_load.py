@@ -15,6 +15,11 @@ while /health is asked again and again: how long the refusal and the slowest /he
 
     python benchmarks/serve_load.py                       # testbed: 16 clients x 4 requests
     python benchmarks/serve_load.py --clients 4 --per-client 2 --batches 1,4
+    python benchmarks/serve_load.py --replicas 1,2 --batches 4   # on Ray Serve (stdec[ray])
+
+With --replicas R > 1 the server is `stdec serve --replicas R` (a local Ray cluster of the
+machine's CPUs, each replica taking its share of the threads, or one GPU each); the
+hang-up test then runs on R = 1 only, since /metrics answers for one replica.
 """
 
 import argparse
@@ -80,16 +85,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(max_batch: int, threads: int,
+                 replicas: int = 1) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "stdec", "serve", "--port", str(port), "--max-batch",
          str(max_batch), "--max-queue", "1024", "--gen-length", "64", "--block-length",
-         str(BLOCK), "--drain", "2"], env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+         str(BLOCK), "--drain", "2", "--replicas", str(replicas)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # replicas: Ray starts, then each replica loads
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/ready", timeout=1).status_code == 200:
@@ -97,7 +103,27 @@ def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
-    raise SystemExit("the server did not come up within 120 s")
+    raise SystemExit("the server did not come up within 300 s")
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of process `root` and all its descendants so far, from
+    /proc: a server with replicas runs in Ray's worker processes under it."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            parents[int(entry)] = (int(fields[1]), ticks)
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, (ppid, _) in parents.items() if ppid in tree} - tree
+        tree, grew = tree | more, bool(more)
+    return sum(parents[pid][1] for pid in tree if pid in parents) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_server(proc: subprocess.Popen):
@@ -243,6 +269,45 @@ def drop_test(url: str, work: list, drops: int) -> str:
             f", other requests completed {completed}/4")
 
 
+def serve_once(model, tokenizer, work: list, alone: list, rows: dict, args, b: int,
+               replicas: int, with_static: bool, drops: int, big_prompt_mb: int):
+    """The requests through `stdec serve --max-batch b --replicas replicas`, then (with_static,
+    b > 1) the static-batch loop at b, then (drops) the hang-up test and (big_prompt_mb) a
+    prompt refused while /health is timed."""
+    proc, url = start_server(b, args.threads, replicas)
+    label = f"serve --max-batch {b}" + (f" x{replicas}" if replicas > 1 else "")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        for _ in range(2 * replicas):  # warm-up, discarded (each replica, likely)
+            ask(client, *work[0], time.perf_counter())
+        cpu = cpu_seconds(proc.pid)
+        results, wall = run_server(url, work, args.clients)
+        cpu = cpu_seconds(proc.pid) - cpu
+        same = sum(r["text"] == a for r, a in zip(results, alone, strict=True))
+        tokens = sum(r["tokens"] for r in results)
+        rows[b if replicas == 1 else (replicas, b)] = tokens / wall
+        # tokens per CPU-second: on a machine shared with other jobs, more processes take
+        # more of its time; this says whether the replicas also do more with it
+        counted = ""
+        if replicas == 1:  # /metrics is one replica's
+            n = metrics(url)["stdec_e2e_request_latency_seconds_count"] - 2  # the warm-up
+            counted = f"; /metrics latency histogram counts {n:.0f}/{len(work)}"
+        print(summary(label, results, wall) + f"   {same}/{len(work)} == generate alone; "
+              f"{cpu:.1f} CPU s, {tokens / cpu:.1f} tokens/CPU s{counted}", flush=True)
+        if with_static and b > 1:
+            static, swall = run_static(model, tokenizer, work, b)
+            same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
+            rows[("static", b)] = sum(r["tokens"] for r in static) / swall
+            print(summary(f"static batch {b}", static, swall, streamed=False) +
+                  f"   {same}/{len(work)} == generate alone", flush=True)
+        if drops:
+            print(drop_test(url, work, drops), flush=True)
+        if big_prompt_mb:
+            print(big_prompt_test(url, big_prompt_mb), flush=True)
+    finally:
+        stop_server(proc)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=16)
@@ -250,12 +315,15 @@ def main():
     ap.add_argument("--batches", default="1,4,16", help="max-batch values, comma-separated")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads of the server and of the static loop")
+    ap.add_argument("--replicas", default="1",
+                    help="engine replicas of the server (Ray Serve when > 1), comma-separated")
     ap.add_argument("--drops", type=int, default=10)
     ap.add_argument("--big-prompt-mb", type=int, default=20,
                     help="size of the prompt sent to be refused (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
+    replicas = [int(r) for r in args.replicas.split(",")]
     work = requests(args.clients * args.per_client)
     model, tokenizer = load("testbed", device="cpu")
     CHECKPOINT.update(model_defaults(model))
@@ -277,34 +345,21 @@ def main():
     print(summary("generate alone (1)", alone, time.perf_counter() - t0, streamed=False),
           flush=True)
     alone = [r["text"] for r in alone]
-    for b in batches:
-        proc, url = start_server(b, args.threads)
-        try:
-            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-            ask(client, *work[0], time.perf_counter())  # warm-up, discarded
-            results, wall = run_server(url, work, args.clients)
-            same = sum(r["text"] == a for r, a in zip(results, alone, strict=True))
-            rows[b] = sum(r["tokens"] for r in results) / wall
-            counted = metrics(url)["stdec_e2e_request_latency_seconds_count"] - 1  # warm-up
-            print(summary(f"serve --max-batch {b}", results, wall) +
-                  f"   {same}/{len(work)} == generate alone; /metrics latency histogram "
-                  f"counts {counted:.0f}/{len(work)}", flush=True)
-            if b > 1:
-                static, swall = run_static(model, tokenizer, work, b)
-                same = sum(r["text"] == a for r, a in zip(static, alone, strict=True))
-                rows[("static", b)] = sum(r["tokens"] for r in static) / swall
-                print(summary(f"static batch {b}", static, swall, streamed=False) +
-                      f"   {same}/{len(work)} == generate alone", flush=True)
-            if b == max(batches) and args.drops:
-                print(drop_test(url, work, args.drops), flush=True)
-            if b == max(batches) and args.big_prompt_mb:
-                print(big_prompt_test(url, args.big_prompt_mb), flush=True)
-        finally:
-            stop_server(proc)
+    for r in replicas:
+        for b in batches:
+            last = r == 1 and b == max(batches)
+            serve_once(model, tokenizer, work, alone, rows, args, b, r,
+                       with_static=r == replicas[0], drops=args.drops if last else 0,
+                       big_prompt_mb=args.big_prompt_mb if last else 0)
     if 1 in rows and len(batches) > 1 and ("static", max(batches)) in rows:
         top = max(batches)
         print(f"throughput: max-batch {top} / max-batch 1 = {rows[top] / rows[1]:.2f}x; "
               f"/ static batch {top} = {rows[top] / rows[('static', top)]:.2f}x")
+    for r in replicas[1:]:
+        for b in batches:
+            if b in rows and (r, b) in rows:
+                print(f"throughput: max-batch {b}, {r} replicas / 1 = "
+                      f"{rows[(r, b)] / rows[b]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ CASES = [
     (["train", "--patch-size", "8"], "--patch-size sets the vision testbed's recipe"),
     (["train", "--tasks", "vision", "--init", "testbed", "--d-model", "64"],
      "--d-model comes from --init's checkpoint"),
+    (["serve", "--replicas", "0"], "--replicas takes a positive integer, got 0"),
 ]
 
 
@@ -116,6 +117,17 @@ def test_help_and_refusals_do_not_load_torch():
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+
+
+def test_replicas_without_ray_are_refused_before_the_model_loads():
+    code = ("import sys\nsys.modules['ray'] = sys.modules['ray.serve'] = None  # not installed\n"
+            "from stdec.cli import main\n"
+            "assert main(['serve', '--replicas', '2']) == 2\n"
+            "assert 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stderr.decode() == ("stdec: error: --replicas 2 runs the replicas on Ray Serve, "
+                                    "which is not installed here; pip install 'stdec[ray]'.\n")
 
 
 def test_help_states_each_default_once():

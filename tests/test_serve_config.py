@@ -7,6 +7,7 @@ import pytest
 from stdec.decoding.config import DecodeConfig
 from stdec.errors import StdecError
 from stdec.serve import ServerConfig
+from stdec.serve.serving import with_max_tokens
 
 BASE = {"name": "m", "defaults": DecodeConfig()}
 
@@ -46,3 +47,14 @@ def test_an_api_key_is_checked_and_never_shown():
     with pytest.raises(StdecError, match="api_key must be printable ASCII") as err:
         ServerConfig(**BASE, api_key="s3cret key")
     assert "s3cret" not in str(err.value)
+
+
+def test_max_tokens_keeps_a_default_steps_pace():
+    # the server's fixed rule: 16 steps over 32 tokens in blocks of 16, 8 steps a block
+    defaults = DecodeConfig(policy="fixed", gen_length=32, block_length=16, steps=16).options()
+    eight = with_max_tokens({}, defaults, 8)  # half a block: 4 steps
+    assert (eight.gen_length, eight.steps, eight.k) == (8, 4, None)
+    odd = with_max_tokens({}, defaults, 33)  # 8 steps a block is 2 tokens a step
+    assert (odd.gen_length, odd.steps, odd.k) == (33, None, 2)
+    mine = with_max_tokens({"steps": 33}, defaults, 33)  # the request's own steps stand
+    assert (mine.gen_length, mine.steps) == (33, 33)

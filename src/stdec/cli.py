@@ -196,6 +196,15 @@ def decode_defaults(args: argparse.Namespace):
 
 # ---- checks that run before anything heavy is imported ----
 
+def check_ray(replicas: int):
+    """`--replicas N` runs on Ray Serve, an optional extra: refuse before the model loads."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise StdecError(f"--replicas {replicas} runs the replicas on Ray Serve, which is not "
+                         "installed here; pip install 'stdec[ray]'.") from None
+
+
 def check_prompt(text: str) -> str:
     """A prompt from the shell, or from standard input when it is `-`: UTF-8 (bytes that are
     not arrive as surrogates), not blank."""
@@ -380,6 +389,8 @@ def cmd_generate(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
+    if args.replicas > 1:
+        check_ray(args.replicas)
     config = decode_defaults(args)
     from stdec.api import load
     from stdec.serve import ServerConfig, bind, serve
@@ -394,6 +405,14 @@ def cmd_serve(args: argparse.Namespace):
                           max_prompt_tokens=args.max_prompt_tokens,
                           api_key=args.api_key or os.environ.get("STDEC_API_KEY") or None)
     sock = bind(server.host, server.port)  # a port in use is refused before the model loads
+    if args.replicas > 1:  # each replica loads the model itself; Ray's proxy takes the port
+        sock.close()
+        from stdec.serve.replicas import serve_replicas
+
+        options = dict(dtype=args.dtype, device=args.device, cuda_graphs=args.cuda_graphs,
+                       compile=args.compile)
+        serve_replicas(args.model, options, server, args.replicas, device=args.device)
+        return
     try:
         model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
                                 cuda_graphs=args.cuda_graphs, compile=args.compile)
@@ -775,6 +794,11 @@ def _build_serve(p: argparse.ArgumentParser):
                    help="a folder whose images requests may name by local path, a relative one "
                    "taken inside it (default: none; images then come as data URLs only; "
                    "network URLs are never fetched)")
+    p.add_argument("--replicas", type=_positive("--replicas"), default=1,
+                   help="engine replicas behind the one endpoint, on Ray Serve (pip install "
+                   "'stdec[ray]'): one GPU each, or a share of the CPU threads; joins a "
+                   "running Ray cluster (RAY_ADDRESS, or one `ray start` began on this machine), "
+                   "else starts a local one (default: 1, no Ray)")
     add_decode_options(p, "decoding defaults of requests (DecodeConfig)")
     p.set_defaults(run=cmd_serve)
 

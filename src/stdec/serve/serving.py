@@ -61,10 +61,11 @@ def with_max_tokens(options: dict, defaults: Mapping, max_tokens: int | None) ->
     need be; a default `steps` of the fixed rule kept at the same pace)."""
     options = dict(options)
     if max_tokens is not None:
+        if "steps" not in options:  # a default steps is for the default gen_length
+            base = build(options, defaults)
+            if base.options().get("steps") is not None:
+                options.update(_same_pace(base, max_tokens))
         options["gen_length"] = max_tokens
-        base = build({k: v for k, v in options.items() if k != "gen_length"}, defaults)
-        if "steps" not in options and base.options().get("steps") is not None:
-            options.update(_same_pace(base, max_tokens))
     return build(options, defaults)
 
 
