@@ -141,6 +141,14 @@ def test_extra_body_options_seed_and_stop(testbed, client):
     (dict(messages=[]), 400, "messages is empty"),
     (dict(model="gpt-4"), 404, "model 'gpt-4' does not exist"),
     (dict(extra_body={"colour": 1}), 400, "unknown field 'colour'"),
+    # OpenAI's own fields: honoured, or refused by name when not at their neutral value
+    (dict(top_p=0.5), 400, "top_p 0.5 is not supported"),
+    (dict(presence_penalty=0.5), 400, "presence_penalty 0.5 is not supported"),
+    (dict(logit_bias={"5": 1}), 400, "logit_bias {\"5\": 1} is not supported"),
+    (dict(logprobs=True, top_logprobs=3), 400, "top_logprobs 3 asks for alternatives"),
+    (dict(logprobs=True, top_logprobs=1, temperature=0.5), 400, "send top_logprobs 0."),
+    (dict(top_logprobs=2), 400, "top_logprobs needs logprobs true"),
+    (dict(logprobs=True, stream=True), 400, "logprobs are given with whole answers only"),
 ])
 def test_bad_requests_get_one_sentence(client, kw, status, words):
     args = {"model": "testbed", "messages": [{"role": "user", "content": "hi"}], **kw}
@@ -478,3 +486,29 @@ def test_a_bad_port_is_refused_in_one_sentence_before_the_model_loads(monkeypatc
         assert stdec.cli.main(["serve", "--port", port]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
+
+
+def test_logprobs_are_the_log_of_each_tokens_commit_confidence(testbed, client):
+    model, tok = testbed
+    out = client.completions.create(model="testbed", prompt=PROMPTS[2], max_tokens=32,
+                                    logprobs=0)
+    lp = out.choices[0].logprobs
+    n = out.usage.completion_tokens
+    alone = stdec.generate(model, tok, PROMPTS[2], build({"trace": True}, DEFAULTS.options()))
+    expected = alone.trace.confidence[0, :n].log().tolist()
+    assert len(lp.token_logprobs) == n > 0 and lp.top_logprobs is None
+    assert lp.token_logprobs == pytest.approx(expected, abs=1e-6)
+    assert "".join(lp.tokens) == out.choices[0].text
+    assert lp.text_offset[0] == 0 and lp.text_offset[-1] == len(out.choices[0].text) - \
+        len(lp.tokens[-1])
+    # chat, greedy: the one alternative asked for is the committed token itself
+    chat = client.chat.completions.create(
+        model="testbed", max_tokens=32, logprobs=True, top_logprobs=1,
+        messages=[{"role": "user", "content": PROMPTS[0]}])
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(c.top_logprobs[0].token == c.token and c.top_logprobs[0].logprob == c.logprob
+               and c.logprob <= 0 for c in content)
+    plain = client.chat.completions.create(model="testbed", max_tokens=32,
+                                           messages=[{"role": "user", "content": PROMPTS[0]}])
+    assert plain.choices[0].logprobs is None

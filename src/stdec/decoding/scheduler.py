@@ -63,8 +63,9 @@ class Request:
 
     `listener`, when set, is called (on the engine's thread) once when the request ends,
     and with `progress` also after every step it takes part in (what streaming reads):
-    `tokens`/`steps` are then the generated region so far (ids, the mask id where still
-    masked; commit step, -1 where not committed) and `committed` its decoded prefix.
+    `tokens`/`steps`/`confidence` are then the generated region so far (ids, the mask id where
+    still masked; commit step, -1 where not committed; the confidence at the commit, NaN
+    where not committed) and `committed` its decoded prefix.
     """
 
     prompt: list[int]
@@ -81,6 +82,7 @@ class Request:
     trace: Trace | None = None  # (1, G) tensors when config.trace
     tokens: list[int] = field(default_factory=list)  # live view for listeners
     steps: list[int] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)  # at each commit (NaN: not yet)
     committed: int = 0  # length of the committed prefix (up to the first masked position)
     # the engine's bookkeeping
     slot: int | None = None
@@ -254,9 +256,10 @@ class Scheduler:
         listening = [i for i, r in enumerate(rows) if r.progress and r.listener is not None]
         if listening:
             li = slot_t[listening]
-            first, view_x, view_s = _host(first, x[li], self.seqs.trace_step[li])
+            first, view_x, view_s, view_c = _host(first, x[li], self.seqs.trace_step[li],
+                                                  self.seqs.trace_conf[li])
         else:
-            first, view_x, view_s = first.tolist(), [], []
+            first, view_x, view_s, view_c = first.tolist(), [], [], []
         self.counters["nfe"] += len(rows)
         reset, now = [], time.perf_counter()
         for i, (r, f) in enumerate(zip(rows, first, strict=True)):
@@ -269,6 +272,7 @@ class Scheduler:
             if i in listening:
                 j = listening.index(i)
                 r.tokens, r.steps = view_x[j][P:T], view_s[j][: T - P]
+                r.confidence = view_c[j][: T - P]
             if f >= T:
                 self.end(r, "done")
                 continue
@@ -301,6 +305,7 @@ class Scheduler:
                 r.trace = Trace(trace_step[slot, None, :G].clone(),
                                 trace_conf[slot, None, :G].clone())
             r.steps = trace_step[slot, :G].tolist()
+            r.confidence = trace_conf[slot, :G].tolist()
             if state == "done":
                 self.counters["gen_tokens"] += gen_tokens
             self.slots[slot] = None

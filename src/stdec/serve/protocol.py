@@ -7,6 +7,7 @@ arrive as extra body fields, named by decode_option_names(); serving.decode_opti
 a DecodeConfig, which validates them.
 """
 
+import itertools
 import json
 import time
 import uuid
@@ -26,10 +27,23 @@ def decode_option_names() -> set[str]:
     """stdec's decoding options a request may send: the shared ones and every registered
     rule's (temperature and seed are OpenAI's own fields)."""
     return set(DecodeConfig.option_help()) - {"temperature", "seed"}
-# OpenAI fields a client may send that change nothing here
-IGNORED = {"user", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
-           "top_logprobs", "echo", "suffix", "best_of", "response_format", "service_tier",
-           "store", "metadata", "parallel_tool_calls"}
+# OpenAI fields that label a request and ask nothing of the decode: accepted as they come
+LABELS = {"user", "metadata", "service_tier", "parallel_tool_calls"}
+# OpenAI fields stdec honours only at their neutral value: name -> (is it neutral, the hint)
+NEUTRAL = {
+    "top_p": (lambda v: v is None or v == 1, "dLLM decoding here has no nucleus sampling; "
+              "leave top_p at 1 and use temperature"),
+    "presence_penalty": (lambda v: not v, "stdec applies no penalties; leave it at 0"),
+    "frequency_penalty": (lambda v: not v, "stdec applies no penalties; leave it at 0"),
+    "logit_bias": (lambda v: not v, "stdec biases no logits; leave it out"),
+    "echo": (lambda v: not v, "the answer never repeats the prompt; leave echo false"),
+    "suffix": (lambda v: not v, "stdec completes no suffix; leave it out"),
+    "best_of": (lambda v: v is None or v == 1, "send one request per sample"),
+    "response_format": (lambda v: v is None or v == {"type": "text"},
+                        "stdec constrains no output format; send {\"type\": \"text\"} or "
+                        "leave it out"),
+    "store": (lambda v: not v, "stdec stores no completions; leave store false"),
+}
 
 
 class ApiError(Exception):
@@ -77,6 +91,11 @@ class _Common(BaseModel):
 
 class CompletionRequest(_Common):
     prompt: str | list[str]
+    # each token's log-probability at its commit; N > 0 also asks for the N most likely
+    logprobs: int | None = None
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     def text(self) -> str:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
@@ -125,6 +144,11 @@ class Message(BaseModel):
 class ChatRequest(_Common):
     messages: list[Message]
     max_completion_tokens: int | None = None
+    logprobs: bool = False  # each token's log-probability at its commit
+    top_logprobs: int | None = None
+
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def conversation(self) -> list[dict]:
         if not self.messages:
@@ -154,15 +178,44 @@ def parse(body: bytes, cls: type[_Common], max_bytes: int) -> _Common:
         where = ".".join(str(p) for p in e["loc"]) or "body"
         raise ApiError(400, f"{where}: {e['msg'].rstrip('.')}.", param=where) from None
     known = decode_option_names()
-    unknown = set(request.options()) - known - IGNORED
+    extra = request.options()
+    unknown = set(extra) - known - LABELS - set(NEUTRAL)
     if unknown:
         name = sorted(unknown)[0]
         raise ApiError(400, f"unknown field {name!r}; stdec's decoding options are "
                        f"{', '.join(sorted(known))}.", param=name)
+    for name, (neutral, hint) in NEUTRAL.items():
+        if name in extra and not neutral(extra[name]):
+            raise ApiError(400, f"{name} {json.dumps(extra[name])} is not supported: {hint}.",
+                           param=name)
     if request.n != 1:
         raise ApiError(400, f"n must be 1, got {request.n}; send one request per sample.",
                        param="n")
+    check_logprobs(request)
     return request
+
+
+def check_logprobs(request: CompletionRequest | ChatRequest):
+    """Log-probabilities are each committed token's at the step it was committed; the most
+    likely alternatives are not kept, except that greedy decoding commits the most likely
+    token, so one alternative (itself) is exact there."""
+    top = request.top_logprobs_asked()
+    if top is None:
+        if isinstance(request, ChatRequest) and request.top_logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs true.", param="top_logprobs")
+        return
+    name = "top_logprobs" if isinstance(request, ChatRequest) else "logprobs"
+    if top < 0:
+        raise ApiError(400, f"{name} must be >= 0, got {top}.", param=name)
+    if request.stream:
+        raise ApiError(400, "logprobs are given with whole answers only; send stream false.",
+                       param="logprobs")
+    greedy = not request.temperature
+    if top > 1 or (top == 1 and not greedy):
+        raise ApiError(400, f"{name} {top} asks for alternatives stdec does not keep: it has "
+                       "each committed token's own log-probability (and, greedy, that token "
+                       f"is the most likely one); send {name} 0" + (" or 1" if greedy else "")
+                       + ".", param=name)
 
 
 def completion_id(chat: bool) -> str:
@@ -202,7 +255,7 @@ class Usage(BaseModel):
 class _Choice(BaseModel):
     index: int = 0
     finish_reason: str | None = None  # "stop" or "length"; None until the last chunk
-    logprobs: None = None
+    logprobs: dict | None = None
 
 
 class CompletionChoice(_Choice):
@@ -299,12 +352,29 @@ class CanvasEvent(BaseModel):
 
 
 def response(rid: str, model: str, chat: bool, text: str, finish: str, usage: Usage,
-             stats: dict) -> CompletionResponse | ChatCompletionResponse:
+             stats: dict, logprobs: dict | None = None
+             ) -> CompletionResponse | ChatCompletionResponse:
     if chat:
         return ChatCompletionResponse(id=rid, model=model, usage=usage, stdec=stats, choices=[
-            ChatChoice(finish_reason=finish, message=ChatMessage(content=text))])
+            ChatChoice(finish_reason=finish, message=ChatMessage(content=text),
+                       logprobs=logprobs)])
     return CompletionResponse(id=rid, model=model, usage=usage, stdec=stats, choices=[
-        CompletionChoice(finish_reason=finish, text=text)])
+        CompletionChoice(finish_reason=finish, text=text, logprobs=logprobs)])
+
+
+def logprobs_of(pieces: list[str], logprobs: list[float], chat: bool, top: int) -> dict:
+    """A choice's `logprobs` in OpenAI's shape: `pieces` the text of each token, `logprobs`
+    its log-probability; `top` 1 lists each token as its own most likely alternative."""
+    if chat:
+        return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()),
+                             "top_logprobs": [{"token": t, "logprob": lp,
+                                               "bytes": list(t.encode())}] * top}
+                            for t, lp in zip(pieces, logprobs, strict=True)],
+                "refusal": None}
+    offsets = [0, *itertools.accumulate(len(t) for t in pieces)][: len(pieces)]
+    return {"tokens": pieces, "token_logprobs": logprobs,
+            "top_logprobs": [{t: lp} for t, lp in zip(pieces, logprobs, strict=True)]
+            if top else None, "text_offset": offsets}
 
 
 def chunk(rid: str, model: str, chat: bool, text: str | None, finish: str | None = None,

@@ -123,5 +123,5 @@ class Bridge:
         self.loop, self.updates = loop, asyncio.Queue()
 
     def __call__(self, job: Job):
-        update = (job.state, job.committed, job.tokens, job.steps)
+        update = (job.state, job.committed, job.tokens, job.steps, job.confidence)
         self.loop.call_soon_threadsafe(self.updates.put_nowait, update)

@@ -10,6 +10,7 @@ stop strings, with usage, finish_reason and stdec's stats.
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -156,6 +157,7 @@ class Generation:
     stream: bool  # answer with server-sent events
     canvas: bool  # stream stdec.canvas events
     include_usage: bool  # end the stream with a usage chunk
+    top_logprobs: int | None  # None: no logprobs; else each token's, and this many alternatives
     t0: float  # time.perf_counter() at the request's arrival
     state: Any  # the request's state: the access log reads `tokens` from it
     ended: bool = False  # its outcome is counted
@@ -252,7 +254,8 @@ class Serving:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         answer = Answer(self.tokenizer, self.eos, stops, prep.config.gen_length)
         return Generation(job, bridge, answer, p.completion_id(chat), chat, prep.prompt_tokens,
-                          body.stream, body.stdec_canvas, include_usage, t0, state)
+                          body.stream, body.stdec_canvas, include_usage,
+                          body.top_logprobs_asked(), t0, state)
 
     def end(self, gen: Generation, outcome: str):
         """A scheduled request ended: its outcome, times and tokens go to the metrics."""
@@ -292,8 +295,13 @@ class Serving:
             raise p.ApiError(status, answer.error + ".",
                              "timeout" if timed_out else "server_error")
         self.end(gen, "completed")
+        logprobs = None
+        if gen.top_logprobs is not None:
+            logprobs = p.logprobs_of(answer.pieces(), answer.logprobs(), gen.chat,
+                                     gen.top_logprobs)
         return p.response(gen.rid, self.config.name, gen.chat, answer.text, answer.finish,
-                          answer.usage(gen.prompt_tokens), answer.stats(job)).model_dump()
+                          answer.usage(gen.prompt_tokens), answer.stats(job),
+                          logprobs).model_dump()
 
     async def stream(self, gen: Generation) -> AsyncIterator[str]:
         """Server-sent events: each new piece of the committed prefix, then the finish. A
@@ -351,21 +359,23 @@ class Answer:
 
     def __init__(self, tokenizer, eos: set[int], stops: list[str], gen_length: int):
         self.tokenizer, self.eos, self.stops, self.gen_length = tokenizer, eos, stops, gen_length
-        self.text, self.tokens = "", []
+        self.text, self.tokens, self.ids = "", [], []
+        self.confidence: list[float] = []
         self.finish: str | None = None
         self.error: str | None = None
         self.completion_tokens = 0
 
-    def update(self, job: Job, state: str, committed: int, tokens: list[int], steps) -> bool:
+    def update(self, job: Job, state: str, committed: int, tokens: list[int], steps,
+               confidence: list[float]) -> bool:
         """Take one update from the engine; True when the answer is final."""
         if self.finish is not None:
             return True
-        self.tokens = tokens
+        self.tokens, self.confidence = tokens, confidence
         prefix = tokens[:committed] if state != "done" else tokens
         cut = next((i for i, t in enumerate(prefix) if t in self.eos), None)
         ids = prefix if cut is None else prefix[:cut]
         self.text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        self.completion_tokens = len(ids)
+        self.ids, self.completion_tokens = ids, len(ids)
         hits = [self.text.find(s) for s in self.stops if s in self.text]
         if hits:  # the rest of the decode is not needed
             self.text, self.finish = self.text[: min(hits)], "stop"
@@ -385,6 +395,14 @@ class Answer:
         text = self.text.rstrip("\ufffd")
         hold = max((len(s) - 1 for s in self.stops), default=0)
         return text[: len(text) - hold] if hold else text
+
+    def pieces(self) -> list[str]:
+        """The text of each completion token."""
+        return [self.tokenizer.decode([t]) for t in self.ids]
+
+    def logprobs(self) -> list[float]:
+        """Each completion token's log-probability at the step that committed it."""
+        return [math.log(max(c, 1e-45)) for c in self.confidence[: len(self.ids)]]  # (JSON: finite)
 
     def usage(self, prompt_tokens: int) -> p.Usage:
         return p.Usage(prompt_tokens=prompt_tokens, completion_tokens=self.completion_tokens,
