@@ -122,8 +122,9 @@ class BenchConfig:
     stop_at_eos: tuple[bool, ...] = _opt((True,), "EOS early stop: on, off or on,off",
                                          flag="--eos-stop", form="csv")
     split: str = _opt("test", "which split of each task: train, dev or test")
-    # the first 100 problems of each task: the default grid then takes 7 minutes on 2 CPU
-    # cores (the whole 400-problem splits take about 4 times as long; --limit 400)
+    # the first 100 problems of each task: one pass of the default grid took 7 minutes on 2
+    # CPU cores, and each of the `repeats` passes decodes every problem (the whole
+    # 400-problem splits take about 4 times as long; --limit 400)
     limit: int | None = _opt(100, "problems per task, the first of each split; raise it to "
                              "run whole splits")
     batch_size: int = _opt(64, "problems decoded at once; a finished problem's place goes "
