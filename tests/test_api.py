@@ -22,6 +22,20 @@ def test_generate_returns_texts_ids_stats_and_trace(checkpoint):
     assert out.trace.step.shape == (2, 16)
 
 
+def test_generate_in_a_few_slots_gives_what_each_prompt_gives_alone(checkpoint):
+    model, tok = stdec.load(checkpoint)
+    prompts = ["Tom has 3 apples", "def add", "Sort the list [3, 1, 2].", "x", "What is 2 + 3?"]
+    options = dict(policy="stdec", cache="dual", gen_length=16, block_length=8)
+    alone = [stdec.generate(model, tok, p, **options).texts[0] for p in prompts]
+    done = []
+    out = stdec.generate(model, tok, prompts, batch_size=2,
+                         on_finish=lambda i, text: done.append((i, text)), **options)
+    assert out.texts == alone
+    assert sorted(done) == list(enumerate(alone))
+    with pytest.raises(StdecError, match="batch_size must be a positive integer or None, got 0"):
+        stdec.generate(model, tok, prompts, batch_size=0)
+
+
 def test_cli_generate_prints_text_and_stats(checkpoint, capsys):
     code = main(["generate", "Tom has", "--model", str(checkpoint), "--policy", "threshold",
                  "--cache", "prefix", "--gen-length", "16", "--block-length", "8", "--tau", "0.5"])

@@ -25,7 +25,7 @@ def test_bench_writes_complete_results(checkpoint, tmp_path):
         assert set(r) == set(RECORD_FIELDS)
         assert r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["nfe"] > 0 and r["tpf"] > 0
         assert r["tokens_per_s"] > 0 and r["latency_s"] > 0 and r["hardware"]
-        assert len(r["wall_s"]) == 2 and r["spread"] >= 0 and r["timed_n"] == 4
+        assert len(r["wall_s"]) == 2 and r["spread"] >= 0 and r["timed_n"] == 5
         assert r["threads"] >= 1 and r["cpu_count"] >= 1 and r["repeats"] == 2
         assert r["versions"]["torch"] and r["git_commit"]
     vanilla = [r for r in saved if r["label"] == "fixed:k=1"]
@@ -41,6 +41,33 @@ def test_bench_writes_complete_results(checkpoint, tmp_path):
         assert f"- **{column}**: " in md, column
     assert not list(tmp_path.glob(".*tmp")) and not list(tmp_path.glob(".pareto*"))
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
+
+
+def test_every_timed_pass_covers_every_problem_at_batch_size_1(checkpoint, tmp_path,
+                                                                 monkeypatch):
+    # tokens/s is never one problem's: each pass decodes all 5 problems in one engine run
+    import importlib
+
+    evaluate = importlib.import_module("stdec.tasks.evaluate")  # the module, not its function
+    runs, real = [], evaluate.generate_problems
+
+    def spy(model, tokenizer, problems, config, **kw):
+        runs.append((len(problems), kw["batch_size"]))
+        return real(model, tokenizer, problems, config, **kw)
+
+    monkeypatch.setattr(evaluate, "generate_problems", spy)
+    cfg = BenchConfig(model=str(checkpoint), out=str(tmp_path), policies=("stdec",),
+                      lengths=("standard",), **{**SMALL, "caches": ("dual",),
+                                                 "stop_at_eos": (True,), "batch_size": 1})
+    records = run_bench(cfg, progress=False)
+    assert runs == [(5, 1)] * 2 * 2  # 2 settings x 2 passes
+    for r in records:
+        assert r["timed_n"] == r["n"] == 5
+        # greedy: every pass generates the accuracy pass's tokens, over the median seconds
+        tokens = r["tpf"] * r["nfe"] * r["n"]
+        wall = sorted(r["wall_s"])[0] / 2 + sorted(r["wall_s"])[1] / 2
+        assert r["tokens_per_s"] == pytest.approx(tokens / wall)
+        assert r["latency_s"] == pytest.approx(wall / 5)
 
 
 def test_same_seed_same_accuracy_and_nfe(checkpoint, tmp_path):

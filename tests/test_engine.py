@@ -12,6 +12,7 @@ from scripted import Scripted, peaked
 from stdec.decoding import policies, registry
 from stdec.decoding.config import CACHE_MODES, POLICY_NAMES, DecodeConfig
 from stdec.decoding.engine import Engine, decode
+from stdec.errors import StdecError
 from stdec.testing import random_dream_model, random_model, tiny_config, tiny_dream_config
 
 MODELS = {
@@ -364,3 +365,43 @@ def test_decode_sizes_its_engine_to_the_longest_row(monkeypatch):
     decode(model, [[5, 6], [7, 8, 9, 10, 11]], cfg)
     assert sizes == [(2, 5 + cfg.gen_length)]
     assert 5 + cfg.gen_length < model.config.max_sequence_length
+
+
+def test_decode_feeds_every_prompt_through_one_run_and_refills_freed_slots(monkeypatch):
+    # a slow row (one token a step) and quick ones (8 a step) over 2 slots: the quick ones
+    # take turns in the second slot while the slow one runs; static chunks of 2 would take
+    # 24 + 3 steps, one run takes the slow row's 24
+    model = MODELS["llada"]()
+    engines = []
+    real = Engine.__init__
+
+    def spy(self, model, **kw):
+        engines.append((self, kw["max_batch"], kw["max_length"]))
+        real(self, model, **kw)
+
+    prompts = [[5, 6], [7, 8, 9], [10], [11, 12, 13, 14, 15]]
+    cfgs = [config("fixed", steps=24, stop_at_eos=False)] + \
+        [config("fixed", steps=3, stop_at_eos=False)] * 3
+    alone = [decode(model, [p], c) for p, c in zip(prompts, cfgs, strict=True)]
+    monkeypatch.setattr(Engine, "__init__", spy)
+    finished = []
+    out = decode(model, prompts, cfgs, max_batch=2,
+                 on_finish=lambda i, r: finished.append((i, r.stats.nfe)))
+    [(engine, slots, length)] = engines
+    assert (slots, length) == (2, 5 + 24)
+    assert engine.counters["steps"] == 24
+    assert finished == [(1, 3), (2, 3), (3, 3), (0, 24)]
+    assert out.ids.tolist() == [a.ids[0].tolist() for a in alone]
+    assert [s.nfe for s in out.stats] == [a.stats[0].nfe for a in alone]
+
+
+def test_an_on_finish_error_surfaces_once_the_run_is_over():
+    model = MODELS["llada"]()
+
+    def boom(i, r):
+        raise ValueError(f"progress bar broke at {i}")
+
+    with pytest.raises(ValueError, match="progress bar broke at"):
+        decode(model, [[5, 6], [7, 8]], config("threshold"), max_batch=1, on_finish=boom)
+    with pytest.raises(StdecError, match="max_batch must be a positive integer"):
+        decode(model, [[5, 6]], config("threshold"), max_batch=0)

@@ -51,21 +51,22 @@ def test_generate_until_matches_direct_decoding(lm, checkpoint):
     assert texts == want
 
 
-def test_order_stops_and_batches(lm, monkeypatch):
+def test_order_stops_and_one_engine_run(lm, monkeypatch):
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, config, *, chat, seed=None):
-        calls.append((list(prompts), config.temperature))
-        return stdec.Generation([f"{p} -> ok\n\nrest STOP" for p in prompts], None, [], None)
+    def fake_generate_each(model, tokenizer, prompts, configs, *, chat, batch_size, on_finish):
+        calls.append((list(prompts), [c.temperature for c in configs], batch_size))
+        for i in reversed(range(len(prompts))):  # rows finish in any order
+            on_finish(i, f"{prompts[i]} -> ok\n\nrest STOP")
 
-    monkeypatch.setattr(adapter, "generate", fake_generate)  # the name the adapter calls
+    monkeypatch.setattr(adapter, "generate_each", fake_generate_each)  # what the adapter calls
     kwargs = [{"until": ["\n\n"]}, {"until": "STOP", "temperature": 0.5, "do_sample": True},
               {"until": ["\n\n", "->"], "do_sample": False, "temperature": 0.7}]
     texts = lm.generate_until([request(i, p, k) for i, (p, k) in
                                enumerate(zip(PROMPTS, kwargs, strict=True))])
     assert texts == [f"{PROMPTS[0]} -> ok", f"{PROMPTS[1]} -> ok\n\nrest ", f"{PROMPTS[2]} "]
-    # greedy requests share batches (longest first); the sampled one decodes apart
-    assert sorted(calls) == sorted([([PROMPTS[2], PROMPTS[0]], 0.0), ([PROMPTS[1]], 0.5)])
+    # greedy and sampled requests alike: one engine run of batch_size slots, in order
+    assert calls == [(PROMPTS, [0.0, 0.5, 0.0], 2)]
 
 
 def test_loglikelihood_says_use_generate_until(lm):

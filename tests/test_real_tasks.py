@@ -226,7 +226,7 @@ def test_evaluate_real_task_with_fake_generate(tasks, monkeypatch):
         gold = {p.prompt: p.answer for p in task.problems("test")}
 
         def fake_generate(model, tokenizer, prompts, config, *, chat=False, seed=None,
-                          images=None, gold=gold):
+                          images=None, batch_size=None, on_finish=None, gold=gold):
             stats = [stdec.RowStats(nfe=4, gen_tokens=8, tpf=2.0, wall_time=0.1,
                                     tokens_per_s=80.0) for _ in prompts]
             return SimpleNamespace(texts=[gold[p] for p in prompts], stats=stats)

@@ -149,8 +149,9 @@ def test_evaluate_with_fake_generate(tasks, monkeypatch):
     gold = {p.prompt: p.answer for p in task.problems("dev")}
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, config, *, chat=False, seed=None, images=None):
-        calls.append((len(prompts), config, chat, seed))
+    def fake_generate(model, tokenizer, prompts, config, *, chat=False, seed=None, images=None,
+                      batch_size=None, on_finish=None):
+        calls.append((len(prompts), config, chat, seed, batch_size))
         stats = [stdec.RowStats(nfe=4, gen_tokens=10 + i % 2, tpf=(10 + i % 2) / 4,
                                 wall_time=0.1, tokens_per_s=100.0) for i in range(len(prompts))]
         return SimpleNamespace(texts=[gold[p] for p in prompts], stats=stats)
@@ -158,13 +159,14 @@ def test_evaluate_with_fake_generate(tasks, monkeypatch):
     monkeypatch.setattr(stdec.api, "generate", fake_generate)
     config = DecodeConfig()
     res = evaluate("model", "tok", task, "dev", config, limit=37, batch_size=16)
-    assert [c[0] for c in calls] == [16, 16, 5]
+    # every problem in one engine run, 16 at once
+    assert [(c[0], c[4]) for c in calls] == [(37, 16)]
     # greedy: no per-problem seeds, so the rows share one config
     assert all(c[1] is config and c[2] is True and c[3] is None for c in calls)
     assert res.n == 37 and res.accuracy == 1.0 and all(r.correct for r in res.records)
     assert [r.id for r in res.records] == [p.id for p in task.problems("dev")[:37]]
     assert res.mean_nfe == 4.0
-    assert res.gen_tokens == sum(10 + i % 2 for n in (16, 16, 5) for i in range(n))
+    assert res.gen_tokens == sum(10 + i % 2 for i in range(37))
     assert res.mean_tpf == pytest.approx(res.gen_tokens / 4 / 37)
     assert res.tokens_per_s == pytest.approx(res.gen_tokens / res.wall_time)
 

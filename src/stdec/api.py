@@ -1,6 +1,6 @@
 """The Python API: load a model and its tokenizer, generate text with any policy."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -239,7 +239,8 @@ def per_prompt_seeds(config: DecodeConfig, seed, n: int) -> list[DecodeConfig]:
 
 def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfig | None = None,
              *, chat: bool = False, seed: int | Sequence[int] | None = None,
-             images: ImageInput | Sequence | None = None, **options) -> Generation:
+             images: ImageInput | Sequence | None = None, batch_size: int | None = None,
+             on_finish: Callable[[int, str], None] | None = None, **options) -> Generation:
     """Decode `prompts` (a string or a list) with `config`; keyword options override it.
 
     `seed` (used when temperature > 0) is one seed for every prompt or a list, one per
@@ -248,14 +249,35 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     `images` (vision-language models): for one prompt, an image or a list; for a list of
     prompts, one entry per prompt. An image is a PIL image, a file path or a base64 data
     URL; it goes where the prompt says "<image>", or at its front.
+    `batch_size`: at most this many prompts decode at once (None: all of them); a finished
+    prompt's place goes to the next one at once. `on_finish(i, text)` is called as prompt i
+    is done, with its text (a progress bar, early results).
     Example: generate(model, tok, "2+3=", policy="stdec", cache="dual", gen_length=64)
     """
     config = with_options(config, options, model_defaults(model))
     single = isinstance(prompts, str)
     prompts = check_prompts(prompts)
     images = check_images(images, prompts, single)
+    return generate_each(model, tokenizer, prompts, per_prompt_seeds(config, seed, len(prompts)),
+                         chat=chat, images=images, batch_size=batch_size, on_finish=on_finish)
+
+
+def generate_each(model, tokenizer, prompts: Sequence[str], configs: Sequence[DecodeConfig], *,
+                  chat: bool = False, images: Sequence[list] | None = None,
+                  batch_size: int | None = None,
+                  on_finish: Callable[[int, str], None] | None = None) -> Generation:
+    """generate() with one DecodeConfig per prompt (one gen_length for all), every prompt in
+    one engine run: the batch entrances (bench, tune, lm-eval) feed it whole sets of prompts
+    whose rules or temperatures may differ. `images`: each prompt's loaded images, or None."""
+    prompts, configs = check_prompts(list(prompts)), list(configs)
+    if len(configs) != len(prompts) or len({c.gen_length for c in configs}) != 1:
+        raise StdecError(f"give one DecodeConfig per prompt ({len(prompts)}), all with one "
+                         "gen_length.")
+    images = [[] for _ in prompts] if images is None else list(images)
+    if batch_size is not None and (isinstance(batch_size, bool)
+                                   or not isinstance(batch_size, int) or batch_size < 1):
+        raise StdecError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     require_vision(model, sum(map(len, images)))
-    configs = per_prompt_seeds(config, seed, len(prompts))
     mc = model.config
     tok_mask = mask_token_id(tokenizer)
     if tok_mask is None:
@@ -266,17 +288,21 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
                          f"mask_token_id ({mc.mask_token_id}); they must come from one checkpoint.")
     ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None,
                  system=model.system_prompt)
-    for i, (p, im) in enumerate(zip(ids, images, strict=True)):
+    for i, (p, im, c) in enumerate(zip(ids, images, configs, strict=True)):
         length = model.prompt_length(p, im) if im else len(p)
-        if length + config.gen_length > mc.max_sequence_length:
+        if length + c.gen_length > mc.max_sequence_length:
             what = " (with its images)" if im else ""
             raise StdecError(
-                f"prompt {i} has {length} tokens{what}; with gen_length {config.gen_length} "
+                f"prompt {i} has {length} tokens{what}; with gen_length {c.gen_length} "
                 f"that exceeds the model's max length {mc.max_sequence_length}: shorten one of "
                 "them.")
-    out = decode(model, ids, configs, eos_ids=end_token_ids(tokenizer), images=images)
-    texts = [
-        tokenizer.decode(row[: s.gen_tokens], skip_special_tokens=True)
-        for row, s in zip(out.ids.tolist(), out.stats, strict=True)
-    ]
+    texts: list[str | None] = [None] * len(prompts)
+
+    def finished(i: int, r):
+        texts[i] = tokenizer.decode(r.ids[: r.stats.gen_tokens], skip_special_tokens=True)
+        if on_finish is not None:
+            on_finish(i, texts[i])
+
+    out = decode(model, ids, configs, eos_ids=end_token_ids(tokenizer), images=images,
+                 max_batch=batch_size, on_finish=finished)
     return Generation(texts, out.ids, out.stats, out.trace)

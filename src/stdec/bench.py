@@ -1,10 +1,11 @@
 """`stdec bench`: policies x cache modes x tasks x generation lengths, on one harness.
 
-Every cell decodes the same problems in the same batches; accuracy, NFE and TPF come from
+Every cell decodes the same problems the same way: one engine run of `batch_size` slots,
+a finished problem's slot taking the next problem at once. Accuracy, NFE and TPF come from
 one pass over all of them. Timing is measured `repeats` times per cell, in passes that
-interleave the policies (pass 1 runs every setting once, then pass 2, ...), so that noise from
-the machine hits every policy alike: tokens/s and latency are the medians over the passes
-(each pass times the first batch; the first pass is the accuracy pass), the spread is
+interleave the policies (pass 1 runs every setting once, then pass 2, ...), so that noise
+from the machine hits every policy alike: every pass decodes every problem (the first pass
+is the accuracy pass), tokens/s and latency are the medians over the passes, the spread is
 (max - min) / median, and a speedup is a ratio of medians from the same passes. The load
 average, thread count and CPU model are recorded beside the figures, and the table flags
 timing taken with a wide spread or on a busy machine. Writes results.json (one record a
@@ -16,7 +17,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,11 +122,13 @@ class BenchConfig:
     stop_at_eos: tuple[bool, ...] = _opt((True,), "EOS early stop: on, off or on,off",
                                          flag="--eos-stop", form="csv")
     split: str = _opt("test", "which split of each task: train, dev or test")
-    # the first 100 problems of each task: the default grid then takes 7 minutes on 2 CPU
-    # cores (the whole 400-problem splits take about 4 times as long; --limit 400)
+    # the first 100 problems of each task: one pass of the default grid took 7 minutes on 2
+    # CPU cores, and each of the `repeats` passes decodes every problem (the whole
+    # 400-problem splits take about 4 times as long; --limit 400)
     limit: int | None = _opt(100, "problems per task, the first of each split; raise it to "
                              "run whole splits")
-    batch_size: int = _opt(64, "problems decoded together")
+    batch_size: int = _opt(64, "problems decoded at once; a finished problem's place goes "
+                           "to the next at once")
     block_length: int = _opt(32, "semi-autoregressive block size")
     gen_length: int | None = _opt(None, "override every task's standard generation length "
                                   "(none: fitted to each task's answers)")
@@ -206,23 +208,18 @@ def run_cell(model, tokenizer, task, problems, config: DecodeConfig, batch_size:
     return CellResult(*(sum(p[i] for p in parts) for i in range(4)), max(p[4] for p in parts))
 
 
-def time_batch(model, tokenizer, problems, config: DecodeConfig, world: int) -> tuple[float, int]:
-    """(seconds, generated tokens) of one decode of `problems` as one batch, device
-    synchronised around the timer (max seconds and summed tokens over ranks)."""
-    import torch
+def time_pass(model, tokenizer, problems, config: DecodeConfig, batch_size: int,
+              world: int) -> tuple[float, int]:
+    """(seconds, generated tokens) of one decode of every problem, as the accuracy pass
+    decodes them (max seconds and summed tokens over ranks)."""
+    from stdec.tasks.evaluate import generate_problems
 
-    from stdec.api import generate
-    from stdec.tasks.base import format_prompt, problem_images
-
-    images = [problem_images(p) for p in problems]  # drawn or read before the timer starts
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    out = generate(model, tokenizer, [format_prompt(p) for p in problems], config, chat=True,
-                   images=images if any(images) else None)
-    sync()
-    wall = time.perf_counter() - t0
-    parts = gather((wall, sum(s.gen_tokens for s in out.stats)), world)
+    if problems:
+        out, wall = generate_problems(model, tokenizer, problems, config, batch_size=batch_size)
+        mine = (wall, sum(s.gen_tokens for s in out.stats))
+    else:  # a rank with no share of the problems
+        mine = (0.0, 0)
+    parts = gather(mine, world)
     return max(p[0] for p in parts), sum(p[1] for p in parts)
 
 
@@ -335,8 +332,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
                     "params": dict(setting.params), "label": setting.label, "n": r.n,
                     "accuracy": r.correct / r.n, "nfe": r.nfe / r.n,
                     "tpf": r.gen_tokens / r.nfe, "tokens_per_s": timed_tokens / wall,
-                    "timed_n": _timed_n(problems, cfg.batch_size, world),
-                    "latency_s": wall / _timed_n(problems, cfg.batch_size, world),
+                    "timed_n": r.n, "latency_s": wall / r.n,
                     "wall_s": walls, "spread": spread, "load_avg": load, **env})
             base = group[0]  # the vanilla rule, measured in the same passes
             for rec in group:
@@ -360,17 +356,12 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
     return records
 
 
-def _timed_n(problems: list, batch_size: int, world: int) -> int:
-    return min(len(problems), batch_size) * world
-
-
 def _measure_group(model, tokenizer, task, problems, configs, cfg: BenchConfig, world: int,
                    bar) -> list[tuple[CellResult, list[float], int, float | None]]:
     """Each setting's accuracy pass, then cfg.repeats - 1 timing passes, interleaved: every
-    pass runs every setting once, in an order rotated from pass to pass. Returns, per
-    setting, the accuracy pass's counts, the wall seconds of the first batch in every pass,
-    its generated tokens and the highest 1-minute load average seen."""
-    head = problems[: cfg.batch_size]
+    pass runs every setting once, in an order rotated from pass to pass, and decodes every
+    problem. Returns, per setting, the accuracy pass's counts, the wall seconds of every
+    pass, the generated tokens of a pass and the highest 1-minute load average seen."""
     results: list = [None] * len(configs)
     walls: list[list[float]] = [[] for _ in configs]
     tokens = [0] * len(configs)
@@ -379,11 +370,13 @@ def _measure_group(model, tokenizer, task, problems, configs, cfg: BenchConfig, 
         order = list(range(len(configs)))
         order = order[p % len(order):] + order[: p % len(order)]
         for i in order:
-            if p == 0:  # the accuracy pass: its first batch is the first timing
-                results[i], (wall, tok) = _accuracy_pass(model, tokenizer, task, problems,
-                                                         configs[i], cfg.batch_size, world)
+            if p == 0:  # the accuracy pass is the first timing
+                results[i] = run_cell(model, tokenizer, task, problems, configs[i],
+                                      cfg.batch_size, world)
+                wall, tok = results[i].wall, results[i].gen_tokens
             else:
-                wall, tok = time_batch(model, tokenizer, head, configs[i], world)
+                wall, tok = time_pass(model, tokenizer, problems, configs[i], cfg.batch_size,
+                                      world)
             walls[i].append(wall)
             tokens[i] = tok
             la = load_avg()
@@ -392,24 +385,6 @@ def _measure_group(model, tokenizer, task, problems, configs, cfg: BenchConfig, 
             bar.update(1)
     return [(results[i], walls[i], tokens[i], max(loads[i]) if loads[i] else None)
             for i in range(len(configs))]
-
-
-def _accuracy_pass(model, tokenizer, task, problems, config, batch_size: int, world: int):
-    """The counts over every problem, and (seconds, tokens) of the first batch alone."""
-    from stdec.tasks.evaluate import decode_problems
-
-    head = problems[:batch_size]
-    first, wall = decode_problems(model, tokenizer, task, head, config, batch_size=batch_size)
-    rest, rest_wall = decode_problems(model, tokenizer, task, problems[batch_size:], config,
-                                      batch_size=batch_size) if len(problems) > batch_size \
-        else ([], 0.0)
-    records = first + rest
-    mine = (len(records), sum(r.correct for r in records), sum(r.nfe for r in records),
-            sum(r.gen_tokens for r in records), wall + rest_wall)
-    parts = gather((mine, wall, sum(r.gen_tokens for r in first)), world)
-    counts = CellResult(*(sum(q[0][i] for q in parts) for i in range(4)),
-                        max(q[0][4] for q in parts))
-    return counts, (max(q[1] for q in parts), sum(q[2] for q in parts))
 
 
 def timing_flag(rec: dict) -> str:
@@ -439,9 +414,11 @@ COLUMNS = (
     ("acc", "accuracy, % of the problems scored correct"),
     ("NFE", "forward passes per problem (mean); lower is faster, hardware-independent"),
     ("TPF", "generated tokens per forward pass; higher is faster, hardware-independent"),
-    ("tok/s", "generated tokens per second: the median over the timed passes"),
+    ("tok/s", "generated tokens per second over every problem: the median over the timed "
+     "passes"),
     ("spread", "(max - min) / median of the timed passes' wall times"),
-    ("latency s", "median seconds per problem in the timed batch"),
+    ("latency s", "median seconds of a timed pass over its problems: the inverse of "
+     "throughput, not one problem's latency (problems decode side by side)"),
     ("speedup tok/s", "tok/s over vanilla's, medians from the same interleaved passes"),
     ("speedup NFE", "vanilla's NFE over this NFE"),
     ("timing", "blank when the timing can be trusted; else '!' and why: a spread above "

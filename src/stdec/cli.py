@@ -719,7 +719,8 @@ def _build_tune(p: argparse.ArgumentParser):
     p.add_argument("--limit", type=int, default=None,
                    help="dev problems per task (default: the whole dev split)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
-                   help=f"problems decoded together (default: {d['batch_size']})")
+                   help=f"problems decoded at once, a finished one's place going to the next "
+                   f"(default: {d['batch_size']})")
     p.add_argument("--block-length", type=int, default=d["block_length"],
                    help=f"semi-autoregressive block size (default: {d['block_length']})")
     p.add_argument("--tolerance", type=float, default=1.0,

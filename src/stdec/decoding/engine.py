@@ -14,7 +14,8 @@ alone. A row decodes as it would alone, whatever else is in flight.
 The engine knows no task, no HTTP, no rule by name and no model by class (only
 stdec.models.interface): it is driven by a plain loop (`run`, or a server thread calling
 `step`). `decode()`, at the end, is its batch face for stdec.generate, bench, tune and
-lm-eval: every prompt gets a slot, the engine runs to completion, the rows come back in order.
+lm-eval: every prompt goes into one engine run of at most `max_batch` slots, a finished
+row's slot takes the next prompt at once, and the rows come back in order.
 """
 
 from __future__ import annotations
@@ -168,14 +169,20 @@ class DecodeOutput:
 
 def decode(model, prompt_ids: Sequence[Sequence[int]],
            cfg: DecodeConfig | Sequence[DecodeConfig], *,
-           eos_ids: Sequence[int] = (), images: Sequence[list] | None = None) -> DecodeOutput:
+           eos_ids: Sequence[int] = (), images: Sequence[list] | None = None,
+           max_batch: int | None = None,
+           on_finish: Callable[[int, Request], None] | None = None) -> DecodeOutput:
     """Generate gen_length tokens after each prompt (token ids, any lengths).
 
     `cfg` is one DecodeConfig for every row, or one per row (e.g. each with its own seed;
     they must share gen_length). The model's config gives the mask, pad and EOS ids;
     `eos_ids` adds end tokens (e.g. <|eot_id|>). Inputs are assumed validated
-    (stdec.generate does it). Every row gets a slot, so all decode at once. `images`, for a
-    vision-language model, gives each prompt its images (one per placeholder id; [] for none).
+    (stdec.generate does it). Every prompt goes into one engine run: at most `max_batch`
+    rows decode at once (None: all of them), and a finished row's slot takes the next
+    prompt at once, so a fast row never waits for a slow one. `on_finish(i, request)` is
+    called as prompt i is done, with its ids and stats (a progress bar, early results).
+    `images`, for a vision-language model, gives each prompt its images (one per
+    placeholder id; [] for none).
     """
     configs = [cfg] * len(prompt_ids) if isinstance(cfg, DecodeConfig) else list(cfg)
     if len(configs) != len(prompt_ids) or len({c.gen_length for c in configs}) != 1:
@@ -183,12 +190,30 @@ def decode(model, prompt_ids: Sequence[Sequence[int]],
     images = list(images) if images is not None else [[]] * len(prompt_ids)
     if len(images) != len(prompt_ids):
         raise StdecError("decode needs one list of images per prompt.")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
+                                  or max_batch < 1):
+        raise StdecError(f"max_batch must be a positive integer or None, got {max_batch!r}.")
+    # the cache holds max_batch rows as long as the longest, not the model's max length
     longest = max((model.prompt_length(p, im) if im else len(p)) + c.gen_length
                   for p, c, im in zip(prompt_ids, configs, images, strict=True))
-    engine = Engine(model, max_batch=len(prompt_ids), max_length=longest, eos_ids=eos_ids)
-    requests = [engine.submit(p, c, images=im)
-                for p, c, im in zip(prompt_ids, configs, images, strict=True)]
+    slots = min(max_batch or len(prompt_ids), len(prompt_ids))
+    engine = Engine(model, max_batch=slots, max_length=longest, eos_ids=eos_ids)
+    raised: list[Exception] = []  # on_finish's error, raised once the run is over
+
+    def finished(i: int):
+        def listener(r: Request):  # called once, at the end: no progress asked for
+            if r.state == "done" and not raised:
+                try:
+                    on_finish(i, r)
+                except Exception as err:  # the engine would swallow it
+                    raised.append(err)
+        return listener
+
+    requests = [engine.submit(p, c, images=im, listener=finished(i) if on_finish else None)
+                for i, (p, c, im) in enumerate(zip(prompt_ids, configs, images, strict=True))]
     engine.run()
+    if raised:
+        raise raised[0]
     for r in requests:
         if r.state != "done":
             raise StdecError(f"decoding prompt {requests.index(r)} failed: {r.error}.")

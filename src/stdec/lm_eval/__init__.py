@@ -36,7 +36,7 @@ except ImportError as err:
     raise ImportError("stdec.lm_eval needs lm-eval; install it with "
                       "pip install 'stdec[lm-eval]'.") from err
 
-from stdec.api import generate, load, model_defaults
+from stdec.api import generate_each, load, model_defaults
 from stdec.decoding.config import DecodeConfig, build, parse_value
 from stdec.errors import StdecError
 
@@ -99,7 +99,7 @@ class StdecLM(LM):
     """A stdec model and decoding config behind lm-eval's generate_until."""
 
     def __init__(self, pretrained: str = "testbed", batch_size: int | str = AUTO_BATCH_SIZE,
-                 max_batch_size: int | None = None,  # lm-eval passes it; batches are fixed
+                 max_batch_size: int | None = None,  # lm-eval passes it; unused
                  device: str | None = None,
                  dtype: str | None = None, chat: bool | str = False, **options):
         super().__init__()
@@ -144,32 +144,31 @@ class StdecLM(LM):
         return replace(self.config, temperature=temperature), stops
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Every request in one engine run of batch_size slots: a finished request's slot
+        takes the next at once, whatever its temperature."""
         from tqdm import tqdm
 
-        texts: list[str] = [""] * len(requests)
-        groups: dict[DecodeConfig, list[int]] = {}
-        stops = []
-        for i, req in enumerate(requests):
+        if not requests:
+            return []
+        prompts = [req.args[0] for req in requests]
+        configs, stops = [], []
+        for prompt, req in zip(prompts, requests, strict=True):
             config, stop = self.request_config(req.args[1])
-            groups.setdefault(config, []).append(i)
+            if config.temperature > 0:  # its own seed: the same text however it is batched
+                config = replace(config, seed=request_seed(config.seed, prompt))
+            configs.append(config)
             stops.append(stop)
         bar = tqdm(total=len(requests), desc="stdec generate_until",
                    disable=disable_tqdm or self.rank != 0)
-        for config, idx in groups.items():
-            # longest first: a prompt too long for the model fails before the rest run
-            idx.sort(key=lambda i: -len(requests[i].args[0]))
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start : start + self.batch_size]
-                prompts = [requests[i].args[0] for i in chunk]
-                # a sampling request draws from its own seed: the same text however batched
-                seeds = {"seed": [request_seed(config.seed, p) for p in prompts]} \
-                    if config.temperature > 0 else {}
-                out = generate(self.model, self.tokenizer, prompts, config, chat=self.chat,
-                                     **seeds)
-                for i, text in zip(chunk, out.texts, strict=True):
-                    texts[i] = cut_at_stop(text, stops[i])
-                    self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
-                bar.update(len(chunk))
+        texts: list[str] = [""] * len(requests)
+
+        def finished(i: int, text: str):
+            texts[i] = cut_at_stop(text, stops[i])
+            self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
+            bar.update(1)
+
+        generate_each(self.model, self.tokenizer, prompts, configs, chat=self.chat,
+                      batch_size=self.batch_size, on_finish=finished)
         bar.close()
         return texts
 

@@ -29,7 +29,7 @@ class EvalResult:
     mean_nfe: float
     mean_tpf: float  # mean over rows of tokens per forward
     gen_tokens: int  # total over rows
-    wall_time: float  # seconds spent inside generate, summed over batches
+    wall_time: float  # seconds spent decoding (one engine run)
     tokens_per_s: float  # gen_tokens / wall_time
     records: list[EvalRecord] = field(default_factory=list)
 
@@ -41,36 +41,64 @@ def problem_seed(run_seed: int, problem_id: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, config: Any, *,
-                    batch_size: int = 16, progress: str = "") -> tuple[list[EvalRecord], float]:
-    """Decode `problems` in batches through the chat template and score them.
+def generate_problems(model: Any, tokenizer: Any, problems: list, config: Any, *,
+                      batch_size: int = 16, on_finish: Any = None) -> tuple[Any, float]:
+    """Decode `problems` through the chat template in one engine run of `batch_size` slots
+    (a finished problem's slot takes the next at once): the Generation and the seconds it
+    took, device synchronised around the timer.
 
     With a temperature, each problem samples from its own seed (problem_seed), so its text
-    does not depend on the batch it lands in or on the rank that decodes it.
-    Returns the records and the seconds spent inside generate (scoring excluded). With
-    `progress`, a running accuracy line under that label goes to stderr after each batch.
+    does not depend on the problems decoded beside it or on the rank that decodes it.
     """
     from stdec.api import generate  # the harness sits above api (torch loads here, not before)
     from stdec.tasks.base import problem_images
 
-    records: list[EvalRecord] = []
-    wall = 0.0
-    for i in range(0, len(problems), batch_size):
-        batch = problems[i : i + batch_size]
-        images = [problem_images(p) for p in batch]  # drawn or read for this batch only, untimed
-        t0 = time.perf_counter()
-        # greedy rows share one config, so the engine commits them in one rule call
-        seeds = [problem_seed(config.seed, p.id) for p in batch] if config.temperature > 0 \
-            else None
-        out = generate(model, tokenizer, [format_prompt(p) for p in batch], config, chat=True,
-                       seed=seeds, images=images if any(images) else None)
-        wall += time.perf_counter() - t0
-        for p, text, st, ok in zip(batch, out.texts, out.stats, task.score_many(batch, out.texts),
-                                   strict=True):
-            records.append(EvalRecord(p.id, ok, text, st.nfe, st.gen_tokens))
-        if progress:
-            acc = sum(r.correct for r in records) / len(records)
-            print(f"{progress}: {len(records)}/{len(problems)} acc {acc:.3f}", file=sys.stderr)
+    images = [problem_images(p) for p in problems]  # drawn or read before the timer starts
+    # greedy rows share one config, so the engine commits them in one rule call
+    seeds = [problem_seed(config.seed, p.id) for p in problems] if config.temperature > 0 \
+        else None
+    _sync(model)
+    t0 = time.perf_counter()
+    out = generate(model, tokenizer, [format_prompt(p) for p in problems], config, chat=True,
+                   seed=seeds, images=images if any(images) else None, batch_size=batch_size,
+                   on_finish=on_finish)
+    _sync(model)
+    return out, time.perf_counter() - t0
+
+
+def _sync(model: Any):
+    device = getattr(model, "device", None)
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, config: Any, *,
+                    batch_size: int = 16, progress: str = "") -> tuple[list[EvalRecord], float]:
+    """Decode `problems` (generate_problems: one engine run, `batch_size` at once) and
+    score them. Returns the records and the seconds spent decoding (scoring excluded). With
+    `progress`, a line under that label goes to stderr each time another `batch_size`
+    problems have finished, and one with the accuracy at the end.
+    """
+    done = 0
+
+    def tick(i: int, text: str):
+        nonlocal done
+        done += 1
+        if done % batch_size == 0 and done < len(problems):
+            print(f"{progress}: {done}/{len(problems)} decoded", file=sys.stderr)
+
+    if not problems:
+        return [], 0.0
+    out, wall = generate_problems(model, tokenizer, problems, config, batch_size=batch_size,
+                                  on_finish=tick if progress else None)
+    records = [EvalRecord(p.id, ok, text, st.nfe, st.gen_tokens)
+               for p, text, st, ok in zip(problems, out.texts, out.stats,
+                                          task.score_many(problems, out.texts), strict=True)]
+    if progress:
+        acc = sum(r.correct for r in records) / len(records)
+        print(f"{progress}: {len(records)}/{len(problems)} acc {acc:.3f}", file=sys.stderr)
     return records, wall
 
 
