@@ -335,6 +335,12 @@ class LLaDAVModel(nn.Module, Configurable):
     def new_cache(self, batch: int, length: int) -> KVCache:
         return self.language_model.new_cache(batch, length)
 
+    def blocks(self) -> nn.ModuleList:  # the language model's: the vision tower is not quantized
+        return self.language_model.blocks()
+
+    def output_head(self) -> nn.Linear | None:
+        return self.language_model.output_head()
+
     def encode_images(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, side**2, d): the tower's last layer (no post-norm), projected."""
         out = self.vision_tower(pixels.to(self.dtype), output_hidden_states=True)
