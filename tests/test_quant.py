@@ -342,6 +342,13 @@ def test_a_tied_head_cannot_be_quantized():
         quant.check(model, "int8", CPU, torch.float32, head=True)
 
 
+@needs_torchao
+def test_a_quantized_model_is_not_saved_as_if_float(tmp_path):
+    with pytest.raises(StdecError, match="pass quantize when loading it"):
+        stdec.save_model(quantized("llada", "int8"), tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
 @pytest.mark.parametrize("mode, head, words", [
     ("int3", False, "quantize must be one of int8, int4"),
     (None, True, "no quantize mode is set"),

@@ -150,6 +150,9 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
 def save_model(model: nn.Module, path: str | Path, *,
                max_shard_bytes: int | None = None):
     """Write config.json and safetensors weights, sharded with an index past max_shard_bytes."""
+    if any(hasattr(p, "__tensor_flatten__") for p in model.parameters()):
+        raise StdecError("save_model writes float weights, and this model's were quantized at "
+                         "load; save the float model, and pass quantize when loading it.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {**model.config.to_dict(), "torch_dtype": str(model.dtype).removeprefix("torch.")}
