@@ -30,8 +30,8 @@ from stdec.errors import StdecError
 from stdec.models.layers import FusedLinear
 from stdec.util import check_quantize
 
-__all__ = ["TORCHAO_MIN", "check", "group_size", "quantize", "quantize_layer", "targets",
-           "tensor_bytes", "weight_bytes"]
+__all__ = ["TORCHAO_MIN", "check", "group_size", "quantize", "quantize_layer", "quiet_imports",
+           "targets", "tensor_bytes", "weight_bytes"]
 
 TORCHAO_MIN = (0, 18)  # the first torchao with a CPU int4 config (PrototypeInt4WeightOnlyConfig)
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale, the largest that divides a layer's width
@@ -163,7 +163,7 @@ def _require_torchao(mode: str):
 
 def _has_cpu_int4() -> bool:
     try:
-        with _quiet():
+        with quiet_imports():
             from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig  # noqa: F401
     except ImportError:
         return False
@@ -171,16 +171,17 @@ def _has_cpu_int4() -> bool:
 
 
 def _import_torchao():
-    with _quiet():
+    with quiet_imports():
         import torchao.quantization as ao
     return ao
 
 
 @contextlib.contextmanager
-def _quiet():
-    """torchao's import warns that its CUDA-only extensions did not load on a machine without
-    them (and torch about one of its enums); neither concerns weight-only quantization, so
-    those loggers are raised to errors for the import and put back after."""
+def quiet_imports():
+    """torchao's import warns that extensions it ships for other machines did not load (and
+    torch about two of its enums); none concerns weight-only quantization, so those loggers
+    are raised to errors for the import and put back after. transformers imports torchao,
+    when installed, as it builds a model: the SigLIP tower's import goes through here too."""
     loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
