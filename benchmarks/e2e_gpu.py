@@ -4,6 +4,7 @@ a rule's real commit pattern, without a download.
     python benchmarks/e2e_gpu.py                    # LLaDA-8B and Dream-7B shapes (a GPU)
     SMALL=1 python benchmarks/e2e_gpu.py            # toy shapes on the CPU: checks the script
     python benchmarks/e2e_gpu.py --record           # re-record the commit traces (testbed)
+    python benchmarks/e2e_gpu.py --quantize int8    # block layers weight-only int8 (or int4)
 
 Random weights commit nothing meaningful, so each rule's commits are replayed: how many
 tokens each step of each block committed when the bundled testbed decoded real prompts with
@@ -12,7 +13,9 @@ over 256 tokens (8 blocks of 32). Every
 other part is the real one: the engine's slots and per-row blocks, the cache, the forward
 and the commit. For each shape, rule, cache and batch it prints tokens/s, steps, ms per
 step and the fraction of the bandwidth floor reached (weight bytes read once per forward,
-at the measured copy bandwidth, over the measured time).
+at the measured copy bandwidth, over the measured time). --quantize makes the block layers
+weight-only int8 or int4 as stdec.load(quantize=...) does; the floor then counts the bytes
+the quantized weights store.
 """
 
 import argparse
@@ -29,6 +32,7 @@ import torch
 from stdec.decoding import policies, registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine
+from stdec.models import quant
 
 TRACES = Path(__file__).with_name("commit_traces.json")
 RULES = ("threshold", "stdec")
@@ -95,7 +99,7 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def build(shape: str, device, dtype, small: bool):
+def build(shape: str, device, dtype, small: bool, quantize: str | None = None):
     from stdec.models.dream import DreamConfig, DreamModel
     from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 
@@ -114,7 +118,11 @@ def build(shape: str, device, dtype, small: bool):
         model = cls(cfg).to(dtype)
     for p in model.parameters():  # small random weights: finite logits in bf16
         torch.nn.init.normal_(p, std=0.02)
-    return model.eval().fuse()
+    model.eval().fuse()
+    if quantize:  # after fusing, as stdec.load does
+        quant.check(model, quantize, device, dtype)
+        quant.quantize(model, quantize)
+    return model
 
 
 def run(model, rule: str, cache: str, batch: int, prompt_len: int,
@@ -152,6 +160,8 @@ def main():
     ap.add_argument("--graphs", default="on,off",
                     help="on: dual steps replayed as CUDA graphs (fixed shapes, eager on the "
                     "CPU); off: the plain eager step")
+    ap.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                    help="weight-only quantization of the block layers (default: none)")
     args = ap.parse_args()
     if args.record:
         TRACES.write_text(json.dumps(record()) + "\n")
@@ -164,14 +174,15 @@ def main():
     traces = json.loads(TRACES.read_text())
     bw = bandwidth(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"# {name}, torch {torch.__version__}, {dtype}; copy bandwidth {bw / 1e9:.0f} GB/s; "
+    weights = f"{dtype}, block layers {args.quantize}" if args.quantize else str(dtype)
+    print(f"# {name}, torch {torch.__version__}, {weights}; copy bandwidth {bw / 1e9:.0f} GB/s; "
           f"prompt {prompt_len}, gen {GEN}, block {BLOCK}; medians of {args.repeats}")
     print(f"# commit traces: {traces['source']}")
     print(f"{'shape':<9} {'rule':<9} {'cache':<6} {'graphs':<6} {'batch':>5} {'TPF':>5} "
           f"{'steps':>5} {'ms/step':>8} {'tok/s':>8} {'floor %':>7}")
     for shape in args.shapes.split(","):
-        model = build(shape, device, dtype, small)
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        model = build(shape, device, dtype, small, args.quantize)
+        weight_bytes = quant.weight_bytes(model)  # a quantized weight: the bytes it stores
         for rule in RULES:
             blocks = traces[rule]
             n = GEN // BLOCK  # blocks spread over the recording: every task contributes

@@ -5,19 +5,24 @@
 # it brings back its resumable checkpoint), then time LLaDA-8B-shaped steps (batch 1, 8, 32;
 # graphs and eager), LLaDA-V-shaped image encoding and steps after an image prefix, and,
 # for E2E_SECONDS, whole decodes at LLaDA-8B and Dream-7B shape (benchmarks/e2e_gpu.py,
-# graphs on and off). About 570 s in all with the values below. Everything
+# graphs on and off), then the same steps and LLaDA-8B decodes with the block layers
+# weight-only int8 and int4 (--quantize, QUANT_SECONDS a run, four runs; QUANT_SECONDS=0
+# skips them). About 570 s in all with the values below, 750 s with the quantized runs
+# (pass TRAIN_SECONDS=60 to keep one call under 600 s). Everything
 # comes back as one tar in 15 MB parts beside summary.txt (the device tool brings back at
 # most 8 files of 16 MiB). Evaluate and write the model cards afterwards on the CPU:
 #   cat $OUT/results.tar.part-* | tar -x -C runs/   # runs/testbed-gpu, runs/testbed-vision
 #   python benchmarks/testbed_card.py --model runs/testbed-gpu --write
 #
-#   OUT=runs/gpu TRAIN_SECONDS=240 VISION_SECONDS=110 E2E_SECONDS=80 bash benchmarks/gpu_session.sh
+#   OUT=runs/gpu TRAIN_SECONDS=240 VISION_SECONDS=110 E2E_SECONDS=80 QUANT_SECONDS=45 \
+#     bash benchmarks/gpu_session.sh
 # SMALL=1 runs it at toy size on the CPU, to check the script before spending GPU time.
 set -euo pipefail
 OUT=${OUT:-runs/gpu}
 TRAIN_SECONDS=${TRAIN_SECONDS:-240}
 VISION_SECONDS=${VISION_SECONDS:-110}
 E2E_SECONDS=${E2E_SECONDS:-80}
+QUANT_SECONDS=${QUANT_SECONDS:-45}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 if [[ -n ${SMALL:-} ]]; then
@@ -28,6 +33,8 @@ if [[ -n ${SMALL:-} ]]; then
   latency=(--iters 3 --batch 1)
   image=(--random-llada-v --iters 2 --batch 1)
   e2e=(--repeats 1 --batch 1)
+  quant_latency=(--iters 3 --batch 1)
+  quant_e2e=(--repeats 1 --batch 1 --shapes llada-8b)
 else
   # The testbed v2 recipe. Width and depth are the CPU inference budget's (vanilla decoding
   # of a 400-problem test split in under 2 minutes on 2 cores); what a GPU adds is data and
@@ -45,6 +52,9 @@ else
   latency=(--random-8b --iters 10)
   image=(--random-llada-v --iters 5 --batch 1 8)
   e2e=(--repeats 1 --batch 1 8 --cache dual --graphs on,off)
+  # the quantized runs: bf16's figures above are their baseline, on the same warm machine
+  quant_latency=(--random-8b --iters 10 --batch 1 8)
+  quant_e2e=(--repeats 1 --batch 1 8 --shapes llada-8b --cache dual --graphs on,off)
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   python3 -c 'import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)'
@@ -75,13 +85,28 @@ timeout 60 python3 benchmarks/step_latency.py "${image[@]}" > "$OUT/step_latency
 timeout "$E2E_SECONDS" python3 benchmarks/e2e_gpu.py "${e2e[@]}" > "$OUT/e2e.txt" 2>&1 \
   || echo "e2e_gpu.py stopped early (exit $?)" >> "$OUT/e2e.txt"
 
+# weight-only int8 and int4 (stdec.load(quantize=...)): step latency and end to end
+quant_files=()
+if (( QUANT_SECONDS > 0 )); then
+  for q in int8 int4; do
+    timeout "$QUANT_SECONDS" python3 benchmarks/step_latency.py "${quant_latency[@]}" \
+      --quantize "$q" > "$OUT/step_latency_$q.txt" 2>&1 \
+      || echo "step_latency.py --quantize $q stopped early (exit $?)" >> "$OUT/step_latency_$q.txt"
+    timeout "$QUANT_SECONDS" python3 benchmarks/e2e_gpu.py "${quant_e2e[@]}" --quantize "$q" \
+      > "$OUT/e2e_$q.txt" 2>&1 || echo "e2e_gpu.py --quantize $q stopped early (exit $?)" \
+      >> "$OUT/e2e_$q.txt"
+    quant_files+=("step_latency_$q.txt" "e2e_$q.txt")
+  done
+fi
+
 cd "$OUT"
-for f in env.txt gpu_tests.txt train.log vision.log step_latency.txt step_latency_image.txt e2e.txt; do
+for f in env.txt gpu_tests.txt train.log vision.log step_latency.txt step_latency_image.txt e2e.txt \
+  "${quant_files[@]}"; do
   echo "==> $f"; tail -n 40 "$f"
 done > summary.txt
 tar -cf - testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt \
-  step_latency_image.txt e2e.txt \
+  step_latency_image.txt e2e.txt "${quant_files[@]}" \
   | split -b 15m - results.tar.part-
 rm -rf testbed-gpu testbed-vision env.txt gpu_tests.txt train.log vision.log step_latency.txt \
-  step_latency_image.txt e2e.txt
+  step_latency_image.txt e2e.txt "${quant_files[@]}"
 ls -la

@@ -4,6 +4,7 @@
     python benchmarks/step_latency.py --random-8b     # LLaDA-8B shape (needs a GPU)
     python benchmarks/step_latency.py --model PATH    # a local checkpoint
     python benchmarks/step_latency.py --random-llada-v  # LLaDA-V shape, image prefix (a GPU)
+    python benchmarks/step_latency.py --random-8b --quantize int4  # weight-only int8 / int4
 
 For batch 1 and 8 (and 32 at 8B shape) over a 512-token sequence with 32-token blocks it
 times one step of `none` (a full forward), `prefix` (block + suffix over a cached prefix),
@@ -19,6 +20,10 @@ times one 384x384 image's encoding (preprocessing, tower, projector, layout: 148
 then the steps of the first block after a prompt of that image and 32 text tokens, 256 to
 generate: what each cache mode costs with an image prefix (the image's vectors are prompt
 positions like any other to the language model).
+
+With --quantize the language model's block layers are weight-only int8 or int4 as
+stdec.load(quantize=...) makes them (models/quant.py); the weight bytes, and so the
+roofline, are what the quantized weights store.
 """
 
 import argparse
@@ -35,7 +40,7 @@ from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import confidence, eos_stop
 from stdec.decoding.graphs import StaticBlockStep
 from stdec.decoding.policies import StepState, select
-from stdec.models import load_model, resolve_device, resolve_dtype
+from stdec.models import load_model, quant, resolve_device, resolve_dtype
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 
@@ -124,6 +129,8 @@ def main():
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                        help="weight-only quantization of the language model's block layers")
     args = parser.parse_args()
 
     args.batch = args.batch or ([1, 8, 32] if args.random_8b and not args.random_llada_v
@@ -131,6 +138,9 @@ def main():
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = build_model(args, device, dtype)
+    if args.quantize:  # as stdec.load(quantize=...): checked (one sentence), then rewritten
+        quant.check(model, args.quantize, device, dtype)
+        quant.quantize(model, args.quantize)
     args.start = None  # the block's first position (default: mid-sequence)
     if args.random_llada_v:
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (384, 384, 3),
@@ -143,9 +153,10 @@ def main():
               f"(preprocessing, tower, projector, layout)")
         model = model.language_model  # the steps: the image is prompt positions now
     cfg = model.config
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = quant.weight_bytes(model)  # a quantized weight: the bytes it stores
     bandwidth = copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 28)
-    print(f"device: {hardware(device)}; torch {torch.__version__}; {dtype}")
+    print(f"device: {hardware(device)}; torch {torch.__version__}; {dtype}"
+          f"{f', block layers {args.quantize}' if args.quantize else ''}")
     print(f"model: d={cfg.d_model} layers={cfg.n_layers} vocab={cfg.embedding_size}; "
           f"weights {weight_bytes / 1e9:.3f} GB")
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s -> roofline "

@@ -32,6 +32,12 @@ CASES = [
     (["generate", "hi", "--model", "{file}"], "is a file"),
     (["generate", "hi", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["generate", "hi", "--dtype", "fp8"], "invalid choice: 'fp8'"),
+    (["generate", "hi", "--quantize", "int3"], "invalid choice: 'int3'; choose from 'int8', "
+     "'int4'"),
+    (["generate", "hi", "--quantize-head"], "no quantize mode is set"),
+    (["serve", "--quantize-head"], "no quantize mode is set"),
+    (["bench", "--quantize-head"], "no quantize mode is set"),
+    (["tune", "stdec", "--quantize", "fp4"], "invalid choice: 'fp4'"),
     (["bench", "--tasks", ""], "--tasks needs at least one value"),
     (["bench", "--tasks", ","], "--tasks needs at least one value"),
     (["bench", "--tasks", "chess"], "unknown task 'chess'"),
@@ -111,7 +117,8 @@ def test_help_and_refusals_do_not_load_torch():
             "             ['viz', '--help'], ['tune', '--help'], ['random-model', '--help'],\n"
             "             ['train', '--help'], ['serve', '--help'],\n"
             "             ['bench', '--tasks', ','],\n"
-            "             ['generate', 'hi', '--policy', 'threshold', '--tau', '2']):\n"
+            "             ['generate', 'hi', '--policy', 'threshold', '--tau', '2'],\n"
+            "             ['generate', 'hi', '--quantize-head']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "heavy = [m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules]\n"
             "assert not heavy, heavy\n")

@@ -11,7 +11,7 @@ from stdec.decoding.config import DecodeConfig, Defaults, build
 from stdec.decoding.defaults import FILE, checkpoint_defaults, every_option
 from stdec.decoding.engine import RowStats, Trace, decode
 from stdec.errors import StdecError
-from stdec.models import load_model, read_config
+from stdec.models import load_model, quant, read_config, resolve_device, resolve_dtype, skeleton
 from stdec.models.images import (
     IMAGE_PLACEHOLDER,
     ImageInput,
@@ -21,6 +21,7 @@ from stdec.models.images import (
     tokenize_with_images,
 )
 from stdec.models.presets import PRESETS, _offline, is_hub_id, resolve_model
+from stdec.util import check_quantize
 
 __all__ = ["Generation", "decoding_defaults", "encode_chat", "generate", "load",
            "model_defaults", "resolve_model_path"]
@@ -56,16 +57,26 @@ def resolve_model_path(model: str | Path) -> Path:
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, fuse: bool = True,
-         cuda_graphs: bool = True, compile: bool = False):
+         cuda_graphs: bool = True, compile: bool = False, quantize: str | None = None,
+         quantize_head: bool = False):
     """(model, tokenizer) from a checkpoint folder that also holds a tokenizer, the model
     ready for inference (eval mode; with `fuse`, projections fused: pass fuse=False to
     train it; on CUDA, `cuda_graphs` lets the engine replay its dual-cache block steps as
-    CUDA graphs, decoding/graphs.py; `compile` runs the forward through torch.compile)."""
+    CUDA graphs, decoding/graphs.py; `compile` runs the forward through torch.compile).
+
+    `quantize` "int8" or "int4" stores the language model's linear layers as weight-only
+    int8 or int4 through torchao (pip install 'stdec[quant]'); embeddings, norms, the output
+    head (unless `quantize_head`) and a vision tower keep `dtype`. A mode this machine cannot
+    run is refused before any weight is read (models/quant.py)."""
     from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     path = resolve_model_path(model)
     raw = read_config(path)  # fail on a bad folder before touching the tokenizer
     defaults = checkpoint_defaults(model, path, raw)  # a bad decoding_defaults.json fails too
+    if check_quantize(quantize, quantize_head):
+        where = resolve_device(device)
+        quant.check(skeleton(raw, path), quantize, where, resolve_dtype(dtype, where),
+                    quantize_head)
     if (path / "tokenizer.json").is_file():
         cls = PreTrainedTokenizerFast
     elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
@@ -80,6 +91,8 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
     loaded = load_model(path, dtype=dtype, device=device)
     if fuse:  # fewer, larger multiplies; the same numbers (tests/test_fused.py)
         loaded.fuse()
+    if quantize:  # after fusing: a fused layer is quantized as one
+        quant.quantize(loaded, quantize, quantize_head)
     # what generate() lays the user's options over; whether the engine may capture graphs
     loaded.configure(decoding_defaults=defaults, cuda_graphs=cuda_graphs)
     if compile:

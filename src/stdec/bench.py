@@ -26,6 +26,7 @@ from stdec.decoding.registry import BENCH_DEFAULT, VANILLA
 from stdec.errors import StdecError
 from stdec.util import (
     atomic_path,
+    check_quantize,
     cpu_count,
     dist_setup,
     gather,
@@ -46,7 +47,8 @@ LENGTHS = ("standard", "long")
 RECORD_FIELDS = ("task", "split", "length", "gen_length", "cache", "stop_at_eos", "policy",
                  "params", "label", "n", "accuracy", "nfe", "tpf", "tokens_per_s", "latency_s",
                  "speedup_tokens_per_s", "speedup_nfe", "timed_n", "wall_s", "spread",
-                 "load_avg", "timing_flag", "model", "hardware", "threads", "cpu_count",
+                 "load_avg", "timing_flag", "model", "dtype", "quantize", "quantize_head",
+                 "hardware", "threads", "cpu_count",
                  "versions", "git_commit", "seed", "batch_size", "repeats")
 RESULT_FILES = ("results.json", "results.md", "pareto.png")
 WIDE_SPREAD = 0.25  # (max - min) / median of the timed passes above this: flagged
@@ -142,6 +144,9 @@ class BenchConfig:
     dtype: str | None = _opt(None, "weights' type: float32, bfloat16 or float16")
     cuda_graphs: bool = _opt(True, "on CUDA, replay dual-cache block steps as graphs")
     compile: bool = _opt(False, "torch.compile the forward")
+    quantize: str | None = _opt(None, "weight-only int8 or int4 for the language model's "
+                                "linear layers (none: the weights' dtype)")
+    quantize_head: bool = _opt(False, "with quantize, the output head too")
     repeats: int = _opt(3, "timed passes over the grid, interleaved across policies; tables "
                         "show the median")
     allow_unsandboxed_code: bool = _opt(False, "score code tasks without the kernel sandbox")
@@ -152,6 +157,7 @@ class BenchConfig:
         for name in ("tasks", "policies", "caches", "lengths", "stop_at_eos"):
             if not getattr(self, name):
                 raise StdecError(f"{name} needs at least one value; got none.")
+        check_quantize(self.quantize, self.quantize_head)
 
         for cache in self.caches:
             if cache not in CACHE_MODES:
@@ -293,7 +299,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
     device = rank_device(cfg.device)
     path = resolve_model_path(cfg.model)
     model, tokenizer = load(path, dtype=cfg.dtype, device=device, cuda_graphs=cfg.cuda_graphs,
-                            compile=cfg.compile)
+                            compile=cfg.compile, quantize=cfg.quantize,
+                            quantize_head=cfg.quantize_head)
     lengths = task_lengths(cfg, path, tokenizer, tasks)
     for name, per in lengths.items():
         for length, value in per.items():
@@ -305,7 +312,9 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
     # warm-up, discarded: allocator, kernel selection, tokenizer caches
     generate(model, tokenizer, ["warm up"], gen_length=cfg.block_length,
              block_length=cfg.block_length)
-    env = {"model": str(cfg.model), "hardware": hardware(model.device),
+    env = {"model": str(cfg.model), "dtype": str(model.dtype).removeprefix("torch."),
+           "quantize": cfg.quantize or "none", "quantize_head": cfg.quantize_head,
+           "hardware": hardware(model.device),
            "threads": torch.get_num_threads(), "cpu_count": cpu_count(),
            "versions": versions(), "git_commit": git_commit(), "seed": cfg.seed,
            "batch_size": cfg.batch_size, "repeats": cfg.repeats}
@@ -451,6 +460,15 @@ def legend() -> str:
     return "\n".join(f"- **{name}**: {text}." for name, text in COLUMNS)
 
 
+def weights(rec: dict) -> str:
+    """How a record's model held its weights: its dtype, and the quantize mode if any."""
+    mode = rec.get("quantize", "none")
+    if mode == "none":
+        return rec.get("dtype", "?")
+    return f"{rec.get('dtype', '?')}, linear layers {mode}" + \
+        (" with the output head" if rec.get("quantize_head") else "")
+
+
 def write_json(records: list[dict], out: Path):
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", (json.dumps(records, indent=1) + "\n").encode())
@@ -463,7 +481,8 @@ def write_results(records: list[dict], out: Path):
     first = records[0]
     load = [r["load_avg"] for r in records if r.get("load_avg") is not None]
     busy = f"; load average up to {max(load):.1f} on {first['cpu_count']} cores" if load else ""
-    md = (f"# stdec bench\n\nmodel `{first['model']}` on {first['hardware']}; "
+    md = (f"# stdec bench\n\nmodel `{first['model']}` ({weights(first)}) on "
+          f"{first['hardware']}; "
           f"{first['threads']} threads{busy}; versions {first['versions']}; commit "
           f"{first['git_commit'][:12]}; seed {first['seed']}; batch {first['batch_size']}; "
           f"split {first['split']}; {first['repeats']} timed passes per cell, interleaved "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stdec.decoding.config import CACHE_MODES, DecodeConfig
 from stdec.errors import StdecError
+from stdec.util import QUANT_MODES, check_quantize
 
 # torch, transformers and matplotlib are imported inside the commands that use them, so that
 # --help and refused options answer at once
@@ -345,6 +346,13 @@ def require_vision_model(model: str, why: str):
                          "vision-language checkpoint (LLaDA-V or LaViDa, e.g. testbed-vision).")
 
 
+def load_options(args: argparse.Namespace, device: str | None = None) -> dict:
+    """stdec.load's keywords from the model flags (_model_options); `device` overrides
+    --device (a rank's own GPU)."""
+    return dict(dtype=args.dtype, device=device or args.device, cuda_graphs=args.cuda_graphs,
+                compile=args.compile, quantize=args.quantize, quantize_head=args.quantize_head)
+
+
 def decode_one(args: argparse.Namespace, check_first: Callable[[], object] = lambda: None,
                **fixed):
     """generate and viz: the prompt, model and options checked (and `check_first`, a
@@ -354,11 +362,11 @@ def decode_one(args: argparse.Namespace, check_first: Callable[[], object] = lam
 
     args.prompt = check_prompt(args.prompt)
     check_model(args.model)
+    check_quantize(args.quantize, args.quantize_head)
     check_first()
     config = decode_config(args, **fixed)
     images = check_images(args)
-    model, tokenizer = stdec.load(args.model, dtype=args.dtype, device=args.device,
-                                  cuda_graphs=args.cuda_graphs, compile=args.compile)
+    model, tokenizer = stdec.load(args.model, **load_options(args))
     chat = _chat(args, tokenizer)
     out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
     return out, config, chat, tokenizer
@@ -391,6 +399,7 @@ def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
     if args.replicas > 1:
         check_ray(args.replicas)
+    check_quantize(args.quantize, args.quantize_head)
     config = decode_defaults(args)
     from stdec.api import load
     from stdec.serve import ServerConfig, bind, serve
@@ -409,13 +418,11 @@ def cmd_serve(args: argparse.Namespace):
         sock.close()
         from stdec.serve.replicas import serve_replicas
 
-        options = dict(dtype=args.dtype, device=args.device, cuda_graphs=args.cuda_graphs,
-                       compile=args.compile)
-        serve_replicas(args.model, options, server, args.replicas, device=args.device)
+        serve_replicas(args.model, load_options(args), server, args.replicas,
+                       device=args.device)
         return
     try:
-        model, tokenizer = load(args.model, dtype=args.dtype, device=args.device,
-                                cuda_graphs=args.cuda_graphs, compile=args.compile)
+        model, tokenizer = load(args.model, **load_options(args))
         print(f"serving {name!r} on http://{args.host}:{args.port}/v1 ({args.max_batch} "
               f"slots{', API key required' if server.api_key else ''})", file=sys.stderr)
         serve(model, tokenizer, server, sock=sock)
@@ -533,6 +540,7 @@ def cmd_tune(args: argparse.Namespace):
     from stdec.util import dist_setup, rank_device
 
     check_model(args.model)
+    check_quantize(args.quantize, args.quantize_head)
     if args.out:
         check_new_file(args.out, "--out", (".json",), overwrite=False)
     for name, label in ((args.limit, "--limit"), (args.batch_size, "--batch-size"),
@@ -551,8 +559,7 @@ def cmd_tune(args: argparse.Namespace):
 
     path = resolve_model_path(args.model)
     rank, _ = dist_setup()  # under torchrun/accelerate, rank 0 alone prints and writes
-    model, tokenizer = stdec.load(path, dtype=args.dtype, device=rank_device(args.device),
-                                  cuda_graphs=args.cuda_graphs, compile=args.compile)
+    model, tokenizer = stdec.load(path, **load_options(args, rank_device(args.device)))
     result = tune(model, tokenizer, args.policy, grid, list(tasks), cache=args.cache,
                   limit=args.limit, batch_size=args.batch_size, block_length=args.block_length,
                   tolerance=args.tolerance / 100, lengths=read_gen_lengths(path) or None,
@@ -612,7 +619,8 @@ def _policies(specs: list[str]) -> tuple[str, ...]:
 # ---- the parser: each command's options are built only when that command runs ----
 
 # the options every model-loading command shares (_model_options), and the sandbox's
-MODEL_FIELDS = ("model", "device", "dtype", "cuda_graphs", "compile", "allow_unsandboxed_code")
+MODEL_FIELDS = ("model", "device", "dtype", "cuda_graphs", "compile", "quantize",
+                "quantize_head", "allow_unsandboxed_code")
 
 def _model_options(parser: argparse.ArgumentParser):
     parser.add_argument("--model", default="testbed",
@@ -628,6 +636,13 @@ def _model_options(parser: argparse.ArgumentParser):
     parser.add_argument("--compile", action="store_true",
                         help="run the model's forward through torch.compile (each kind of "
                         "step compiles on first use; see the README for when it pays)")
+    parser.add_argument("--quantize", choices=QUANT_MODES, default=None,
+                        help="store the language model's linear layers as weight-only int8 or "
+                        "int4 (torchao: pip install 'stdec[quant]'; int4 on CUDA needs "
+                        "bfloat16); embeddings, norms, the output head and a vision tower keep "
+                        "--dtype (default: none, every weight in --dtype)")
+    parser.add_argument("--quantize-head", action="store_true",
+                        help="with --quantize, quantize the output head too (default: off)")
 
 
 def _chat_option(parser: argparse.ArgumentParser):

@@ -1,5 +1,6 @@
 """What the harness needs beside its figures: the machine they were measured on, data-parallel
-setup (shard by rank, gather on rank 0), and result files written atomically."""
+setup (shard by rank, gather on rank 0), result files written atomically; and the names of
+the weight-only quantization modes, which every entrance checks before torch loads."""
 
 import contextlib
 import os
@@ -9,8 +10,27 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "cpu_count", "cpuinfo", "dist_setup", "gather", "git_commit",
-           "hardware", "load_avg", "rank_device", "versions", "write_atomic"]
+from stdec.errors import StdecError
+
+__all__ = ["QUANT_MODES", "atomic_path", "check_quantize", "cpu_count", "cpuinfo", "dist_setup",
+           "gather", "git_commit", "hardware", "load_avg", "rank_device", "versions",
+           "write_atomic"]
+
+# weight-only quantization at load (stdec.load(quantize=...); the work is models/quant.py's)
+QUANT_MODES = ("int8", "int4")
+
+
+def check_quantize(mode: str | None, head: bool = False) -> str | None:
+    """`mode` when it is one of QUANT_MODES or None; `head` (quantize the output head too)
+    needs a mode. Torch-free: entrances call it before any model work."""
+    if mode is not None and mode not in QUANT_MODES:
+        raise StdecError(f"quantize must be one of {', '.join(QUANT_MODES)} (or none, for the "
+                         f"model dtype), got {mode!r}.")
+    if head and mode is None:
+        raise StdecError("quantize_head (--quantize-head) quantizes the output head along "
+                         "with the linear layers, but no quantize mode is set; add quantize "
+                         "int8 or int4 (--quantize), or drop it.")
+    return mode
 
 
 # ---- the environment, written beside every figure ----
@@ -59,8 +79,13 @@ def versions() -> dict[str, str]:
         own = version("stdec")
     except PackageNotFoundError:
         own = "unknown"
-    return {"stdec": own, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+    out = {"stdec": own, "torch": torch.__version__,
+           "transformers": transformers.__version__, "python": platform.python_version()}
+    try:  # weight-only quantization's kernels (stdec[quant])
+        out["torchao"] = version("torchao")
+    except PackageNotFoundError:
+        pass
+    return out
 
 
 def git_commit() -> str:

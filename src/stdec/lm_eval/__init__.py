@@ -8,8 +8,9 @@ no entry points for models, so run its command line through this module:
 
 or, from Python, `import stdec.lm_eval` and then `lm_eval.simple_evaluate(model="stdec", ...)`.
 
-model_args: `pretrained` (a checkpoint folder, a Hub id or "testbed"), `dtype`, `chat` (wrap
-each context in one user turn of the tokenizer's chat template; default false; or use lm-eval's
+model_args: `pretrained` (a checkpoint folder, a Hub id or "testbed"), `dtype`, `quantize`
+(int8 or int4: weight-only, stdec.load's) and `quantize_head`, `chat` (wrap each context in
+one user turn of the tokenizer's chat template; default false; or use lm-eval's
 --apply_chat_template, not both), and any DecodeConfig field (policy, cache, gen_length,
 block_length, stop_at_eos, temperature, tau_high, ...). lm-eval's --batch_size and --device
 are used; "auto" batch sizes mean 16.
@@ -39,6 +40,7 @@ except ImportError as err:
 from stdec.api import generate_each, load, model_defaults
 from stdec.decoding.config import DecodeConfig, build, parse_value
 from stdec.errors import StdecError
+from stdec.util import check_quantize
 
 __all__ = ["StdecLM", "decode_config", "main"]
 
@@ -57,7 +59,8 @@ def decode_config(options: dict, base: dict | None = None) -> DecodeConfig:
     known = DecodeConfig.option_help()
     for name in options:
         if name not in known:
-            valid = ", ".join(["pretrained", "batch_size", "device", "dtype", "chat", *known])
+            valid = ", ".join(["pretrained", "batch_size", "device", "dtype", "quantize",
+                               "quantize_head", "chat", *known])
             raise StdecError(f"unknown stdec model_args key {name!r}; the valid keys are {valid}.")
     # lm-eval parses what it can (cache=none into None): read every value as its text
     return build({k: "none" if v is None else str(v) for k, v in options.items()}, base)
@@ -101,15 +104,19 @@ class StdecLM(LM):
     def __init__(self, pretrained: str = "testbed", batch_size: int | str = AUTO_BATCH_SIZE,
                  max_batch_size: int | None = None,  # lm-eval passes it; unused
                  device: str | None = None,
-                 dtype: str | None = None, chat: bool | str = False, **options):
+                 dtype: str | None = None, quantize: str | None = None,
+                 quantize_head: bool | str = False, chat: bool | str = False, **options):
         super().__init__()
         self.config = decode_config(options)  # fail on bad options before loading weights
         self.chat = to_bool("chat", chat)
         self.batch_size = _batch_size(batch_size)
         dtype = None if dtype in (None, "auto") else str(dtype)
+        quantize = None if quantize in (None, "none") else str(quantize)
+        quantize_head = to_bool("quantize_head", quantize_head)
+        check_quantize(quantize, quantize_head)
         self.pretrained = str(pretrained)
-        self.model, self.tokenizer = load(self.pretrained, dtype=dtype,
-                                                device=_device(device))
+        self.model, self.tokenizer = load(self.pretrained, dtype=dtype, device=_device(device),
+                                          quantize=quantize, quantize_head=quantize_head)
 
         self.config = decode_config(options, model_defaults(self.model))  # over the checkpoint's
         self._device = self.model.device

@@ -23,7 +23,8 @@ from stdec.models.llada_v import LLaDAVConfig, LLaDAVModel
 
 __all__ = ["DreamConfig", "DreamModel", "KVCache", "LLaDAConfig", "LLaDAModelLM", "LLaDAVConfig",
            "LLaDAVModel", "LaViDaConfig", "LaViDaDreamConfig", "LaViDaDreamModel", "LaViDaModel",
-           "load_model", "model_class", "resolve_dtype", "save_model"]
+           "load_model", "model_class", "resolve_device", "resolve_dtype", "save_model",
+           "skeleton"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX = "model.safetensors.index.json"
@@ -103,6 +104,13 @@ def model_class(raw: dict, path: str | Path = "the checkpoint") -> type[nn.Modul
                      "Dream, LLaDA-V and LaViDa checkpoints.")
 
 
+def skeleton(raw: dict, path: str | Path = "the checkpoint") -> nn.Module:
+    """The model a config.json describes, on the meta device: its shapes, no weights."""
+    cls = model_class(raw, path)
+    with torch.device("meta"):  # no random init: the weights come from the files
+        return cls(CONFIGS[cls].from_dict(raw))
+
+
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device | None = None) -> nn.Module:
     """Load a checkpoint folder onto `device` in `dtype`; never runs code from the folder."""
@@ -110,9 +118,8 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
     raw = read_config(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    cls = model_class(raw, path)
-    with torch.device("meta"):  # no random init: the weights come from the files
-        model = cls(CONFIGS[cls].from_dict(raw))
+    model = skeleton(raw, path)
+    cls = type(model)
     state = {}
     rename = getattr(cls, "from_checkpoint_name", str)  # a layout whose names differ from ours
     for file in weight_files(path):
@@ -143,6 +150,9 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None,
 def save_model(model: nn.Module, path: str | Path, *,
                max_shard_bytes: int | None = None):
     """Write config.json and safetensors weights, sharded with an index past max_shard_bytes."""
+    if any(hasattr(p, "__tensor_flatten__") for p in model.parameters()):
+        raise StdecError("save_model writes float weights, and this model's were quantized at "
+                         "load; save the float model, and pass quantize when loading it.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {**model.config.to_dict(), "torch_dtype": str(model.dtype).removeprefix("torch.")}

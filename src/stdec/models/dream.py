@@ -190,6 +190,14 @@ class DreamModel(nn.Module, Configurable):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
+    def blocks(self) -> nn.ModuleList:
+        """The transformer layers (what weight-only quantization rewrites, models/quant.py)."""
+        return self.model.layers
+
+    def output_head(self) -> nn.Linear | None:
+        """lm_head, None when it is the input embedding (tie_word_embeddings)."""
+        return None if self.config.tie_word_embeddings else self.lm_head
+
     def new_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config
         return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim,

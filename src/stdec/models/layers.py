@@ -79,6 +79,7 @@ class FusedLinear(nn.Module):
     def __init__(self, layers: list[nn.Linear]):
         super().__init__()
         self.sizes = [layer.out_features for layer in layers]
+        self.in_features, self.out_features = layers[0].in_features, sum(self.sizes)
         with torch.no_grad():
             self.weight = nn.Parameter(torch.cat([layer.weight for layer in layers]),
                                        requires_grad=False)

@@ -174,6 +174,14 @@ class LLaDAModelLM(nn.Module, Configurable):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte
 
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks (what weight-only quantization rewrites, models/quant.py)."""
+        return self.model.transformer["blocks"]
+
+    def output_head(self) -> nn.Linear | None:
+        """The output head, None when it is the input embedding (weight_tying)."""
+        return None if self.config.weight_tying else self.model.transformer["ff_out"]
+
     def new_cache(self, batch: int, length: int) -> KVCache:
         cfg = self.config
         return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim,

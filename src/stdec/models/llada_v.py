@@ -41,6 +41,7 @@ from stdec.errors import StdecError
 from stdec.models.cache import KVCache
 from stdec.models.interface import NO_DEFAULTS, Configurable
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
+from stdec.models.quant import quiet_imports
 
 __all__ = ["IMAGE_TOKEN_INDEX", "LLaDAVConfig", "LLaDAVModel", "best_resolution",
            "image_token_count", "preprocess_image"]
@@ -273,8 +274,9 @@ class LLaDAVModel(nn.Module, Configurable):
         d = self.language_model.get_input_embeddings().embedding_dim
         mm = cfg.vision["hidden_size"]
         # imported here: transformers' SigLIP takes seconds to import, which a text-only
-        # decode should not pay
-        from transformers import SiglipVisionConfig, SiglipVisionModel
+        # decode should not pay; quietly, as it imports torchao when that is installed
+        with quiet_imports():
+            from transformers import SiglipVisionConfig, SiglipVisionModel
 
         tower = SiglipVisionModel(SiglipVisionConfig(**cfg.vision, vision_use_head=False))
         # transformers 4 wraps the SigLIP transformer in .vision_model, 5 does not
@@ -334,6 +336,12 @@ class LLaDAVModel(nn.Module, Configurable):
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         return self.language_model.new_cache(batch, length)
+
+    def blocks(self) -> nn.ModuleList:  # the language model's: the vision tower is not quantized
+        return self.language_model.blocks()
+
+    def output_head(self) -> nn.Linear | None:
+        return self.language_model.output_head()
 
     def encode_images(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, side**2, d): the tower's last layer (no post-norm), projected."""
