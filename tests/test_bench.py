@@ -26,6 +26,7 @@ def test_bench_writes_complete_results(checkpoint, tmp_path):
         assert r["n"] == 5 and 0 <= r["accuracy"] <= 1 and r["nfe"] > 0 and r["tpf"] > 0
         assert r["tokens_per_s"] > 0 and r["latency_s"] > 0 and r["hardware"]
         assert len(r["wall_s"]) == 2 and r["spread"] >= 0 and r["timed_n"] == 5
+        assert len(r["cpu_s"]) == 2 and r["tokens_per_cpu_s"] > 0
         assert r["threads"] >= 1 and r["cpu_count"] >= 1 and r["repeats"] == 2
         assert r["versions"]["torch"] and r["git_commit"]
     vanilla = [r for r in saved if r["label"] == "fixed:k=1"]
@@ -68,6 +69,8 @@ def test_every_timed_pass_covers_every_problem_at_batch_size_1(checkpoint, tmp_p
         wall = sorted(r["wall_s"])[0] / 2 + sorted(r["wall_s"])[1] / 2
         assert r["tokens_per_s"] == pytest.approx(tokens / wall)
         assert r["latency_s"] == pytest.approx(wall / 5)
+        cpu = sum(r["cpu_s"]) / 2
+        assert r["tokens_per_cpu_s"] == pytest.approx(tokens / cpu)
 
 
 def test_same_seed_same_accuracy_and_nfe(checkpoint, tmp_path):

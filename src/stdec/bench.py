@@ -47,9 +47,9 @@ LENGTHS = ("standard", "long")
 RECORD_FIELDS = ("task", "split", "length", "gen_length", "cache", "stop_at_eos", "policy",
                  "params", "label", "n", "accuracy", "nfe", "tpf", "tokens_per_s", "latency_s",
                  "speedup_tokens_per_s", "speedup_nfe", "timed_n", "wall_s", "spread",
-                 "load_avg", "timing_flag", "model", "dtype", "quantize", "quantize_head",
-                 "hardware", "threads", "cpu_count",
-                 "versions", "git_commit", "seed", "batch_size", "repeats")
+                 "cpu_s", "tokens_per_cpu_s", "load_avg", "timing_flag", "model", "dtype",
+                 "quantize", "quantize_head", "hardware", "threads", "cpu_count", "versions",
+                 "git_commit", "seed", "batch_size", "repeats")
 RESULT_FILES = ("results.json", "results.md", "pareto.png")
 WIDE_SPREAD = 0.25  # (max - min) / median of the timed passes above this: flagged
 
@@ -198,35 +198,40 @@ class CellResult:
     correct: int
     nfe: int  # summed over problems
     gen_tokens: int
-    wall: float  # seconds in generate, summed over batches (max over ranks)
+    wall: float  # seconds decoding (max over ranks)
+    cpu: float = 0.0  # CPU seconds of the processes decoding (summed over ranks)
 
 
 def run_cell(model, tokenizer, task, problems, config: DecodeConfig, batch_size: int,
              world: int) -> CellResult:
-    """Decode this rank's problems and sum the counts over ranks."""
-    from stdec.tasks.evaluate import decode_problems
+    """Decode this rank's problems, score them and sum the counts over ranks."""
+    from stdec.tasks.evaluate import generate_problems, score_problems
 
-    records, wall = decode_problems(model, tokenizer, task, problems, config,
-                                    batch_size=batch_size)
+    records, wall, cpu = [], 0.0, 0.0  # a rank may have no share of the problems
+    if problems:
+        out, wall, cpu = generate_problems(model, tokenizer, problems, config,
+                                           batch_size=batch_size)
+        records = score_problems(task, problems, out)
     mine = (len(records), sum(r.correct for r in records), sum(r.nfe for r in records),
-            sum(r.gen_tokens for r in records), wall)
+            sum(r.gen_tokens for r in records), wall, cpu)
     parts = gather(mine, world)
-    return CellResult(*(sum(p[i] for p in parts) for i in range(4)), max(p[4] for p in parts))
+    return CellResult(*(sum(p[i] for p in parts) for i in range(4)), max(p[4] for p in parts),
+                      sum(p[5] for p in parts))
 
 
 def time_pass(model, tokenizer, problems, config: DecodeConfig, batch_size: int,
-              world: int) -> tuple[float, int]:
-    """(seconds, generated tokens) of one decode of every problem, as the accuracy pass
-    decodes them (max seconds and summed tokens over ranks)."""
+              world: int) -> tuple[float, float, int]:
+    """(seconds, CPU seconds, generated tokens) of one decode of every problem, as the
+    accuracy pass decodes them (max seconds, summed CPU seconds and tokens over ranks)."""
     from stdec.tasks.evaluate import generate_problems
 
+    mine = (0.0, 0.0, 0)  # a rank may have no share of the problems
     if problems:
-        out, wall = generate_problems(model, tokenizer, problems, config, batch_size=batch_size)
-        mine = (wall, sum(s.gen_tokens for s in out.stats))
-    else:  # a rank with no share of the problems
-        mine = (0.0, 0)
+        out, wall, cpu = generate_problems(model, tokenizer, problems, config,
+                                           batch_size=batch_size)
+        mine = (wall, cpu, sum(s.gen_tokens for s in out.stats))
     parts = gather(mine, world)
-    return max(p[0] for p in parts), sum(p[1] for p in parts)
+    return max(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
 
 
 def load_tasks(specs: tuple[str, ...], unsandboxed: bool = False) -> dict:
@@ -332,8 +337,9 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
             cells = _measure_group(model, tokenizer, tasks[name], problems, configs, cfg, world,
                                    bar)
             group = []
-            for setting, (r, walls, timed_tokens, load) in zip(settings, cells, strict=True):
-                wall = statistics.median(walls)
+            for setting, (r, walls, cpus, timed_tokens, load) in zip(settings, cells,
+                                                                     strict=True):
+                wall, cpu = statistics.median(walls), statistics.median(cpus)
                 spread = (max(walls) - min(walls)) / wall if wall > 0 else 0.0
                 group.append({
                     "task": name, "split": cfg.split, "length": length, "gen_length": gen,
@@ -342,7 +348,9 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
                     "accuracy": r.correct / r.n, "nfe": r.nfe / r.n,
                     "tpf": r.gen_tokens / r.nfe, "tokens_per_s": timed_tokens / wall,
                     "timed_n": r.n, "latency_s": wall / r.n,
-                    "wall_s": walls, "spread": spread, "load_avg": load, **env})
+                    "wall_s": walls, "spread": spread, "cpu_s": cpus,
+                    "tokens_per_cpu_s": timed_tokens / cpu if cpu > 0 else 0.0,
+                    "load_avg": load, **env})
             base = group[0]  # the vanilla rule, measured in the same passes
             for rec in group:
                 rec["speedup_tokens_per_s"] = rec["tokens_per_s"] / base["tokens_per_s"]
@@ -366,13 +374,14 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
 
 
 def _measure_group(model, tokenizer, task, problems, configs, cfg: BenchConfig, world: int,
-                   bar) -> list[tuple[CellResult, list[float], int, float | None]]:
+                   bar) -> list[tuple[CellResult, list[float], list[float], int, float | None]]:
     """Each setting's accuracy pass, then cfg.repeats - 1 timing passes, interleaved: every
     pass runs every setting once, in an order rotated from pass to pass, and decodes every
-    problem. Returns, per setting, the accuracy pass's counts, the wall seconds of every
-    pass, the generated tokens of a pass and the highest 1-minute load average seen."""
+    problem. Returns, per setting, the accuracy pass's counts, the wall and CPU seconds of
+    every pass, the generated tokens of a pass and the highest 1-minute load average seen."""
     results: list = [None] * len(configs)
     walls: list[list[float]] = [[] for _ in configs]
+    cpus: list[list[float]] = [[] for _ in configs]
     tokens = [0] * len(configs)
     loads: list[list[float]] = [[] for _ in configs]
     for p in range(cfg.repeats):
@@ -382,17 +391,18 @@ def _measure_group(model, tokenizer, task, problems, configs, cfg: BenchConfig, 
             if p == 0:  # the accuracy pass is the first timing
                 results[i] = run_cell(model, tokenizer, task, problems, configs[i],
                                       cfg.batch_size, world)
-                wall, tok = results[i].wall, results[i].gen_tokens
+                wall, cpu, tok = results[i].wall, results[i].cpu, results[i].gen_tokens
             else:
-                wall, tok = time_pass(model, tokenizer, problems, configs[i], cfg.batch_size,
-                                      world)
+                wall, cpu, tok = time_pass(model, tokenizer, problems, configs[i],
+                                           cfg.batch_size, world)
             walls[i].append(wall)
+            cpus[i].append(cpu)
             tokens[i] = tok
             la = load_avg()
             if la is not None:
                 loads[i].append(la)
             bar.update(1)
-    return [(results[i], walls[i], tokens[i], max(loads[i]) if loads[i] else None)
+    return [(results[i], walls[i], cpus[i], tokens[i], max(loads[i]) if loads[i] else None)
             for i in range(len(configs))]
 
 

@@ -42,10 +42,11 @@ def problem_seed(run_seed: int, problem_id: str) -> int:
 
 
 def generate_problems(model: Any, tokenizer: Any, problems: list, config: Any, *,
-                      batch_size: int = 16, on_finish: Any = None) -> tuple[Any, float]:
+                      batch_size: int = 16, on_finish: Any = None) -> tuple[Any, float, float]:
     """Decode `problems` through the chat template in one engine run of `batch_size` slots
-    (a finished problem's slot takes the next at once): the Generation and the seconds it
-    took, device synchronised around the timer.
+    (a finished problem's slot takes the next at once): the Generation, the seconds it took
+    (device synchronised around the timer) and this process's CPU seconds in them (what
+    other work on a shared CPU disturbs less).
 
     With a temperature, each problem samples from its own seed (problem_seed), so its text
     does not depend on the problems decoded beside it or on the rank that decodes it.
@@ -58,12 +59,19 @@ def generate_problems(model: Any, tokenizer: Any, problems: list, config: Any, *
     seeds = [problem_seed(config.seed, p.id) for p in problems] if config.temperature > 0 \
         else None
     _sync(model)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = generate(model, tokenizer, [format_prompt(p) for p in problems], config, chat=True,
                    seed=seeds, images=images if any(images) else None, batch_size=batch_size,
                    on_finish=on_finish)
     _sync(model)
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def score_problems(task: Task, problems: list, out: Any) -> list[EvalRecord]:
+    """The records of generate_problems' output, scored."""
+    return [EvalRecord(p.id, ok, text, st.nfe, st.gen_tokens)
+            for p, text, st, ok in zip(problems, out.texts, out.stats,
+                                       task.score_many(problems, out.texts), strict=True)]
 
 
 def _sync(model: Any):
@@ -91,11 +99,9 @@ def decode_problems(model: Any, tokenizer: Any, task: Task, problems: list, conf
 
     if not problems:
         return [], 0.0
-    out, wall = generate_problems(model, tokenizer, problems, config, batch_size=batch_size,
-                                  on_finish=tick if progress else None)
-    records = [EvalRecord(p.id, ok, text, st.nfe, st.gen_tokens)
-               for p, text, st, ok in zip(problems, out.texts, out.stats,
-                                          task.score_many(problems, out.texts), strict=True)]
+    out, wall, _ = generate_problems(model, tokenizer, problems, config,
+                                     batch_size=batch_size, on_finish=tick if progress else None)
+    records = score_problems(task, problems, out)
     if progress:
         acc = sum(r.correct for r in records) / len(records)
         print(f"{progress}: {len(records)}/{len(problems)} acc {acc:.3f}", file=sys.stderr)
