@@ -5,6 +5,7 @@ a rule's real commit pattern, without a download.
     SMALL=1 python benchmarks/e2e_gpu.py            # toy shapes on the CPU: checks the script
     python benchmarks/e2e_gpu.py --record           # re-record the commit traces (testbed)
     python benchmarks/e2e_gpu.py --quantize int8    # block layers weight-only int8 (or int4)
+    python benchmarks/e2e_gpu.py --quantize int8 --compile  # torch.compile fuses int8's dequant
 
 Random weights commit nothing meaningful, so each rule's commits are replayed: how many
 tokens each step of each block committed when the bundled testbed decoded real prompts with
@@ -15,7 +16,9 @@ and the commit. For each shape, rule, cache and batch it prints tokens/s, steps,
 step and the fraction of the bandwidth floor reached (weight bytes read once per forward,
 at the measured copy bandwidth, over the measured time). --quantize makes the block layers
 weight-only int8 or int4 as stdec.load(quantize=...) does; the floor then counts the bytes
-the quantized weights store.
+the quantized weights store. --compile runs the forward through torch.compile as
+stdec.load(compile=True) does (torchao's int8 weight-only converts each weight to bf16
+before its matmul unless compiled); the warm-up decode pays for the compiles.
 """
 
 import argparse
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from stdec.api import compile_model
 from stdec.decoding import policies, registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.engine import Engine
@@ -162,6 +166,7 @@ def main():
                     "CPU); off: the plain eager step")
     ap.add_argument("--quantize", choices=["int8", "int4"], default=None,
                     help="weight-only quantization of the block layers (default: none)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward")
     args = ap.parse_args()
     if args.record:
         TRACES.write_text(json.dumps(record()) + "\n")
@@ -175,6 +180,7 @@ def main():
     bw = bandwidth(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     weights = f"{dtype}, block layers {args.quantize}" if args.quantize else str(dtype)
+    weights += ", compiled" if args.compile else ""
     print(f"# {name}, torch {torch.__version__}, {weights}; copy bandwidth {bw / 1e9:.0f} GB/s; "
           f"prompt {prompt_len}, gen {GEN}, block {BLOCK}; medians of {args.repeats}")
     print(f"# commit traces: {traces['source']}")
@@ -182,6 +188,8 @@ def main():
           f"{'steps':>5} {'ms/step':>8} {'tok/s':>8} {'floor %':>7}")
     for shape in args.shapes.split(","):
         model = build(shape, device, dtype, small, args.quantize)
+        if args.compile:
+            compile_model(model)
         weight_bytes = quant.weight_bytes(model)  # a quantized weight: the bytes it stores
         for rule in RULES:
             blocks = traces[rule]

@@ -6,9 +6,9 @@
 # graphs and eager), LLaDA-V-shaped image encoding and steps after an image prefix, and,
 # for E2E_SECONDS, whole decodes at LLaDA-8B and Dream-7B shape (benchmarks/e2e_gpu.py,
 # graphs on and off), then the same steps and LLaDA-8B decodes with the block layers
-# weight-only int8 and int4 (--quantize, QUANT_SECONDS a run, four runs; QUANT_SECONDS=0
-# skips them). About 570 s in all with the values below, 750 s with the quantized runs
-# (pass TRAIN_SECONDS=60 to keep one call under 600 s). Everything
+# weight-only int8 and int4 (--quantize; QUANT_SECONDS a run, the compiled int8 decode twice
+# that; QUANT_SECONDS=0 skips them). About 570 s in all with the values below, 840 s with
+# the quantized runs (TRAIN_SECONDS=60 VISION_SECONDS=60 keeps one call near 600 s). Everything
 # comes back as one tar in 15 MB parts beside summary.txt (the device tool brings back at
 # most 8 files of 16 MiB). Evaluate and write the model cards afterwards on the CPU:
 #   cat $OUT/results.tar.part-* | tar -x -C runs/   # runs/testbed-gpu, runs/testbed-vision
@@ -97,6 +97,13 @@ if (( QUANT_SECONDS > 0 )); then
       >> "$OUT/e2e_$q.txt"
     quant_files+=("step_latency_$q.txt" "e2e_$q.txt")
   done
+  # torchao's int8 weight-only path converts each weight to bf16 before its matmul, unless
+  # torch.compile fuses the two: the int8 decode once more, compiled (the warm-up compiles)
+  timeout "$((2 * QUANT_SECONDS))" python3 benchmarks/e2e_gpu.py "${quant_e2e[@]}" \
+    --quantize int8 --compile > "$OUT/e2e_int8_compiled.txt" 2>&1 \
+    || echo "e2e_gpu.py --quantize int8 --compile stopped early (exit $?)" \
+    >> "$OUT/e2e_int8_compiled.txt"
+  quant_files+=("e2e_int8_compiled.txt")
 fi
 
 cd "$OUT"
