@@ -152,6 +152,14 @@ def test_math_tasks_refuse_without_math_verify(name, monkeypatch):
                             f"pip install 'stdec[math]'.")
 
 
+def test_bench_refuses_math500_without_math_verify_before_loading(monkeypatch, tmp_path):
+    from stdec.bench import BenchConfig
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    with pytest.raises(stdec.StdecError, match=r"pip install 'stdec\[math\]'"):
+        BenchConfig(model="no-such-checkpoint", out=str(tmp_path),
+                    tasks=(f"math500={FIXTURES / 'math500.jsonl'}",))
+
+
 def test_math_verify_off_the_main_thread(monkeypatch):
     """SIGALRM is the main thread's: elsewhere a worker process judges, under the same limits."""
     monkeypatch.setattr(math_judge, "TIMEOUT_S", 1)

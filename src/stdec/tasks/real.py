@@ -2,6 +2,7 @@
 their standard layouts, or from the Hugging Face Hub when `datasets` is installed and online.
 
 A file is one split, "test"; a folder may hold train.jsonl, dev.jsonl and test.jsonl.
+MATH500 answers are judged by math-verify (stdec.tasks.math_judge), an optional extra.
 """
 
 from __future__ import annotations
