@@ -55,12 +55,12 @@ decoding)
 scorers)
     mutate=(src/stdec/tasks/base.py src/stdec/testbed/suites/lists.py
             src/stdec/testbed/suites/arith.py src/stdec/testbed/suites/gsm.py
-            src/stdec/tasks/real.py src/stdec/tasks/math_equiv.py)
+            src/stdec/tasks/real.py src/stdec/tasks/math_judge.py)
     tests=(tests/test_scorers.py tests/test_tasks.py tests/test_real_tasks.py -k
            "scorer or score or arith or gsm or math or splits or registry or loaders")
     # the scorers, not the problem generators and file loaders around them
     : "${MUTANT_GLOB:=*same_but_spacing__mutmut_* *ǁscore__mutmut_* *parse_answer__mutmut_*
-        *gsm8k_number__mutmut_* stdec.tasks.math_equiv.*__mutmut_*}";;
+        *gsm8k_number__mutmut_* stdec.tasks.math_judge.*__mutmut_*}";;
 tune)
     mutate=(src/stdec/tune.py src/stdec/bench.py)
     tests=(tests/test_tune_choice.py tests/test_bench.py -k

@@ -1,8 +1,9 @@
-"""Real benchmark tasks on small hand-written fixtures: loaders, scorers, MATH equivalence,
-code extraction, bad input and evaluate()."""
+"""Real benchmark tasks on small hand-written fixtures: loaders, scorers, MATH judged by
+math-verify, code extraction, bad input and evaluate()."""
 
 import json
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -11,8 +12,8 @@ import pytest
 import stdec
 import stdec.api
 from stdec.decoding.config import DecodeConfig
-from stdec.tasks import REAL_TASKS, TASKS, evaluate, get_task
-from stdec.tasks.math_equiv import extract_answer, is_equiv, last_boxed
+from stdec.tasks import REAL_TASKS, TASKS, evaluate, get_task, math_judge
+from stdec.tasks.math_judge import equivalent, last_boxed, score_output
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COUNTS = {"gsm8k": 4, "math500": 5, "humaneval": 3, "mbpp": 3}
@@ -94,34 +95,84 @@ def test_math_scorer(tasks):
     assert task.score(p_half, "The answer is 1/2.")
     assert task.score(p_deg, "$\\boxed{70}$") and task.score(p_cm, "\\boxed{5}")
     assert task.score(p_poly, "\\boxed{(x+5)(x+2)}")
-    assert not task.score(p_half, "\\boxed{\\frac{1}{3}}") and not task.score(p_half, "1/2")
+    assert task.score(p_half, "1/2")  # math-verify reads a bare expression without an anchor
+    assert not task.score(p_half, "\\boxed{\\frac{1}{3}}")
     assert not task.score(p_deg, "\\boxed{110^\\circ}")
     assert not task.score(p_poly, "\\boxed{x^2+7x+12}")
     assert not task.score(task.problems("test")[0], "\\boxed{(3, \\pi)}")
 
 
-def test_math_equivalence():
-    halves = ["1/2", "\\frac{1}{2}", "\\dfrac12", "0.5", "\\tfrac{1}{2}", "$\\frac12$",
-              "x = \\frac{1}{2}", ".5"]
-    assert all(is_equiv(a, b) for a in halves for b in halves)
-    assert not is_equiv("3", "4") and is_equiv("3", "3.0")
-    assert is_equiv("(1,2)", "(1, 2)") and is_equiv("\\left(\\frac12, 2\\right)", "(0.5,2)")
-    assert not is_equiv("(1,2)", "(2,1)") and not is_equiv("[1,2)", "[1,2]")
-    assert is_equiv("10^\\circ", "10") and is_equiv("10^{\\circ}", "10")
-    assert is_equiv("\\text{5 cm}", "5") and is_equiv("5\\text{ cm}^2", "5")
-    assert is_equiv("\\text{(C)}", "C") and not is_equiv("\\text{Monday}", "\\text{Tuesday}")
-    assert is_equiv("\\$1,000", "1000") and is_equiv("50\\%", "50")
-    assert is_equiv("\\frac{\\sqrt{3}}{2}", "\\sqrt3/2") and is_equiv("2\\sqrt{3}", "\\sqrt{12}")
-    assert not is_equiv("3.14159", "\\pi") and not is_equiv("dog", "god")
-    assert is_equiv("-2, 1", "1, -2") and is_equiv("\\{1,2\\}", "\\{2,1\\}")
-    assert is_equiv(None, "1") is False
-    # mixed numbers, as MATH writes them; a digit before a letter fraction is a product
-    assert is_equiv("1\\frac{1}{2}", "\\frac{3}{2}") and is_equiv("-2\\frac{1}{4}", "-2.25")
-    assert not is_equiv("1\\frac{1}{2}", "\\frac{1}{2}")
-    assert is_equiv("2\\frac{x}{3}", "\\frac{2x}{3}") and is_equiv("x^2\\frac12", "x^2/2")
+# pairs math-verify judges against their label (benchmarks/math_judges.py prints all verdicts)
+MATH_VERIFY_MISSES = {
+    ("\\fbox{6}", "6"),  # no \fbox extraction
+    ("So the final answer is $\\boxed{1 < x < 2}$.", "(1,2)"),  # by design: gold interval
+    ("\\boxed{5\\text{ cm}} \\boxed{25\\text{ cm}}", "5\\text{ cm}"),  # reads the first
+}
+
+
+def test_math_verify_verdicts_on_the_pair_set():
+    pairs = [json.loads(line) for line in (FIXTURES / "math_pairs.jsonl").read_text().splitlines()]
+    kinds = {p["kind"] for p in pairs}
+    assert kinds == {"fractions", "mixed numbers", "intervals", "boxed", "units", "LaTeX spacing"}
+    for p in pairs:
+        miss = (p["output"], p["gold"]) in MATH_VERIFY_MISSES
+        assert score_output(p["output"], p["gold"]) is (p["equal"] is not miss), p
+    assert {(p["output"], p["gold"]) for p in pairs} >= MATH_VERIFY_MISSES
+
+
+def test_extracted_answers_are_judged_by_math_verify():
+    halves = ["1/2", "\\frac{1}{2}", "\\dfrac12", "0.5", "\\tfrac{1}{2}", "x = \\frac{1}{2}"]
+    assert all(equivalent(a, b) for a in halves for b in halves)
+    assert equivalent("2\\sqrt{3}", "\\sqrt{12}") and not equivalent("3", "4")
+    assert not equivalent("[1,2)", "[1,2]") and not equivalent("", "1")
     assert last_boxed("a \\boxed{x^{2}} then \\boxed{\\frac{a}{b}}.") == "\\frac{a}{b}"
-    assert extract_answer("Thus the answer is 42. Done.") == "42"
-    assert extract_answer("no final answer here") is None
+    assert last_boxed("\\boxed 5$") == "5" and last_boxed("\\boxed{1") is None
+    assert last_boxed("no box") is None
+
+
+def test_math500_scores_through_math_verify(tasks, monkeypatch):
+    import math_verify
+    seen = []
+    real_verify = math_verify.verify
+    monkeypatch.setattr(math_verify, "verify", lambda g, p, **kw: seen.append(kw)
+                        or real_verify(g, p, **kw))
+    task = tasks["math500"]
+    p_half = task.problems("test")[1]
+    assert task.score(p_half, "so $\\boxed{0.5}$") and not task.score(p_half, "\\boxed{2}")
+    assert seen == [{"timeout_seconds": math_judge.TIMEOUT_S}] * 2
+
+
+@pytest.mark.parametrize("name", ["math500", "mathverse", "mathvision"])
+def test_math_tasks_refuse_without_math_verify(name, monkeypatch):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # import math_verify now fails
+    path = FIXTURES / ("math500.jsonl" if name == "math500" else f"vision/{name}")
+    with pytest.raises(stdec.StdecError) as e:
+        get_task(name, path=path)
+    assert str(e.value) == (f"task {name!r} is scored by math-verify, which is not installed; "
+                            f"pip install 'stdec[math]'.")
+
+
+def test_bench_refuses_math500_without_math_verify_before_loading(monkeypatch, tmp_path):
+    from stdec.bench import BenchConfig
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    with pytest.raises(stdec.StdecError, match=r"pip install 'stdec\[math\]'"):
+        BenchConfig(model="no-such-checkpoint", out=str(tmp_path),
+                    tasks=(f"math500={FIXTURES / 'math500.jsonl'}",))
+
+
+def test_math_verify_off_the_main_thread(monkeypatch):
+    """SIGALRM is the main thread's: elsewhere a worker process judges, under the same limits."""
+    monkeypatch.setattr(math_judge, "TIMEOUT_S", 1)
+    cases = [("so $\\boxed{0.5}$", "\\frac12"), ("\\boxed{[1,2)}", "[1,2]"),
+             ("\\boxed{9^{9^{9^{9}}}}", "1")]  # the last compares for ever without a limit
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(
+        verdicts=[score_output(o, g) for o, g in cases], pred=equivalent("0.5", "1/2")))
+    worker.start()
+    worker.join(timeout=60)
+    assert out == {"verdicts": [True, False, False], "pred": True}
+    proc = math_judge._worker[0]
+    assert proc.is_alive() and proc.name == "stdec-math-verify"
 
 
 def test_code_scorers_accept_gold_and_reject_wrong(tasks):

@@ -2,6 +2,7 @@
 their standard layouts, or from the Hugging Face Hub when `datasets` is installed and online.
 
 A file is one split, "test"; a folder may hold train.jsonl, dev.jsonl and test.jsonl.
+MATH500 answers are judged by math-verify (stdec.tasks.math_judge), an optional extra.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import ClassVar
 
 from stdec.errors import StdecError
 from stdec.tasks.base import SPLITS, Problem, Task
-from stdec.tasks.math_equiv import extract_answer, is_equiv
+from stdec.tasks.math_judge import require_math_verify, score_output
 from stdec.tasks.sandbox import run_code
 
 __all__ = [
@@ -70,6 +71,7 @@ class RealTask(Task):
     hub: ClassVar[tuple[str, str | None]] = ("", None)  # (dataset id, config) on the Hub
     gen_length = 256
     runs_code: ClassVar[bool] = False  # scored in the sandbox, in parallel
+    math_verify: ClassVar[bool] = False  # scored by math-verify: refused up front without it
     also: ClassVar[str] = ""  # another offline source, for the no-data error
     timeout = 10.0  # seconds per sandboxed program (code tasks)
     unsandboxed = False  # True (--allow-unsandboxed-code): run without the kernel sandbox
@@ -77,6 +79,8 @@ class RealTask(Task):
 
     def __init__(self, sizes: dict[str, int] | None = None, seed: int = 0,
                  path: str | os.PathLike | None = None) -> None:
+        if self.math_verify:
+            require_math_verify(self.name)
         super().__init__(sizes, seed)
         self.path = path
         self.source, raw = self._read(path)
@@ -211,6 +215,7 @@ class Math500Task(RealTask):
     fields = ("problem", "solution", "answer")
     hub = ("HuggingFaceH4/MATH-500", None)
     instruction = "\nPlease put the final answer in \\boxed{}."
+    math_verify = True
 
     def _problem(self, index: int, where: str, item: dict) -> Problem:
         meta = {"answer": str(item["answer"]), "subject": item.get("subject", ""),
@@ -219,7 +224,7 @@ class Math500Task(RealTask):
                        item["problem"] + self.instruction, item["solution"], meta)
 
     def score(self, problem: Problem, output: str) -> bool:
-        return is_equiv(extract_answer(output), problem.meta["answer"])
+        return score_output(output, problem.meta["answer"])
 
 
 # ---- code: shared extraction ------------------------------------------------------------

@@ -12,12 +12,15 @@ layouts, with each benchmark's rule-based answer extraction.
 - MathVerse testmini (AI4Math/MathVerse): testmini.json (a list) and its images; the prompt is
   "query_cot". The official scorer extracts and judges with GPT; the rule-based fallback
   here extracts by rules and compares as its quick_match does (exact), also accepting a
-  numerically equal free-form answer (stdec's MATH equivalence).
+  free-form answer that math-verify judges equal.
 - MathVision (mathllm/MATH-V): test.jsonl or testmini.jsonl and images/; the prompt is the
   official one asking for \\boxed{}. Scoring is MATH-V's own rule-based evaluate.py: option
   letter endings, "is N", "the answer is" splitting, the last \\boxed{}, then equality with
-  the gold letter or the gold option's text, numerically through stdec's MATH equivalence
-  (in place of latex2sympy, which is not a dependency).
+  the gold letter or the gold option's text, then math-verify (which parses with
+  latex2sympy2_extended, where MATH-V's is_equal parses with latex2sympy).
+
+MathVerse and MathVision need math-verify (`pip install 'stdec[math]'`) and refuse to start
+without it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import ClassVar
 
 from stdec.errors import StdecError
 from stdec.tasks.base import Problem
-from stdec.tasks.math_equiv import is_equiv, last_boxed
+from stdec.tasks.math_judge import equivalent, last_boxed
 from stdec.tasks.real import RealTask, Row, read_jsonl
 
 __all__ = ["VISION_BENCHMARKS", "MathVerseTask", "MathVisionTask", "MathVistaTask",
@@ -206,6 +209,7 @@ def mathverse_extract(response: str, multiple_choice: bool) -> str:
 
 class MathVerseTask(_FolderBenchmark):
     name = "mathverse"
+    math_verify = True
     files = ("testmini.json",)
     fields = ("sample_index", "question", "image", "answer", "question_type", "query_cot")
 
@@ -226,7 +230,7 @@ class MathVerseTask(_FolderBenchmark):
         gold = item["answer"].strip()
         if mc:
             return pred.upper() == gold.upper()
-        return pred == gold or is_equiv(pred, gold)
+        return pred == gold or equivalent(pred, gold)
 
 
 # ---- MathVision ----
@@ -266,11 +270,12 @@ def _mathvision_equal(pred: str, gold: str) -> bool:
     pred, gold = pred.lower().strip(), gold.lower().strip()
     if not pred or not gold:
         return False
-    return pred == gold or is_equiv(pred, gold)
+    return pred == gold or equivalent(pred, gold)
 
 
 class MathVisionTask(_FolderBenchmark):
     name = "mathvision"
+    math_verify = True
     files = ("test.jsonl", "testmini.jsonl", "data/test.jsonl", "data/testmini.jsonl")
     fields = ("id", "question", "image", "answer")
 
