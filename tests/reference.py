@@ -29,9 +29,11 @@ def config(policy: str, cache: str = "none", **kw) -> DecodeConfig:
 
 @torch.no_grad()
 def reference_decode(model, prompt: list[int], cfg: DecodeConfig, forward,
-                     shift: int = 0) -> tuple[list[int], int]:
+                     shift: int = 0, greedy_first: bool = False) -> tuple[list[int], int]:
     """(generated ids, NFE). `forward(model, ids, a, b, frozen)` gives the logits of the
-    rows fed (a..b) and every layer's K/V; with `shift`, position i is read from row i - 1."""
+    rows fed (a..b) and every layer's K/V; with `shift`, position i is read from row i - 1.
+    `greedy_first`: the first forward commits the first generated position alone, by argmax
+    (LaViDa-Dream's official generate)."""
     x, P, nfe = prompt + [MASK] * cfg.gen_length, len(prompt), 0
     born: dict[int, int] = {}  # position -> the forward (from 1) that committed it
     for s in range(P, len(x), cfg.block_length):
@@ -56,6 +58,8 @@ def reference_decode(model, prompt: list[int], cfg: DecodeConfig, forward,
             picks = [i for i in todo if probs[i - s].max() >= cfg.tau]
             if not picks:
                 picks = [max(todo, key=lambda i: probs[i - s].max())]
+            if greedy_first and nfe == 0:
+                picks = [P]
             for i in picks:
                 x[i] = int(probs[i - s].argmax())
                 born[i] = nfe + 1

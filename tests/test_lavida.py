@@ -175,9 +175,46 @@ def test_every_cache_mode_decodes_as_the_prefix_lm_reference(either, cache):
         ref_table = ref_features(lv, image)
     cfg = config("threshold", cache, stop_at_eos=False)
     ids, nfe = reference_decode(lv, row, cfg, ref_forward(lv, ref_table, len(row)),
+                                shift=lv.logits_shift, greedy_first=lv.greedy_first_token)
+    out = decode(lv, [[5, 9, IMG, 33, 7]], cfg, images=[[image]])
+    assert out.ids[0].tolist() == ids and out.stats[0].nfe == nfe
+
+
+@pytest.mark.parametrize("cache", CACHE_MODES)
+def test_prefix_lm_off_decodes_as_the_bidirectional_reference(either, cache):
+    """prefix_lm=False: every position attends to all, and no first token is taken alone."""
+    lv = either
+    image = picture(64, 32, seed=6)
+    (row,), table = lv.encode_prompts([[5, 9, IMG, 33, 7]], [[image]])
+    with torch.no_grad():
+        ref_table = ref_features(lv, image)
+    cfg = config("threshold", cache, stop_at_eos=False, prefix_lm=False)
+    ids, nfe = reference_decode(lv, row, cfg, ref_forward(lv, ref_table, None),
                                 shift=lv.logits_shift)
     out = decode(lv, [[5, 9, IMG, 33, 7]], cfg, images=[[image]])
     assert out.ids[0].tolist() == ids and out.stats[0].nfe == nfe
+
+
+def test_the_dream_first_token_is_the_prompts_argmax_committed_alone():
+    lv = random_llava_model(tiny_lavida_dream_config(), peak=16.0)
+    prompt = [[5, 9, IMG, 33, 7]]
+    image = [[picture(64, 32, seed=6)]]
+    cfg = config("threshold", "none", stop_at_eos=False, trace=True, tau=1e-3)
+    out = decode(lv, prompt, cfg, images=image)
+    steps = out.trace.step[0].tolist()
+    assert steps[0] == 1 and 1 not in steps[1:]  # alone, at the first forward
+    (row,), table = lv.encode_prompts(prompt, image)
+    P, pos = len(row), torch.arange(len(row) + 1)
+    prefix = (pos[:, None] >= P) | (pos[None] < P)
+    with torch.no_grad():  # the prompt's last hidden state, which sees the prompt alone
+        last = lv(torch.tensor([row + [lv.config.mask_token_id]]), image_features=table,
+                  attention_mask=prefix[None])[0, P]
+    last[lv.config.mask_token_id] = -float("inf")
+    assert out.ids[0, 0] == last.argmax()
+    # without the prefix LM, the official generate diffuses that position like any other
+    free = decode(lv, prompt, config("threshold", "none", stop_at_eos=False, trace=True,
+                                     tau=1e-3, prefix_lm=False), images=image)
+    assert (free.trace.step[0] == 1).sum() > 1
 
 
 def test_image_and_text_rows_decode_as_they_do_alone(either):

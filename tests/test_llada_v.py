@@ -351,3 +351,24 @@ def test_prompt_text_with_placeholders_tokenizes_as_llava_does(checkpoint):
 
 def test_default_tower_is_llada_v_siglip():
     assert SIGLIP_SO400M["num_hidden_layers"] == 26 and SIGLIP_SO400M["patch_size"] == 14
+
+
+# ---- pad mode (lmms-eval's for several images) and the per-request options ----
+
+def test_pad_mode_is_one_grey_square_crop_without_a_newline(vl):
+    from stdec.decoding.config import DecodeConfig, check_for_model
+    from stdec.models.llada_v import pad_to_square
+
+    wide, tall = picture(64, 32, seed=1), picture(20, 40, seed=2)
+    pixels = pad_to_square(wide, 32)  # 64x64 canvas, the image at y 16..48, then halved
+    grey = 127 / 127.5 - 1
+    assert pixels.shape == (1, 3, 32, 32)
+    assert torch.allclose(pixels[0, :, :6], torch.full((3, 6, 32), grey))
+    assert image_token_count((64, 32), vl.config, "pad") == 16  # side**2, no newline
+    (row,), table = vl.encode_prompts([[5, IMG, 6, IMG]], [[wide, tall]], "pad")
+    assert len(row) == 2 + 16 + 16 and table.shape == (32, 64)
+    assert vl.prompt_length([5, IMG, 6, IMG], [wide, tall], "pad") == len(row)
+    with torch.no_grad():
+        torch.testing.assert_close(table[:16], vl.encode_images(pixels)[0])
+    with pytest.raises(StdecError, match="prefix_lm=false.*LaViDa.*leave prefix_lm unset"):
+        check_for_model(DecodeConfig(prefix_lm=False), vl)

@@ -164,3 +164,23 @@ def test_command_line_registers_the_model(checkpoint, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stdec_tiny" in run.stdout and "exact_match" in run.stdout
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_prompts_with_several_images_take_pad_mode(lm, monkeypatch):
+    from PIL import Image
+
+    seen = []
+
+    def fake_generate_each(model, tokenizer, prompts, configs, *, chat, batch_size, on_finish,
+                           images=None):
+        seen.append(([c.image_mode for c in configs], [len(i) for i in images]))
+        for i in range(len(prompts)):
+            on_finish(i, "ok")
+
+    monkeypatch.setattr(adapter, "generate_each", fake_generate_each)
+    im = Image.new("RGB", (8, 8))
+    reqs = [Instance(request_type="generate_until", doc={}, idx=i,
+                     arguments=(p, {"until": ["\n"]}, {"visual": v}))
+            for i, (p, v) in enumerate(zip(PROMPTS, [[im, im], im, None], strict=True))]
+    assert lm.generate_until(reqs) == ["ok"] * 3
+    assert seen == [(["pad", "anyres", "anyres"], [2, 1, 0])]

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stdec.decoding.config import DecodeConfig, Defaults, build
+from stdec.decoding.config import DecodeConfig, Defaults, build, check_for_model
 from stdec.decoding.defaults import FILE, checkpoint_defaults, every_option
 from stdec.decoding.engine import RowStats, Trace, decode
 from stdec.errors import StdecError
@@ -291,6 +291,8 @@ def generate_each(model, tokenizer, prompts: Sequence[str], configs: Sequence[De
                                    or not isinstance(batch_size, int) or batch_size < 1):
         raise StdecError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     require_vision(model, sum(map(len, images)))
+    for c in dict.fromkeys(configs):
+        check_for_model(c, model)
     mc = model.config
     tok_mask = mask_token_id(tokenizer)
     if tok_mask is None:
@@ -302,7 +304,7 @@ def generate_each(model, tokenizer, prompts: Sequence[str], configs: Sequence[De
     ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None,
                  system=model.system_prompt)
     for i, (p, im, c) in enumerate(zip(ids, images, configs, strict=True)):
-        length = model.prompt_length(p, im) if im else len(p)
+        length = model.prompt_length(p, im, c.image_mode) if im else len(p)
         if length + c.gen_length > mc.max_sequence_length:
             what = " (with its images)" if im else ""
             raise StdecError(

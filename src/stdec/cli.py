@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from stdec.decoding.config import CACHE_MODES, DecodeConfig
+from stdec.decoding.config import CACHE_MODES, IMAGE_MODES, DecodeConfig
 from stdec.errors import StdecError
 from stdec.util import QUANT_MODES, check_quantize
 
@@ -94,7 +94,7 @@ def _add_flag(group, name: str, kind: type, default, help_text: str, flag: str |
                            type=str if words else convert, metavar="SPEC" if words else "LIST",
                            help=f"{help_text}{shown}")
         return
-    if kind is bool:
+    if field_kind_is_bool(kind):  # bool, or bool | None
         group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_text}{shown}")
         return
@@ -134,7 +134,7 @@ def choices_of(name: str) -> tuple[str, ...] | None:
         from stdec.decoding import registry
 
         return registry.names()
-    return CACHE_MODES if name == "cache" else None
+    return {"cache": CACHE_MODES, "image_mode": IMAGE_MODES}.get(name)
 
 
 def _shown(value) -> str:

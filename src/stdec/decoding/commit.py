@@ -10,12 +10,16 @@ Per-slot state, by block offset, zero at each block start (`reset`): how many st
 prediction has held and the previous prediction (every rule's `stable`), the memory of rules
 that read `memory`, the drafts of rules that read `drafted`, and for rules that read `kl`
 the previous step's log-probabilities (allocated when such a row arrives).
+
+A row for which `greedy_first(row)` holds (LaViDa-Dream under its prefix LM) commits, at its
+first forward, the first generated position alone, by argmax whatever its confidence: the
+official generate's autoregressive first token.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -83,7 +87,8 @@ class CommitStep:
     """Commits rows of `seqs` by their rules, and keeps the rules' per-slot state."""
 
     def __init__(self, seqs: Sequences, *, max_batch: int, max_length: int, mask_id: int,
-                 eos_id: int, eos: Tensor):
+                 eos_id: int, eos: Tensor,
+                 greedy_first: Callable[[Request], bool] = lambda r: False):
         S, W, dev = max_batch, max_length, seqs.x.device
         self.seqs, self.max_batch, self.device = seqs, max_batch, dev
         self.mask_id, self.eos_id, self.eos = mask_id, eos_id, eos
@@ -92,6 +97,7 @@ class CommitStep:
         self.memory = torch.zeros(S, W, device=dev)
         self.drafted = torch.zeros(S, W, dtype=torch.bool, device=dev)
         self.prev_logp: Tensor | None = None
+        self.greedy_first = greedy_first
 
     def reset(self, slots: int | list[int]):
         """A new block (or a new request) in `slots`: its rules start from nothing."""
@@ -126,6 +132,12 @@ class CommitStep:
         if needs:
             self._rule_inputs(needs, state, logits, current, rows_t, offsets)
         commit = select(conf, pred, state, cfg)
+        first = [i for i, r in enumerate(rows) if r.nfe == 0 and self.greedy_first(r)]
+        if first:  # the first generated position alone, by argmax (its block starts there)
+            i = on_device(first, dev)
+            conf[i, :1], pred[i, :1] = confidence(logits[i, :1], self.mask_id, 0.0, None)
+            commit[i] = False
+            commit[i, 0] = True
         new = torch.where(commit, pred, current)
         remask = state.remask
         if remask is not None:  # drafts taken back: masked again, out of the trace

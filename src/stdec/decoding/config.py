@@ -8,6 +8,8 @@ another rule are refused, naming the chosen rule's own.
 """
 
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -15,11 +17,12 @@ from typing import Any
 from stdec.decoding import registry
 from stdec.errors import StdecError
 
-__all__ = ["CACHE_MODES", "POLICY_NAMES", "DecodeConfig", "Defaults", "build", "check_names",
-           "check_options", "parse_value"]
+__all__ = ["CACHE_MODES", "IMAGE_MODES", "POLICY_NAMES", "DecodeConfig", "Defaults", "build",
+           "check_for_model", "check_names", "check_options", "parse_value"]
 
 POLICY_NAMES = registry.POLICY_NAMES
 CACHE_MODES = ("none", "prefix", "dual", "dkv")
+IMAGE_MODES = ("anyres", "pad")
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -47,6 +50,12 @@ class DecodeConfig:
     # dkv (dKV-Cache, Ma et al. 2025): its public generate()'s cache_reloading_step
     dkv_interval: int = _opt(
         4, "dkv: a full forward refreshes every K/V every dkv_interval steps of a block")
+    image_mode: str = _opt(
+        "anyres", "how a vision-language model lays out each image: anyres (the checkpoint's "
+        "own setting) or pad (lmms-eval's multi-image mode: padded square on grey, one crop)")
+    prefix_lm: bool | None = _opt(
+        None, "LaViDa: prompt positions attend to the prompt only (on, as trained) or every "
+        "position to all (off, as its official evaluation runs); none: the model's default")
     params: Any = _opt(None, "the policy's own parameters (its registry entry's dataclass)")
 
     def __init__(self, **options):
@@ -80,6 +89,9 @@ class DecodeConfig:
         if self.temperature < 0:
             raise StdecError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
         _positive_int("dkv_interval", self.dkv_interval)
+        _one_of("image_mode", self.image_mode, IMAGE_MODES)
+        if self.prefix_lm not in (None, True, False):
+            raise StdecError(f"prefix_lm must be true, false or none, got {self.prefix_lm!r}.")
         check = getattr(self.params, "check", None)  # a rule's checks against shared options
         if check is not None:
             check(self)
@@ -187,6 +199,8 @@ def parse_value(name: str, value: Any, kind: type):
     bool or str; "none" is None for an option that may be unset."""
     if isinstance(value, str) and value.strip().lower() == "none":
         return "none" if kind is str else None
+    if isinstance(kind, types.UnionType):  # bool | None: "none" was read above
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
     if kind is bool:
         text = str(value).strip().lower()
         if isinstance(value, bool):
@@ -207,6 +221,14 @@ def parse_value(name: str, value: Any, kind: type):
     except (TypeError, ValueError):
         what = "an integer" if kind is int else "a number"
         raise StdecError(f"{name} must be {what}, got {value!r}.") from None
+
+
+def check_for_model(config: DecodeConfig, model):
+    """Refuse, before any work, an option the model cannot honour."""
+    if config.prefix_lm is not None and not model.prefix_lm:
+        raise StdecError(f"prefix_lm={str(config.prefix_lm).lower()} is a choice of models "
+                         f"trained as prefix LMs (LaViDa); {type(model).__name__} always "
+                         "attends bidirectionally, so leave prefix_lm unset.")
 
 
 def _names(message: str, name: str) -> bool:

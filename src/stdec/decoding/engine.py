@@ -63,7 +63,9 @@ class Engine:
                                   max_length=self.max_length, static_step=static_step)
         self.commit = CommitStep(self.seqs, max_batch=max_batch, max_length=self.max_length,
                                  mask_id=mask_id, eos_id=mc.eos_token_id,
-                                 eos=torch.tensor(eos, device=self.device))
+                                 eos=torch.tensor(eos, device=self.device),
+                                 greedy_first=lambda r: (model.greedy_first_token
+                                                         and self.runner.prefix_lm(r)))
         self.scheduler = Scheduler(self.seqs, self.runner, self.commit, max_batch=max_batch,
                                    max_length=self.max_length, mask_id=mask_id,
                                    eos_ids=set(eos))
@@ -194,7 +196,7 @@ def decode(model, prompt_ids: Sequence[Sequence[int]],
                                   or max_batch < 1):
         raise StdecError(f"max_batch must be a positive integer or None, got {max_batch!r}.")
     # the cache holds max_batch rows as long as the longest, not the model's max length
-    longest = max((model.prompt_length(p, im) if im else len(p)) + c.gen_length
+    longest = max((model.prompt_length(p, im, c.image_mode) if im else len(p)) + c.gen_length
                   for p, c, im in zip(prompt_ids, configs, images, strict=True))
     slots = min(max_batch or len(prompt_ids), len(prompt_ids))
     engine = Engine(model, max_batch=slots, max_length=longest, eos_ids=eos_ids)

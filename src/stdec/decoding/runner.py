@@ -10,8 +10,9 @@ Kinds of forward (each row takes one a step; rows of one kind go together):
 
 Rows of one forward are padded on the right and the padding is masked out of attention; each
 row's K/V lives in its own row of one preallocated KVCache, written by position, so a row
-decodes as it would alone. A prefix LM (the model's `prefix_lm`) gets a per-position mask:
-its prompt positions see the prompt only.
+decodes as it would alone. A prefix LM (the model's `prefix_lm`, unless a request's
+DecodeConfig.prefix_lm turns it off) gets a per-position mask: its prompt positions see the
+prompt only.
 
 Images (vision-language models): at admission the model expands a prompt's placeholders into
 one id per image vector, -1 - j for row j of the request's feature table; the runner keeps
@@ -48,7 +49,6 @@ class ModelRunner:
         # a shifted model (logits_shift 1) predicts position i from hidden state i - 1: cached
         # steps feed `shift` extra positions on the left (s >= 1: prompts are non-empty)
         self.shift = model.logits_shift
-        self.prefix_lm = model.prefix_lm
         self.capture = model.cuda_graphs  # replay fixed-shape steps (CUDA)
         on_cuda = self.device.type == "cuda" and self.capture  # pragma: no mutate (CUDA)
         self.static_wanted = on_cuda if static_step is None else static_step
@@ -58,7 +58,8 @@ class ModelRunner:
 
     def expand(self, r: Request):
         """Run the vision tower: the prompt's placeholders become its image vectors' ids."""
-        (r.prompt,), r.features = self.model.encode_prompts([r.prompt], [r.images])
+        (r.prompt,), r.features = self.model.encode_prompts([r.prompt], [r.images],
+                                                            r.config.image_mode)
         r.images = None
 
     def place(self, r: Request, slot: int):
@@ -144,14 +145,21 @@ class ModelRunner:
     def _feeds_prompt(self, rows: list[Request], starts: list[int]) -> bool:
         """Whether a prefix LM's forward feeds prompt positions: full forwards do, and a
         shifted prefix LM's steps in its first block feed the prompt's last."""
-        return self.prefix_lm and any(a < len(r.prompt) for a, r in zip(starts, rows, strict=True))
+        return any(a < len(r.prompt) and self.prefix_lm(r)
+                   for a, r in zip(starts, rows, strict=True))
+
+    def prefix_lm(self, r: Request) -> bool:
+        """Whether `r` decodes under the prefix-LM mask: its option, else the model's."""
+        return self.model.prefix_lm if r.config.prefix_lm is None else r.config.prefix_lm
 
     def _prefix_lm_mask(self, rows: list[Request], cols: Tensor, keys: int) -> Tensor:
         """(n, L, keys) for a prefix LM: fed prompt positions attend to their row's
-        prompt only, generated positions to all of their row."""
+        prompt only, generated positions to all of their row (every position, in a row
+        without the prefix LM)."""
         dev = self.device
         key = torch.arange(keys, device=dev)
-        prompt = on_device([len(r.prompt) for r in rows], dev)[:, None, None]
+        prompt = on_device([len(r.prompt) if self.prefix_lm(r) else 0 for r in rows],
+                           dev)[:, None, None]
         end = on_device([r.length for r in rows], dev)[:, None, None]
         return (key < end) & ((cols[..., None] >= prompt) | (key < prompt))
 

@@ -18,6 +18,9 @@ are used; "auto" batch sizes mean 16.
 Per request, `until` cuts the text at the first stop string and `temperature` (with
 `do_sample`) sets the sampling temperature. `max_gen_toks` does not change gen_length: a dLLM
 decodes a fixed canvas of gen_length tokens, so set gen_length to cover the task's answers.
+Multimodal tasks (a request whose third argument has "visual" images) go to a vision-language
+checkpoint, each image where its "<image>" stands or at the front; a prompt with several
+images takes pad mode, as lmms-eval does, unless model_args set image_mode.
 Diffusion LMs give no token log-likelihoods here, so loglikelihood and multiple-choice tasks
 fail with a clear error.
 """
@@ -40,6 +43,7 @@ except ImportError as err:
 from stdec.api import generate_each, load, model_defaults
 from stdec.decoding.config import DecodeConfig, build, parse_value
 from stdec.errors import StdecError
+from stdec.models.images import load_image
 from stdec.util import check_quantize
 
 __all__ = ["StdecLM", "decode_config", "main"]
@@ -101,12 +105,15 @@ def request_seed(seed: int, prompt: str) -> int:
 class StdecLM(LM):
     """A stdec model and decoding config behind lm-eval's generate_until."""
 
+    MULTIMODAL = True  # lm-eval's flag: requests may carry images (a text model refuses them)
+
     def __init__(self, pretrained: str = "testbed", batch_size: int | str = AUTO_BATCH_SIZE,
                  max_batch_size: int | None = None,  # lm-eval passes it; unused
                  device: str | None = None,
                  dtype: str | None = None, quantize: str | None = None,
                  quantize_head: bool | str = False, chat: bool | str = False, **options):
         super().__init__()
+        self.image_mode_given = "image_mode" in options
         self.config = decode_config(options)  # fail on bad options before loading weights
         self.chat = to_bool("chat", chat)
         self.batch_size = _batch_size(batch_size)
@@ -158,11 +165,14 @@ class StdecLM(LM):
         if not requests:
             return []
         prompts = [req.args[0] for req in requests]
+        images = [request_images(req) for req in requests]
         configs, stops = [], []
-        for prompt, req in zip(prompts, requests, strict=True):
+        for prompt, req, im in zip(prompts, requests, images, strict=True):
             config, stop = self.request_config(req.args[1])
             if config.temperature > 0:  # its own seed: the same text however it is batched
                 config = replace(config, seed=request_seed(config.seed, prompt))
+            if len(im) > 1 and not self.image_mode_given:  # lmms-eval's multi-image mode
+                config = replace(config, image_mode="pad")
             configs.append(config)
             stops.append(stop)
         bar = tqdm(total=len(requests), desc="stdec generate_until",
@@ -174,8 +184,9 @@ class StdecLM(LM):
             self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
             bar.update(1)
 
+        visual = {"images": images} if any(images) else {}
         generate_each(self.model, self.tokenizer, prompts, configs, chat=self.chat,
-                      batch_size=self.batch_size, on_finish=finished)
+                      batch_size=self.batch_size, on_finish=finished, **visual)
         bar.close()
         return texts
 
@@ -200,6 +211,15 @@ class StdecLM(LM):
                              "template; use one of them.")
         return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt)
+
+
+def request_images(req) -> list:
+    """The request's images: lm-eval puts {"visual": image or list} third in its arguments."""
+    extra = req.args[2] if len(req.args) > 2 and isinstance(req.args[2], dict) else {}
+    visual = extra.get("visual")
+    if visual is None:
+        return []
+    return [load_image(v) for v in (visual if isinstance(visual, list | tuple) else [visual])]
 
 
 NO_LOGLIKELIHOOD = ("stdec's diffusion LMs give no token log-likelihoods, so loglikelihood and "

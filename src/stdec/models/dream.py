@@ -145,6 +145,7 @@ class DreamModel(nn.Module, Configurable):
     # the model interface's traits (models/interface.py)
     logits_shift = 1  # logits at i come from hidden state i - 1; the loop feeds one more left
     prefix_lm = False
+    greedy_first_token = False
     system_prompt: str | None = None
     cuda_graphs = True
     decoding_defaults = NO_DEFAULTS

@@ -8,7 +8,10 @@ guesses them with a default):
                      (Dream), so cached steps feed one more position on the left. LLaDA-V and
                      LaViDa read their language model's.
   prefix_lm          prompt positions attend to the prompt only (LaViDa); the engine builds
-                     that mask, the model just takes it.
+                     that mask, the model just takes it. The model's default: a request's
+                     DecodeConfig.prefix_lm may turn it off (only where it is on).
+  greedy_first_token under the prefix LM, a row's first forward commits the first generated
+                     position alone, by argmax (LaViDa-Dream's official generate).
   system_prompt      the system message the model was trained with, put before chat prompts
                      (LaViDa's), or None.
   cuda_graphs        whether the engine may capture its fixed-shape block steps as CUDA graphs
@@ -53,6 +56,7 @@ class DiffusionLM(Protocol):
     config: ModelConfig
     logits_shift: int
     prefix_lm: bool
+    greedy_first_token: bool
     system_prompt: str | None
     cuda_graphs: bool
     decoding_defaults: Mapping[str, Any]
@@ -94,12 +98,14 @@ class VisionLanguageLM(DiffusionLM, Protocol):
                  image_features: Tensor | None = None) -> Tensor:
         """As DiffusionLM's; image_features (F, d) is the table negative ids read from."""
 
-    def encode_prompts(self, prompts: list[list[int]], images: list[list[Image.Image]]
-                       ) -> tuple[list[list[int]], Tensor | None]:
+    def encode_prompts(self, prompts: list[list[int]], images: list[list[Image.Image]],
+                       image_mode: str = "anyres") -> tuple[list[list[int]], Tensor | None]:
         """Each prompt with its placeholders expanded, and the feature table (runs the vision
-        tower); fails with one sentence when a prompt's placeholders and images disagree."""
+        tower); fails with one sentence when a prompt's placeholders and images disagree.
+        image_mode: DecodeConfig.image_mode ("anyres": the checkpoint's layout; "pad")."""
 
-    def prompt_length(self, ids: list[int], images: list[Image.Image]) -> int:
+    def prompt_length(self, ids: list[int], images: list[Image.Image],
+                      image_mode: str = "anyres") -> int:
         """Positions a prompt takes once its images are expanded (the tower does not run)."""
 
 

@@ -16,18 +16,24 @@ What the official code (github.com/jacklishufan/LaViDa, llava/) fixes, and this 
   2 when the config says so). The base crop's 196 vectors come first, with no newline; the
   tiles form one map, unpadded on the pooled grid, with a newline vector ending every row.
   A 384x384 image takes 406 positions, a 768x384 one 602.
+- pad mode (lmms-eval's for prompts with several images): one grey-padded crop per image, as
+  LLaDA-V's, which the official code encodes unpooled with no newline (the 4-D images path of
+  llava_arch.prepare_inputs_labels_for_multimodal): 729 positions an image at real size.
 - prompt: the chat template with LaViDa's system prompt, "<image>\\n" before the question.
 - attention: the model was trained, and is run, as a prefix LM: prompt positions attend to
   the prompt only (the official code caches the prompt's K/V from a forward over the prompt
   alone), generated positions attend to everything. The engine builds that mask for models
-  with `prefix_lm`, so every stdec cache mode gives the official cached logits.
+  with `prefix_lm`, so every stdec cache mode gives the official cached logits. The official
+  evaluation of LaViDa-LLaDA runs without it (eval/run.sh passes the misspelt `refix_lm`), every
+  position attending to all: a request's `prefix_lm` option picks either.
 
 LaViDa-Dream is the same around stdec's Dream: architectures ["LlavaDreamForMaskedDiffusion"],
 model_type "llava_dream", Qwen2 keys, Dream's own tensor names (model.embed_tokens,
-model.layers.*, model.norm, lm_head), logits shifted right by one. The official Dream
-generation also commits the first answer token autoregressively from the prompt before it
-diffuses the rest; that is a decoding rule, not the model, and stdec's rules decode that
-position like any other.
+model.layers.*, model.norm, lm_head), logits shifted right by one. Its official generate, with
+the prefix LM, first commits the first answer token alone: the argmax of the prompt-only
+forward's last logits, whatever its confidence (dream/generation_utils.py, `first_token`).
+Under the prefix-LM mask those are the logits any forward gives that position, so the engine
+does the same at a row's first forward (the trait `greedy_first_token`).
 """
 
 import math
@@ -47,6 +53,8 @@ from stdec.models.llada_v import (
     LLaDAVConfig,
     LLaDAVModel,
     best_resolution,
+    pad_to_square,
+    padded,
     preprocess_image,
     rename_prefix,
     unpad_box,
@@ -144,10 +152,12 @@ class LaViDaModel(LLaDAVModel):
             x = F.max_pool2d(x, 2)
         return x.flatten(2).transpose(1, 2)
 
-    def image_features(self, image: Image.Image) -> Tensor:
+    def image_features(self, image: Image.Image, image_mode: str = "anyres") -> Tensor:
         """(image_token_count, d): the pooled base crop, then the pooled tiles' unpadded map
-        with a newline vector ending each row."""
+        with a newline vector ending each row; in pad mode one crop, unpooled, no newline."""
         cfg = self.config
+        if padded(cfg, image_mode):
+            return self.encode_images(pad_to_square(image, cfg.tile).to(self.device))[0]
         pixels, (cols, rows) = preprocess_image(image, cfg)
         feats = self.pool(self.encode_images(pixels.to(self.device)))
         s, d = cfg.pooled, feats.shape[-1]
@@ -159,12 +169,15 @@ class LaViDaModel(LLaDAVModel):
         x = torch.cat([x, self.image_newline[:, None, None].expand(d, h, 1)], dim=2)
         return torch.cat([feats[0], x.flatten(1).T])  # (pooled**2 + h * (w + 1), d)
 
-    def image_token_count(self, size: tuple[int, int]) -> int:
-        return image_token_count(size, self.config)
+    def image_token_count(self, size: tuple[int, int], image_mode: str = "anyres") -> int:
+        return image_token_count(size, self.config, image_mode)
 
 
-def image_token_count(size: tuple[int, int], cfg: LaViDaConfig) -> int:
+def image_token_count(size: tuple[int, int], cfg: LaViDaConfig, image_mode: str = "anyres"
+                      ) -> int:
     """How many prompt positions one image of `size` (w, h) takes in LaViDa."""
+    if padded(cfg, image_mode):
+        return cfg.side ** 2
     cols, rows = (d // cfg.tile for d in best_resolution(size, cfg.image_grid_pinpoints))
     s = cfg.pooled
     top, bottom, left, right = unpad_box(rows * s, cols * s, size)
@@ -183,6 +196,8 @@ class LaViDaDreamModel(LaViDaModel):
     """LaViDa-Dream: LaViDaModel around stdec's Dream, under Dream's own tensor names."""
 
     language_model_class = DreamModel
+    # with the prefix LM, the first answer token is the prompt's argmax, committed alone
+    greedy_first_token = True
 
     @staticmethod
     def from_checkpoint_name(name: str) -> str:

@@ -121,6 +121,7 @@ class LLaDAModelLM(nn.Module, Configurable):
     # the model interface's traits (models/interface.py)
     logits_shift = 0  # logits at i come from hidden state i (Dream's come from i - 1)
     prefix_lm = False
+    greedy_first_token = False
     system_prompt: str | None = None
     cuda_graphs = True
     decoding_defaults = NO_DEFAULTS

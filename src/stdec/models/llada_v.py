@@ -17,6 +17,10 @@ What the official code (github.com/ML-GSAI/LLaDA-V, train/llava/) fixes, and thi
   one base image (the whole image resized to a tile) then the tiles of the best grid, the tile
   features unpadded, shrunk bilinearly when past max_tiles tiles' worth, a newline vector ending
   every row (llava_arch.py prepare_inputs_labels_for_multimodal, mm_utils.process_anyres_image).
+- pad mode (lmms-eval's for prompts with several images, llava_onevision_llada.py): the image
+  padded to a square on grey (127, 127, 127, mm_utils.expand2square with the processor's mean),
+  resized to one tile: side**2 vectors and no newline, as the official code lays out a stacked
+  (N, 3, S, S) batch of crops (llava_arch.py, the path for 4-D images).
 - a prompt's "<image>" becomes one placeholder id -200 (constants.IMAGE_TOKEN_INDEX,
   mm_utils.tokenizer_image_token), replaced by that image's feature vectors.
 
@@ -43,10 +47,11 @@ from stdec.models.interface import NO_DEFAULTS, Configurable
 from stdec.models.llada import LLaDAConfig, LLaDAModelLM
 from stdec.models.quant import quiet_imports
 
-__all__ = ["IMAGE_TOKEN_INDEX", "LLaDAVConfig", "LLaDAVModel", "best_resolution",
-           "image_token_count", "preprocess_image"]
+__all__ = ["IMAGE_TOKEN_INDEX", "PAD_GREY", "LLaDAVConfig", "LLaDAVModel", "best_resolution",
+           "image_token_count", "pad_to_square", "padded", "preprocess_image"]
 
 IMAGE_TOKEN_INDEX = -200  # the placeholder one "<image>" becomes in the prompt ids
+PAD_GREY = (127, 127, 127)  # pad mode's background: int(255 * SigLIP's mean 0.5)
 # SigLIP so400m-patch14-384 as LLaDA-V runs it: 27 layers, the last one deleted
 SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
                      num_attention_heads=16, image_size=384, patch_size=14,
@@ -222,6 +227,22 @@ def preprocess_image(image: Image.Image, cfg: LLaDAVConfig) -> tuple[Tensor, tup
     return torch.stack([to_pixels(t) for t in [base, *tiles]]), (w // S, h // S)
 
 
+def pad_to_square(image: Image.Image, tile: int) -> Tensor:
+    """Pad mode's one crop (1, 3, S, S): the image centred on a grey square, resized to a tile."""
+    image = image.convert("RGB")
+    W, H = image.size
+    if W != H:
+        canvas = Image.new("RGB", (max(W, H),) * 2, PAD_GREY)
+        canvas.paste(image, ((max(W, H) - W) // 2, (max(W, H) - H) // 2))
+        image = canvas
+    return to_pixels(image.resize((tile, tile)))[None]
+
+
+def padded(cfg: LLaDAVConfig, image_mode: str) -> bool:
+    """Whether images go in pad mode: asked for, or the checkpoint's own setting."""
+    return image_mode == "pad" or cfg.image_aspect_ratio == "pad"
+
+
 def unpad_box(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the image inside an (h, w) feature map of its padded grid."""
     W, H = size
@@ -240,10 +261,13 @@ def shrink_to(h: int, w: int, cfg: LLaDAVConfig) -> tuple[int, int]:
     return (int(h // times), int(w // times)) if times > 1.1 else (h, w)
 
 
-def image_token_count(size: tuple[int, int], cfg: LLaDAVConfig) -> int:
+def image_token_count(size: tuple[int, int], cfg: LLaDAVConfig, image_mode: str = "anyres"
+                      ) -> int:
     """How many prompt positions one image of `size` (w, h) takes."""
     n = cfg.side ** 2
-    if not cfg.anyres:
+    if padded(cfg, image_mode):
+        return n
+    if not cfg.anyres:  # one crop, then a newline (the official model's list-of-crops path)
         return n + (cfg.mm_patch_merge_type == "spatial_unpad")
     if cfg.mm_patch_merge_type == "flat":
         return n * (1 + math.prod(d // cfg.tile for d in
@@ -263,6 +287,7 @@ class LLaDAVModel(nn.Module, Configurable):
     language_model_class: type[nn.Module] = LLaDAModelLM  # LaViDa-Dream: DreamModel
     # the model interface's traits (models/interface.py); logits_shift is the language model's
     prefix_lm = False
+    greedy_first_token = False
     system_prompt: str | None = None
     cuda_graphs = True
     decoding_defaults = NO_DEFAULTS
@@ -348,9 +373,11 @@ class LLaDAVModel(nn.Module, Configurable):
         out = self.vision_tower(pixels.to(self.dtype), output_hidden_states=True)
         return self.mm_projector(out.hidden_states[-1])
 
-    def image_features(self, image: Image.Image) -> Tensor:
+    def image_features(self, image: Image.Image, image_mode: str = "anyres") -> Tensor:
         """(image_token_count, d): one image's vectors in prompt order."""
         cfg = self.config
+        if padded(cfg, image_mode):
+            return self.encode_images(pad_to_square(image, cfg.tile).to(self.device))[0]
         pixels, (cols, rows) = preprocess_image(image, cfg)
         feats = self.encode_images(pixels.to(self.device))
         if cfg.mm_patch_merge_type == "flat":
@@ -369,10 +396,11 @@ class LLaDAVModel(nn.Module, Configurable):
         return torch.cat([feats[0], x.flatten(1).T])  # (side**2 + h * (w + 1), d)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[list[int]], images: list[list[Image.Image]]
-                       ) -> tuple[list[list[int]], Tensor | None]:
+    def encode_prompts(self, prompts: list[list[int]], images: list[list[Image.Image]],
+                       image_mode: str = "anyres") -> tuple[list[list[int]], Tensor | None]:
         """Expand each prompt's IMAGE_TOKEN_INDEX placeholders (one per image, in order) into
-        one id per image vector, -1 - j for row j of the returned feature table."""
+        one id per image vector, -1 - j for row j of the returned feature table.
+        `image_mode`: "anyres" (the checkpoint's own layout) or "pad" (one grey-padded crop)."""
         out, table, n = [], [], 0
         for ids, imgs in zip(prompts, images, strict=True):
             if sum(i == IMAGE_TOKEN_INDEX for i in ids) != len(imgs):
@@ -383,22 +411,23 @@ class LLaDAVModel(nn.Module, Configurable):
                 if i != IMAGE_TOKEN_INDEX:
                     row.append(i)
                     continue
-                f = self.image_features(next(it))
+                f = self.image_features(next(it), image_mode)
                 row += range(-1 - n, -1 - n - len(f), -1)
                 table.append(f)
                 n += len(f)
             out.append(row)
         return out, (torch.cat(table) if table else None)
 
-    def prompt_length(self, ids: list[int], images: list[Image.Image]) -> int:
+    def prompt_length(self, ids: list[int], images: list[Image.Image],
+                      image_mode: str = "anyres") -> int:
         """Positions a prompt with placeholders takes once its images are expanded (the vision
         tower does not run)."""
         sizes = iter(image.size for image in images)
-        return sum(self.image_token_count(next(sizes)) if i == IMAGE_TOKEN_INDEX else 1
-                   for i in ids)
+        return sum(self.image_token_count(next(sizes), image_mode) if i == IMAGE_TOKEN_INDEX
+                   else 1 for i in ids)
 
-    def image_token_count(self, size: tuple[int, int]) -> int:
-        return image_token_count(size, self.config)
+    def image_token_count(self, size: tuple[int, int], image_mode: str = "anyres") -> int:
+        return image_token_count(size, self.config, image_mode)
 
     def embed(self, ids: Tensor, features: Tensor | None) -> Tensor:
         """(B, L) ids -> (B, L, d): token embeddings, features[-1 - id] where id < 0."""
@@ -409,9 +438,10 @@ class LLaDAVModel(nn.Module, Configurable):
         return torch.where((ids < 0)[..., None], features[rows].to(wte.weight.dtype),
                            wte(ids.clamp(min=0)))
 
-    def embed_prompt(self, ids: list[int], images: list[Image.Image]) -> tuple[Tensor, Tensor]:
+    def embed_prompt(self, ids: list[int], images: list[Image.Image],
+                     image_mode: str = "anyres") -> tuple[Tensor, Tensor]:
         """One prompt with placeholders -> (inputs_embeds (1, P, d), expanded ids (1, P))."""
-        (row,), table = self.encode_prompts([ids], [images])
+        (row,), table = self.encode_prompts([ids], [images], image_mode)
         x = torch.tensor([row], device=self.device)
         return self.embed(x, table), x
 

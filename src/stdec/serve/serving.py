@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stdec.api import encode, encode_chat, end_token_ids
-from stdec.decoding.config import DecodeConfig, build
+from stdec.decoding.config import DecodeConfig, build, check_for_model
 from stdec.decoding.engine import Request as Job
 from stdec.errors import StdecError
 from stdec.models.images import require_vision, sees_images
@@ -184,12 +184,17 @@ class Serving:
                        self.config.max_body_bytes)
         self.check_model(body)
         ids, images = self.chat_prompt(body) if chat else self.completion_prompt(body)
-        prompt_tokens = self.model.prompt_length(ids, images) if images else len(ids)
+        cfg = decode_options(body, self.config.defaults)
+        try:
+            check_for_model(cfg, self.model)
+        except StdecError as err:
+            raise p.ApiError(400, str(err), param="prefix_lm") from None
+        prompt_tokens = (self.model.prompt_length(ids, images, cfg.image_mode) if images
+                         else len(ids))
         if prompt_tokens > self.max_prompt_tokens:
             raise p.ApiError(413, f"the prompt has {prompt_tokens} tokens; this server takes "
                              f"at most {self.max_prompt_tokens}.",
                              param="messages" if chat else "prompt")
-        cfg = decode_options(body, self.config.defaults)
         check_length(cfg, prompt_tokens, self.max_length)
         return Prepared(body, ids, images, cfg, prompt_tokens)
 
