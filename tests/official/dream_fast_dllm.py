@@ -37,6 +37,7 @@ SIZE = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_laye
 PROMPTS = [[5, 9, 33, 7, 61, 54, 8], [70, 12, 40, 41, 3]]
 GEN, BLOCK = 24, 8
 TAU = 0.9
+SHRINK = 0.9  # the mask id's output row: 0.9 x the favourite token's
 # the steps path: steps over the whole answer (3 blocks), so 8 and 4 forwards a block
 CASES = [dict(alg="confidence_threshold", steps=GEN // BLOCK, threshold=TAU),
          dict(alg="entropy", steps=GEN), dict(alg="entropy", steps=GEN // 2)]
@@ -85,7 +86,12 @@ def tiny_model(kv_heads: int, seed: int):
             else:
                 p.normal_(0.0, 1.0 / p.shape[-1] ** 0.5)
         model.lm_head.weight.mul_(12.0)
-        model.lm_head.weight[MASK].mul_(0.1)  # the mask is never the argmax (as in Dream)
+        # the mask id takes some probability mass (so that a softmax without it would commit
+        # otherwise) but is never an argmax: its output row is a shrunk copy of the row of
+        # the token predicted most often on a probe
+        probe = torch.tensor([PROMPTS[0] + [MASK] * GEN])
+        favourite = model(probe, "full", None).logits.argmax(-1).flatten().mode().values
+        model.lm_head.weight[MASK] = SHRINK * model.lm_head.weight[favourite]
     return model
 
 
@@ -127,7 +133,8 @@ def recorded_generate(model, prompt: list[int], case: dict, dual: bool):
         mask_token_id=MASK, eos_token_id=EOS, pad_token_id=EOS, bos_token_id=EOS)
     model.forward = watched
     out = model.diffusion_generate(
-        torch.tensor([prompt]), generation_config=model.generation_config, max_new_tokens=GEN, steps=case["steps"], alg=case["alg"],
+        torch.tensor([prompt]), generation_config=model.generation_config, max_new_tokens=GEN,
+        steps=case["steps"], alg=case["alg"],
         threshold=case.get("threshold", 0.9), block_length=BLOCK, dual_cache=dual,
         temperature=0.0, mask_token_id=MASK, eos_token_id=EOS, pad_token_id=EOS,
         output_history=False, return_dict_in_generate=True)

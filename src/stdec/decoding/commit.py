@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from stdec.decoding import registry
+from stdec.decoding import compat, registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.graphs import on_device
 from stdec.decoding.policies import StepState, select
@@ -106,6 +106,8 @@ class CommitStep:
         dev, bl, G = self.device, logits.shape[1], cfg.gen_length
         x, trace_step, trace_conf = self.seqs.x, self.seqs.trace_step, self.seqs.trace_conf
         generators = [r.generator for r in rows]  # None at temperature 0, and not read
+        # compat fast-dllm reads the whole vocabulary: before confidence() masks the mask id
+        probs = compat.probabilities(logits) if cfg.compat == "fast-dllm" else None
         conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
         slot_t = on_device([r.slot for r in rows], dev)
         rows_t = slot_t[:, None]
@@ -125,7 +127,10 @@ class CommitStep:
         needs = registry.get(cfg.policy).needs
         if needs:
             self._rule_inputs(needs, state, logits, current, rows_t, offsets)
-        commit = select(conf, pred, state, cfg)
+        if cfg.compat == "fast-dllm":  # Fast-dLLM's Dream block code (decoding/compat.py)
+            conf, commit = compat.commit(probs, pred, state, cfg)
+        else:
+            commit = select(conf, pred, state, cfg)
         new = torch.where(commit, pred, current)
         remask = state.remask
         if remask is not None:  # drafts taken back: masked again, out of the trace

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from stdec.decoding import registry
+from stdec.decoding import compat, registry
 from stdec.errors import StdecError
 
 __all__ = ["CACHE_MODES", "POLICY_NAMES", "DecodeConfig", "Defaults", "build", "check_names",
@@ -34,6 +34,9 @@ class DecodeConfig:
 
     policy: str = _opt("stdec", "commit rule (decoding/registry.py lists them)")
     cache: str = _opt("none", f"KV cache mode, one of {', '.join(CACHE_MODES)}")
+    compat: str = _opt(
+        "none", "none: stdec's semantics; fast-dllm: Dream's prefix and dual caches decode as "
+        "Fast-dLLM's Dream block code does (docs/decoding.md)")
     gen_length: int = _opt(128, "number of tokens to generate (masks appended to the prompt)")
     block_length: int = _opt(
         32, "semi-autoregressive block size (the last block is shorter when it does not divide "
@@ -83,6 +86,7 @@ class DecodeConfig:
         check = getattr(self.params, "check", None)  # a rule's checks against shared options
         if check is not None:
             check(self)
+        compat.check(self)
 
     @property
     def num_blocks(self) -> int:
