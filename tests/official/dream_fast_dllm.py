@@ -10,10 +10,11 @@ each generated position was first unmasked, and the number of forwards. The weig
 saved as safetensors in the official model's tensor names (Dream's, which stdec reads).
 
 The official files are copied to a temporary folder at generation time; nothing of them is
-kept. Two shims let them import under transformers 5 (they were written for 4.4x): the
-removed "default" rotary initialiser (inv_freq = 1 / theta^(2i/d), scaling 1) and the
-removed `rope_config_validation`; and DreamGenerationConfig.validate takes the keywords that
-transformers 5's GenerationConfig.update passes it (it checks nothing either way).
+kept. Three shims let them run under transformers 5 (they were written for 4.4x): the
+removed "default" rotary initialiser (inv_freq = 1 / theta^(2i/d), scaling 1), the removed
+`rope_config_validation`, and DreamGenerationConfig.validate taking the keywords that
+transformers 5's GenerationConfig.update passes it (it checks nothing either way). The
+snapshot's commit is stored beside the results.
 """
 
 import json
@@ -54,6 +55,14 @@ def extract(source: str, to: Path):
             text = subprocess.run(["git", "--git-dir", source, "show", f"HEAD:dream/model/{name}"],
                                   check=True, capture_output=True, text=True).stdout
         (to / "model" / name).write_text(text)
+
+
+def commit_of(source: str) -> str:
+    for flag in (["--git-dir", source], ["-C", source]):
+        done = subprocess.run(["git", *flag, "rev-parse", "HEAD"], capture_output=True, text=True)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return "unknown"
 
 
 def shim_transformers():
@@ -165,7 +174,8 @@ def main(source: str):
                                                                cache == "dual")
                             results.append(dict(kv_heads=kv_heads, cache=cache, prompt=prompt,
                                                 **case, ids=ids, commits=born, nfe=nfe))
-    meta = dict(config=SIZE, gen_length=GEN, block_length=BLOCK, results=results)
+    meta = dict(fast_dllm_commit=commit_of(source), config=SIZE, gen_length=GEN,
+                block_length=BLOCK, results=results)
     (OUT / "reference.json").write_text(json.dumps(meta, indent=0) + "\n")
     for r in results:
         print(r["kv_heads"], r["cache"], r["alg"], r["steps"], "nfe", r["nfe"],
