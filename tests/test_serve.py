@@ -136,6 +136,8 @@ def test_extra_body_options_seed_and_stop(testbed, client):
 @pytest.mark.parametrize("kw, status, words", [
     (dict(extra_body={"policy": "nope"}), 400, "unknown policy 'nope'"),
     (dict(extra_body={"tau": 1.5}), 400, "tau must be in (0, 1], got 1.5"),
+    (dict(extra_body={"compat": "fast-dllm", "cache": "dual", "policy": "threshold"}), 400,
+     "for Dream"),
     (dict(max_tokens=0), 400, "max_tokens must be at least 1"),
     (dict(max_tokens=5000), 400, "exceed the model's length 1024"),
     (dict(messages=[]), 400, "messages is empty"),

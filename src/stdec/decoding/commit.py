@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from stdec.decoding import registry
+from stdec.decoding import compat, registry
 from stdec.decoding.config import DecodeConfig
 from stdec.decoding.graphs import on_device
 from stdec.decoding.policies import StepState, select
@@ -112,6 +112,8 @@ class CommitStep:
         dev, bl, G = self.device, logits.shape[1], cfg.gen_length
         x, trace_step, trace_conf = self.seqs.x, self.seqs.trace_step, self.seqs.trace_conf
         generators = [r.generator for r in rows]  # None at temperature 0, and not read
+        # compat fast-dllm reads the whole vocabulary: before confidence() masks the mask id
+        probs = compat.probabilities(logits) if cfg.compat == "fast-dllm" else None
         conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
         slot_t = on_device([r.slot for r in rows], dev)
         rows_t = slot_t[:, None]
@@ -131,7 +133,10 @@ class CommitStep:
         needs = registry.get(cfg.policy).needs
         if needs:
             self._rule_inputs(needs, state, logits, current, rows_t, offsets)
-        commit = select(conf, pred, state, cfg)
+        if cfg.compat == "fast-dllm":  # Fast-dLLM's Dream block code (decoding/compat.py)
+            conf, commit = compat.commit(probs, pred, state, cfg)
+        else:
+            commit = select(conf, pred, state, cfg)
         first = [i for i, r in enumerate(rows) if r.nfe == 0 and self.greedy_first(r)]
         if first:  # the first generated position alone, by argmax (its block starts there)
             i = on_device(first, dev)

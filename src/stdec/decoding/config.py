@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from stdec.decoding import registry
+from stdec.decoding import compat, registry
 from stdec.errors import StdecError
 
 __all__ = ["CACHE_MODES", "IMAGE_MODES", "POLICY_NAMES", "DecodeConfig", "Defaults", "build",
@@ -37,6 +37,9 @@ class DecodeConfig:
 
     policy: str = _opt("stdec", "commit rule (decoding/registry.py lists them)")
     cache: str = _opt("none", f"KV cache mode, one of {', '.join(CACHE_MODES)}")
+    compat: str = _opt(
+        "none", "none: stdec's semantics; fast-dllm: Dream's prefix and dual caches decode as "
+        "Fast-dLLM's Dream block code does (docs/decoding.md)")
     gen_length: int = _opt(128, "number of tokens to generate (masks appended to the prompt)")
     block_length: int = _opt(
         32, "semi-autoregressive block size (the last block is shorter when it does not divide "
@@ -95,6 +98,7 @@ class DecodeConfig:
         check = getattr(self.params, "check", None)  # a rule's checks against shared options
         if check is not None:
             check(self)
+        compat.check(self)
 
     @property
     def num_blocks(self) -> int:
@@ -229,6 +233,7 @@ def check_for_model(config: DecodeConfig, model):
         raise StdecError(f"prefix_lm={str(config.prefix_lm).lower()} is a choice of models "
                          f"trained as prefix LMs (LaViDa); {type(model).__name__} always "
                          "attends bidirectionally, so leave prefix_lm unset.")
+    compat.check_model(config, model)
 
 
 def _names(message: str, name: str) -> bool:

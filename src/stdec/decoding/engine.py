@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from stdec.decoding.commit import CONFIDENCE_CHUNK, CommitStep, confidence, eos_stop
-from stdec.decoding.config import DecodeConfig
+from stdec.decoding.config import DecodeConfig, check_for_model
 from stdec.decoding.runner import ModelRunner
 from stdec.decoding.scheduler import Request, RowStats, Scheduler, Sequences, Trace, describe
 from stdec.errors import StdecError
@@ -192,6 +192,8 @@ def decode(model, prompt_ids: Sequence[Sequence[int]],
     images = list(images) if images is not None else [[]] * len(prompt_ids)
     if len(images) != len(prompt_ids):
         raise StdecError("decode needs one list of images per prompt.")
+    for c in set(configs):
+        check_for_model(c, model)
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
                                   or max_batch < 1):
         raise StdecError(f"max_batch must be a positive integer or None, got {max_batch!r}.")

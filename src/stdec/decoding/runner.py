@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from stdec.decoding.compat import feeds_from
 from stdec.decoding.graphs import StaticBlockStep, on_device
 
 if TYPE_CHECKING:
@@ -96,9 +97,9 @@ class ModelRunner:
         if kind == "full":  # the whole sequence; with a cache, it refreshes every K/V
             starts, stops = [0] * len(rows), ends
         elif kind in ("prefix", "dkv"):  # the block and everything after it
-            starts, stops = [r.block - self.shift for r in rows], ends
+            starts, stops = [r.block - feeds_from(r.config, self.shift) for r in rows], ends
         else:  # dual: the block alone, over the cached prefix and suffix
-            starts = [r.block - self.shift for r in rows]
+            starts = [r.block - feeds_from(r.config, self.shift) for r in rows]
             stops = [r.block + r.block_width for r in rows]
         width = max(b - a for a, b in zip(starts, stops, strict=True))
         keys = max(ends)
@@ -165,8 +166,8 @@ class ModelRunner:
 
     def _fixed_shape(self, rows: list[Request]) -> bool:
         """Whether the fixed-shape step (graphs.py) takes these dual rows: it is on, they
-        share one block width, none carries image vectors and none needs a prefix LM's
-        per-position mask."""
+        share one block width, none carries image vectors, none needs a prefix LM's
+        per-position mask and none decodes under compat fast-dllm (fed from its block on)."""
         return (self.static is not None and len({r.block_width for r in rows}) == 1
-                and all(r.features is None for r in rows)
+                and all(r.features is None and r.config.compat == "none" for r in rows)
                 and not self._feeds_prompt(rows, [r.block - self.shift for r in rows]))

@@ -187,8 +187,10 @@ class Serving:
         cfg = decode_options(body, self.config.defaults)
         try:
             check_for_model(cfg, self.model)
-        except StdecError as err:
-            raise p.ApiError(400, str(err), param="prefix_lm") from None
+        except StdecError as err:  # the option the sentence names first
+            named = min((str(err).find(o), o) for o in ("prefix_lm", "compat")
+                        if o in str(err))[1]
+            raise p.ApiError(400, str(err), param=named) from None
         prompt_tokens = (self.model.prompt_length(ids, images, cfg.image_mode) if images
                          else len(ids))
         if prompt_tokens > self.max_prompt_tokens:
