@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stdec.decoding.config import DecodeConfig, Defaults, build
+from stdec.decoding.config import DecodeConfig, Defaults, build, check_vocab
 from stdec.decoding.defaults import FILE, checkpoint_defaults, every_option
 from stdec.decoding.engine import RowStats, Trace, decode
 from stdec.errors import StdecError
@@ -302,6 +302,7 @@ def generate_each(model, tokenizer, prompts: Sequence[str], configs: Sequence[De
     ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None,
                  system=model.system_prompt)
     for i, (p, im, c) in enumerate(zip(ids, images, configs, strict=True)):
+        check_vocab(c, mc.vocab_size)
         length = model.prompt_length(p, im) if im else len(p)
         if length + c.gen_length > mc.max_sequence_length:
             what = " (with its images)" if im else ""

@@ -63,7 +63,9 @@ def add_decode_options(parser: argparse.ArgumentParser, title: str):
         title, "a default shown is the code's; a known checkpoint's preset and the "
         "decoding_defaults.json in its folder take its place")
     for name, (kind, default, help_text) in DecodeConfig.shared_fields().items():
-        _add_flag(shared, name, kind, default, help_text)
+        # a list of ids stays text here: build() reads it as the option's type
+        _add_flag(shared, name, str if typing.get_origin(kind) is tuple else kind, default,
+                  help_text)
     seen = set(DecodeConfig.shared_fields())
     for rule in registry.RULES.values():
         group = parser.add_argument_group(f"--policy {rule.name}")
@@ -138,6 +140,8 @@ def choices_of(name: str) -> tuple[str, ...] | None:
 
 
 def _shown(value) -> str:
+    if value == ():
+        return "none"
     return {True: "on", False: "off", None: "none"}.get(value, str(value)) \
         if isinstance(value, bool | None) else str(value)
 

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stdec.api import encode, encode_chat, end_token_ids
-from stdec.decoding.config import DecodeConfig, build
+from stdec.decoding.config import DecodeConfig, build, check_vocab
 from stdec.decoding.engine import Request as Job
 from stdec.errors import StdecError
 from stdec.models.images import require_vision, sees_images
@@ -190,6 +190,10 @@ class Serving:
                              f"at most {self.max_prompt_tokens}.",
                              param="messages" if chat else "prompt")
         cfg = decode_options(body, self.config.defaults)
+        try:
+            check_vocab(cfg, self.model.config.vocab_size)
+        except StdecError as err:
+            raise p.ApiError(400, str(err), param="suppress_ids") from None
         check_length(cfg, prompt_tokens, self.max_length)
         return Prepared(body, ids, images, cfg, prompt_tokens)
 
