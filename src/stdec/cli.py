@@ -372,7 +372,8 @@ def decode_one(args: argparse.Namespace, check_first: Callable[[], object] = lam
     images = check_images(args)
     model, tokenizer = stdec.load(args.model, **load_options(args))
     chat = _chat(args, tokenizer)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images,
+                         system=args.system)
     return out, config, chat, tokenizer
 
 
@@ -653,6 +654,10 @@ def _chat_option(parser: argparse.ArgumentParser):
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap the prompt in the tokenizer's chat template (default: when it "
                         "has one, as instruct models such as the testbed and LLaDA-Instruct do)")
+    parser.add_argument("--system", default=None, metavar="TEXT",
+                        help="with --chat, the system message before the prompt (default: the "
+                        "model's own, as LLaDA-V's and LaViDa's official templates add; \"\" for "
+                        "none)")
 
 
 def _image_option(parser: argparse.ArgumentParser):
