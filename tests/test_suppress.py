@@ -103,9 +103,8 @@ def test_ids_beyond_the_vocabulary_are_refused_before_decoding(model):
 
 
 def test_generate_refuses_an_id_outside_the_vocabulary(tmp_path):
-    from stdec.testing import random_checkpoint
-
     import stdec
+    from stdec.testing import random_checkpoint
 
     m, tok = stdec.load(random_checkpoint(tmp_path / "m"))
     with pytest.raises(StdecError, match="not a token id of this model"):

@@ -19,9 +19,10 @@ guesses them with a default):
   decoding_defaults  the checkpoint's decoding options (preset < the folder's file), which
                      stdec.generate lays the user's over; empty for a model built in memory.
 
-The last two, and a known checkpoint's system_prompt, are per loaded model: stdec.load sets
-them through `configure`, the one setter, which a model class inherits from `Configurable`. A vision-language model (VisionLanguageLM)
-also turns a prompt's image placeholders into image vectors.
+The last two, and a known checkpoint's system_prompt and drop_after_image, are per loaded
+model: stdec.load sets them through `configure`, the one setter, which a model class inherits
+from `Configurable`. A vision-language model (VisionLanguageLM) also turns a prompt's image
+placeholders into image vectors.
 """
 
 from __future__ import annotations
