@@ -42,7 +42,7 @@ def test_known_hub_ids_get_their_preset_offline(hub_id, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: nothing to read
     got = stdec.decoding_defaults(hub_id)
-    assert got["tau_high"] <= 0.9 and got["gen_length"] == 256
+    assert got["tau_high"] <= 0.9 and got["gen_length"] == PRESETS[hub_id].gen_length
     assert got == {**code_defaults(), **PRESETS[hub_id].decoding}
 
 

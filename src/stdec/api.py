@@ -20,7 +20,7 @@ from stdec.models.images import (
     sees_images,
     tokenize_with_images,
 )
-from stdec.models.presets import PRESETS, _offline, is_hub_id, resolve_model
+from stdec.models.presets import PRESETS, _offline, is_hub_id, preset_for, resolve_model
 from stdec.util import check_quantize
 
 __all__ = ["Generation", "decoding_defaults", "encode_chat", "generate", "load",
@@ -94,6 +94,10 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
     if quantize:  # after fusing: a fused layer is quantized as one
         quant.quantize(loaded, quantize, quantize_head)
     # what generate() lays the user's options over; whether the engine may capture graphs
+    preset = preset_for(str(model), raw)
+    if preset is not None:  # a known checkpoint's prompts as its official code builds them
+        loaded.configure(system_prompt=preset.system_prompt,
+                         drop_after_image=preset.drop_after_image)
     loaded.configure(decoding_defaults=defaults, cuda_graphs=cuda_graphs)
     if compile:
         compile_model(loaded)
@@ -162,11 +166,12 @@ def end_token_ids(tokenizer) -> list[int]:
 
 def encode(tokenizer, prompts: Sequence[str], chat: bool,
            images: Sequence[Sequence] | None = None,
-           system: str | None = None) -> list[list[int]]:
+           system: str | None = None, drop_after_image: bool = False) -> list[list[int]]:
     """Token ids of each prompt. With `images` (a list per prompt: a vision-language model),
     one placeholder id per image where its "<image>" stands (at the front, one per line,
     when the text has none). `system`: a system message before each chat prompt (the one a
-    model was trained with, e.g. LaViDa's)."""
+    model was trained with, e.g. LaViDa's). `drop_after_image`: the model's trait of that
+    name (tokenize_with_images)."""
     out = []
     for i, p in enumerate(prompts):
         n = None if images is None else len(images[i])
@@ -175,21 +180,25 @@ def encode(tokenizer, prompts: Sequence[str], chat: bool,
         messages = [{"role": "user", "content": p}]
         if system:
             messages.insert(0, {"role": "system", "content": system})
-        out.append(encode_chat(tokenizer, messages, n) if chat else encode_text(tokenizer, p, n))
+        out.append(encode_chat(tokenizer, messages, n, drop_after_image) if chat
+                   else encode_text(tokenizer, p, n, drop_after_image))
     return out
 
 
-def encode_text(tokenizer, text: str, n_images: int | None = None) -> list[int]:
+def encode_text(tokenizer, text: str, n_images: int | None = None,
+                drop_after_image: bool = False) -> list[int]:
     """`n_images` None: a text model's prompt; a count: a vision-language model's, whose every
     "<image>" must have its image."""
     if n_images is not None:
         from stdec.models.llada_v import IMAGE_TOKEN_INDEX
 
-        return tokenize_with_images(text, tokenizer, n_images, IMAGE_TOKEN_INDEX)
+        return tokenize_with_images(text, tokenizer, n_images, IMAGE_TOKEN_INDEX,
+                                    drop_after_image)
     return tokenizer(text)["input_ids"]
 
 
-def encode_chat(tokenizer, messages: list[dict], n_images: int | None = None) -> list[int]:
+def encode_chat(tokenizer, messages: list[dict], n_images: int | None = None,
+                drop_after_image: bool = False) -> list[int]:
     """Token ids of a conversation through the tokenizer's chat template, ready for the
     assistant's turn; for a vision-language model (`n_images` a count), a placeholder id for
     each "<image>" in it (LLaVA's way: the templated text tokenized piece by piece)."""
@@ -198,7 +207,7 @@ def encode_chat(tokenizer, messages: list[dict], n_images: int | None = None) ->
                          "none, so pass chat=False.")
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if n_images is not None:
-        return encode_text(tokenizer, text, n_images)
+        return encode_text(tokenizer, text, n_images, drop_after_image)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -253,7 +262,8 @@ def per_prompt_seeds(config: DecodeConfig, seed, n: int) -> list[DecodeConfig]:
 def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfig | None = None,
              *, chat: bool = False, seed: int | Sequence[int] | None = None,
              images: ImageInput | Sequence | None = None, batch_size: int | None = None,
-             on_finish: Callable[[int, str], None] | None = None, **options) -> Generation:
+             on_finish: Callable[[int, str], None] | None = None, system: str | None = None,
+             **options) -> Generation:
     """Decode `prompts` (a string or a list) with `config`; keyword options override it.
 
     `seed` (used when temperature > 0) is one seed for every prompt or a list, one per
@@ -265,6 +275,8 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     `batch_size`: at most this many prompts decode at once (None: all of them); a finished
     prompt's place goes to the next one at once. `on_finish(i, text)` is called as prompt i
     is done, with its text (a progress bar, early results).
+    `system`: the system message before each chat prompt; None gives the model's own (LLaDA-V's
+    and LaViDa's official one, none for the others), "" none.
     Example: generate(model, tok, "2+3=", policy="stdec", cache="dual", gen_length=64)
     """
     config = with_options(config, options, model_defaults(model))
@@ -272,13 +284,15 @@ def generate(model, tokenizer, prompts: str | Sequence[str], config: DecodeConfi
     prompts = check_prompts(prompts)
     images = check_images(images, prompts, single)
     return generate_each(model, tokenizer, prompts, per_prompt_seeds(config, seed, len(prompts)),
-                         chat=chat, images=images, batch_size=batch_size, on_finish=on_finish)
+                         chat=chat, images=images, batch_size=batch_size, on_finish=on_finish,
+                         system=system)
 
 
 def generate_each(model, tokenizer, prompts: Sequence[str], configs: Sequence[DecodeConfig], *,
                   chat: bool = False, images: Sequence[list] | None = None,
                   batch_size: int | None = None,
-                  on_finish: Callable[[int, str], None] | None = None) -> Generation:
+                  on_finish: Callable[[int, str], None] | None = None,
+                  system: str | None = None) -> Generation:
     """generate() with one DecodeConfig per prompt (one gen_length for all), every prompt in
     one engine run: the batch entrances (bench, tune, lm-eval) feed it whole sets of prompts
     whose rules or temperatures may differ. `images`: each prompt's loaded images, or None."""
@@ -302,7 +316,8 @@ def generate_each(model, tokenizer, prompts: Sequence[str], configs: Sequence[De
         raise StdecError(f"the tokenizer's mask id ({tok_mask}) differs from the model's "
                          f"mask_token_id ({mc.mask_token_id}); they must come from one checkpoint.")
     ids = encode(tokenizer, prompts, chat, images if sees_images(model) else None,
-                 system=model.system_prompt)
+                 system=model.system_prompt if system is None else system,
+                 drop_after_image=getattr(model, "drop_after_image", False))
     for i, (p, im, c) in enumerate(zip(ids, images, configs, strict=True)):
         length = model.prompt_length(p, im, c.image_mode) if im else len(p)
         if length + c.gen_length > mc.max_sequence_length:

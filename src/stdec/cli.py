@@ -63,7 +63,9 @@ def add_decode_options(parser: argparse.ArgumentParser, title: str):
         title, "a default shown is the code's; a known checkpoint's preset and the "
         "decoding_defaults.json in its folder take its place")
     for name, (kind, default, help_text) in DecodeConfig.shared_fields().items():
-        _add_flag(shared, name, kind, default, help_text)
+        # a list of ids stays text here: build() reads it as the option's type
+        _add_flag(shared, name, str if typing.get_origin(kind) is tuple else kind, default,
+                  help_text)
     seen = set(DecodeConfig.shared_fields())
     for rule in registry.RULES.values():
         group = parser.add_argument_group(f"--policy {rule.name}")
@@ -138,6 +140,8 @@ def choices_of(name: str) -> tuple[str, ...] | None:
 
 
 def _shown(value) -> str:
+    if value == ():
+        return "none"
     return {True: "on", False: "off", None: "none"}.get(value, str(value)) \
         if isinstance(value, bool | None) else str(value)
 
@@ -368,7 +372,8 @@ def decode_one(args: argparse.Namespace, check_first: Callable[[], object] = lam
     images = check_images(args)
     model, tokenizer = stdec.load(args.model, **load_options(args))
     chat = _chat(args, tokenizer)
-    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images)
+    out = stdec.generate(model, tokenizer, args.prompt, config, chat=chat, images=images,
+                         system=args.system)
     return out, config, chat, tokenizer
 
 
@@ -649,6 +654,10 @@ def _chat_option(parser: argparse.ArgumentParser):
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap the prompt in the tokenizer's chat template (default: when it "
                         "has one, as instruct models such as the testbed and LLaDA-Instruct do)")
+    parser.add_argument("--system", default=None, metavar="TEXT",
+                        help="with --chat, the system message before the prompt (default: the "
+                        "model's own, as LLaDA-V's and LaViDa's official templates add; \"\" for "
+                        "none)")
 
 
 def _image_option(parser: argparse.ArgumentParser):

@@ -39,10 +39,13 @@ CONFIDENCE_CHUNK = 1 << 24  # logits read in float32 at a time: 64 MB (4 rows at
 
 
 def confidence(logits: Tensor, mask_id: int, temperature: float,
-               generators: Sequence[torch.Generator] | None) -> tuple[Tensor, Tensor]:
+               generators: Sequence[torch.Generator] | None,
+               suppress: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Prediction and its probability for each position. logits (B, L, V) -> (B, L), (B, L).
 
-    The mask token is never a prediction (committing it would undo the commit). With a
+    The mask token is never a prediction (committing it would undo the commit), nor are the
+    ids in `suppress` (a DecodeConfig's suppress_ids on the logits' device): their logits are
+    -inf before both the prediction and the softmax, as LLaDA-V's official generate does. With a
     temperature the prediction is Gumbel-max sampled in float64 and the confidence is its
     probability under the model, as in LLaDA. `generators` (one per row, needed when
     temperature > 0): each row's noise comes from its own, so it never depends on the batch.
@@ -52,17 +55,26 @@ def confidence(logits: Tensor, mask_id: int, temperature: float,
     B, L, V = logits.shape
     per = max(1, CONFIDENCE_CHUNK // max(L * V, 1))  # pragma: no mutate (memory, not values)
     if B <= per:
-        return _confidence(logits, mask_id, temperature, generators)
+        return _confidence(logits, mask_id, temperature, generators, suppress)
     parts = [_confidence(logits[i : i + per], mask_id, temperature,
-                         generators[i : i + per] if generators is not None else None)
+                         generators[i : i + per] if generators is not None else None, suppress)
              for i in range(0, B, per)]
     return torch.cat([c for c, _ in parts]), torch.cat([p for _, p in parts])
 
 
-def _confidence(logits: Tensor, mask_id: int, temperature: float,
-                generators: Sequence[torch.Generator] | None) -> tuple[Tensor, Tensor]:
+def never(logits: Tensor, mask_id: int, suppress: Tensor | None) -> Tensor:
+    """`logits` in float32 with the ids that are never a prediction at -inf."""
     logits = logits.float()
     logits[..., mask_id] = -math.inf
+    if suppress is not None:
+        logits[..., suppress] = -math.inf
+    return logits
+
+
+def _confidence(logits: Tensor, mask_id: int, temperature: float,
+                generators: Sequence[torch.Generator] | None,
+                suppress: Tensor | None) -> tuple[Tensor, Tensor]:
+    logits = never(logits, mask_id, suppress)
     if temperature > 0:
         u = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device,
                                     dtype=torch.float64) for g in generators])
@@ -114,7 +126,8 @@ class CommitStep:
         generators = [r.generator for r in rows]  # None at temperature 0, and not read
         # compat fast-dllm reads the whole vocabulary: before confidence() masks the mask id
         probs = compat.probabilities(logits) if cfg.compat == "fast-dllm" else None
-        conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators)
+        suppress = on_device(list(cfg.suppress_ids), dev) if cfg.suppress_ids else None
+        conf, pred = confidence(logits, self.mask_id, cfg.temperature, generators, suppress)
         slot_t = on_device([r.slot for r in rows], dev)
         rows_t = slot_t[:, None]
         starts = on_device([r.block for r in rows], dev)[:, None]  # (n, 1)
@@ -132,7 +145,7 @@ class CommitStep:
                           seq_end=prompt + G)
         needs = registry.get(cfg.policy).needs
         if needs:
-            self._rule_inputs(needs, state, logits, current, rows_t, offsets)
+            self._rule_inputs(needs, state, logits, current, rows_t, offsets, suppress)
         if cfg.compat == "fast-dllm":  # Fast-dLLM's Dream block code (decoding/compat.py)
             conf, commit = compat.commit(probs, pred, state, cfg)
         else:
@@ -170,12 +183,11 @@ class CommitStep:
             trace_step[slot_t, :G] = torch.where(fill, nfe, trace_step[slot_t, :G])
 
     def _rule_inputs(self, needs: frozenset[str], state: StepState, logits: Tensor,
-                     current: Tensor, rows_t: Tensor, offsets: Tensor):
+                     current: Tensor, rows_t: Tensor, offsets: Tensor, suppress: Tensor | None):
         """Fill what the rule reads beyond confidence (its registry entry's `needs`) into
         `state`."""
         if needs & {"entropy", "kl", "token_conf"}:
-            logits = logits.float()
-            logits[..., self.mask_id] = -math.inf  # as confidence(): never a prediction
+            logits = never(logits, self.mask_id, suppress)  # as confidence()
             logp = logits.log_softmax(-1)  # (n, L, V)
             p = logp.exp()
         if "entropy" in needs:

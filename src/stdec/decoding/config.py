@@ -7,6 +7,7 @@ read through: `config.tau` is `config.params.tau` when the policy is threshold. 
 another rule are refused, naming the chosen rule's own.
 """
 
+import json
 import re
 import types
 import typing
@@ -18,7 +19,7 @@ from stdec.decoding import compat, registry
 from stdec.errors import StdecError
 
 __all__ = ["CACHE_MODES", "IMAGE_MODES", "POLICY_NAMES", "DecodeConfig", "Defaults", "build",
-           "check_for_model", "check_names", "check_options", "parse_value"]
+           "check_for_model", "check_names", "check_options", "check_vocab", "parse_value"]
 
 POLICY_NAMES = registry.POLICY_NAMES
 CACHE_MODES = ("none", "prefix", "dual", "dkv")
@@ -59,6 +60,9 @@ class DecodeConfig:
     prefix_lm: bool | None = _opt(
         None, "LaViDa: prompt positions attend to the prompt only (on, as trained) or every "
         "position to all (off, as its official evaluation runs); none: the model's default")
+    suppress_ids: tuple[int, ...] = _opt(
+        (), "token ids never predicted at a masked position (a comma-separated list; LLaDA-V's "
+        "preset sets the four its official generate suppresses)")
     params: Any = _opt(None, "the policy's own parameters (its registry entry's dataclass)")
 
     def __init__(self, **options):
@@ -95,6 +99,7 @@ class DecodeConfig:
         _one_of("image_mode", self.image_mode, IMAGE_MODES)
         if self.prefix_lm not in (None, True, False):
             raise StdecError(f"prefix_lm must be true, false or none, got {self.prefix_lm!r}.")
+        object.__setattr__(self, "suppress_ids", _token_ids("suppress_ids", self.suppress_ids))
         check = getattr(self.params, "check", None)  # a rule's checks against shared options
         if check is not None:
             check(self)
@@ -198,9 +203,20 @@ def build(options: Mapping[str, Any] | None = None,
             from None
 
 
+def check_vocab(config: DecodeConfig, vocab_size: int):
+    """The config's token ids against a model's vocabulary, before any model work."""
+    bad = [i for i in config.suppress_ids if i >= vocab_size]
+    if bad:
+        raise StdecError(f"suppress_ids has {bad[0]}, which is not a token id of this model; "
+                         f"its ids run from 0 to {vocab_size - 1}.")
+
+
 def parse_value(name: str, value: Any, kind: type):
     """An option given as text (or as lm-eval's already-parsed value) as `kind`: int, float,
-    bool or str; "none" is None for an option that may be unset."""
+    bool, str or a tuple of ints (a comma- or space-separated list, or a JSON list); "none"
+    is None for an option that may be unset, and no ids for a list."""
+    if kind == tuple[int, ...]:
+        return _id_list(name, value)
     if isinstance(value, str) and value.strip().lower() == "none":
         return "none" if kind is str else None
     if isinstance(kind, types.UnionType):  # bool | None: "none" was read above
@@ -234,6 +250,36 @@ def check_for_model(config: DecodeConfig, model):
                          f"trained as prefix LMs (LaViDa); {type(model).__name__} always "
                          "attends bidirectionally, so leave prefix_lm unset.")
     compat.check_model(config, model)
+    check_vocab(config, model.config.vocab_size)
+
+
+def _id_list(name: str, value: Any) -> tuple[int, ...]:
+    # model_args splits on commas, so a list there is written with spaces (or ;)
+    if not isinstance(value, str):
+        return _token_ids(name, value)
+    text = value.strip()
+    if text.lower() in ("", "none", "[]"):
+        return ()
+    if text.startswith("["):
+        try:
+            return _token_ids(name, json.loads(text))
+        except json.JSONDecodeError:
+            pass
+    items = [v for v in re.split(r"[\s,;]+", text) if v]
+    if not all(re.fullmatch(r"\d+", v) for v in items):
+        raise StdecError(f"{name} must be token ids (non-negative integers) separated by commas "
+                         f"or spaces, or a JSON list, got {value!r}.")
+    return _token_ids(name, [int(v) for v in items])
+
+
+def _token_ids(name: str, value: Any) -> tuple[int, ...]:
+    """Token ids as one sorted tuple without repeats (equal configs group as one in a batch)."""
+    if value is None:
+        return ()
+    items = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+        raise StdecError(f"{name} must be token ids (non-negative integers), got {value!r}.")
+    return tuple(sorted(set(items)))
 
 
 def _names(message: str, name: str) -> bool:

@@ -112,18 +112,26 @@ def require_vision(model, n_images: int):
                          "text-only model; use a vision-language checkpoint (LLaDA-V or LaViDa).")
 
 
-def tokenize_with_images(text: str, tokenizer, n_images: int, image_id: int) -> list[int]:
-    """Token ids of `text` with `image_id` where each "<image>" stands (LLaVA's
-    tokenizer_image_token: each piece tokenized alone, one BOS kept at the front)."""
+def tokenize_with_images(text: str, tokenizer, n_images: int, image_id: int,
+                         drop_after_image: bool = False) -> list[int]:
+    """Token ids of `text` with `image_id` where each "<image>" stands, each piece tokenized
+    alone.
+
+    `drop_after_image` (LLaDA-V's and LaViDa's checkpoints): as LLaVA's tokenizer_image_token
+    (mm_utils.py of both) does, when the first piece starts with BOS the first token of every
+    later piece is dropped, whatever it is. Under LLaDA's chat template (BOS first, none added
+    per piece) that is the token after each "<image>", usually its newline; those models were
+    trained on prompts built so. Otherwise (stdec's own checkpoints, trained so) only a BOS
+    that the tokenizer puts at the front of a later piece is dropped."""
     pieces = text.split(IMAGE_PLACEHOLDER)
     if len(pieces) - 1 != n_images:
         raise StdecError(f"the prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholders but "
                          f"{n_images} images were given; put one {IMAGE_PLACEHOLDER} per image.")
+    chunks = [tokenizer(piece).input_ids for piece in pieces]
     bos = getattr(tokenizer, "bos_token_id", None)
-    ids: list[int] = []
-    for i, piece in enumerate(pieces):
-        chunk = tokenizer(piece).input_ids
-        if i and bos is not None and chunk[:1] == [bos]:
-            chunk = chunk[1:]
-        ids += ([image_id] if i else []) + chunk
+    starts_with_bos = bos is not None and chunks[0][:1] == [bos]
+    ids = list(chunks[0])
+    for chunk in chunks[1:]:
+        drop = starts_with_bos if drop_after_image else bos is not None and chunk[:1] == [bos]
+        ids += [image_id, *chunk[int(drop):]]
     return ids

@@ -13,15 +13,19 @@ guesses them with a default):
   greedy_first_token under the prefix LM, a row's first forward commits the first generated
                      position alone, by argmax (LaViDa-Dream's official generate).
   system_prompt      the system message the model was trained with, put before chat prompts
-                     (LaViDa's), or None.
+                     (LaViDa's; LLaDA-V's, which stdec.load sets from its preset), or None.
+  drop_after_image   (vision-language models) prompts drop the token after each "<image>" as
+                     LLaVA's tokenizer_image_token does (models/images.py): a known
+                     checkpoint's, from its preset; False for stdec's own.
   cuda_graphs        whether the engine may capture its fixed-shape block steps as CUDA graphs
                      (decoding/graphs.py; CUDA only).
   decoding_defaults  the checkpoint's decoding options (preset < the folder's file), which
                      stdec.generate lays the user's over; empty for a model built in memory.
 
-The last two are per loaded model: stdec.load sets them through `configure`, the one setter,
-which a model class inherits from `Configurable`. A vision-language model (VisionLanguageLM)
-also turns a prompt's image placeholders into image vectors.
+The last two, and a known checkpoint's system_prompt and drop_after_image, are per loaded
+model: stdec.load sets them through `configure`, the one setter, which a model class inherits
+from `Configurable`. A vision-language model (VisionLanguageLM) also turns a prompt's image
+placeholders into image vectors.
 """
 
 from __future__ import annotations
@@ -83,7 +87,9 @@ class DiffusionLM(Protocol):
         """A zeroed KV cache of `batch` rows of `length` positions, in the model's dtype."""
 
     def configure(self, *, cuda_graphs: bool | None = None,
-                  decoding_defaults: Mapping[str, Any] | None = None) -> DiffusionLM:
+                  decoding_defaults: Mapping[str, Any] | None = None,
+                  system_prompt: str | None = None,
+                  drop_after_image: bool | None = None) -> DiffusionLM:
         """Set the per-load fields (None keeps one); returns the model."""
 
 
@@ -115,9 +121,16 @@ class Configurable:
 
     cuda_graphs: bool
     decoding_defaults: Mapping[str, Any]
+    system_prompt: str | None
+    drop_after_image: bool = False
 
     def configure(self, *, cuda_graphs: bool | None = None,
-                  decoding_defaults: Mapping[str, Any] | None = None):
+                  decoding_defaults: Mapping[str, Any] | None = None,
+                  system_prompt: str | None = None, drop_after_image: bool | None = None):
+        if system_prompt is not None:  # a known checkpoint's (models/presets.py)
+            self.system_prompt = system_prompt
+        if drop_after_image is not None:
+            self.drop_after_image = drop_after_image
         if cuda_graphs is not None:
             self.cuda_graphs = cuda_graphs
         if decoding_defaults is not None:

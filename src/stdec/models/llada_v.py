@@ -108,6 +108,7 @@ class LLaDAVConfig:
     image_aspect_ratio: str = "anyres_max_4"
     image_grid_pinpoints: list | str = field(default_factory=lambda: "(1x1),...,(6x6)")
     mm_patch_merge_type: str = "spatial_unpad"
+    tokenizer_model_max_length: int | None = None  # the longest prompt with its images
 
     def __post_init__(self):
         self.vision = {**SIGLIP_SO400M, **self.vision}
@@ -155,7 +156,8 @@ class LLaDAVConfig:
     # config.json's keys for the parts around the language model -> this class's fields
     mm_keys = {"mm_projector_type": "projector_type", "image_aspect_ratio": "image_aspect_ratio",
                "image_grid_pinpoints": "image_grid_pinpoints",
-               "mm_patch_merge_type": "mm_patch_merge_type"}
+               "mm_patch_merge_type": "mm_patch_merge_type",
+               "tokenizer_model_max_length": "tokenizer_model_max_length"}
 
     @classmethod
     def around(cls, text, raw: dict) -> "LLaDAVConfig":
@@ -179,7 +181,9 @@ class LLaDAVConfig:
                 "mm_projector_type": self.projector_type, "use_mm_proj": True,
                 "image_aspect_ratio": self.image_aspect_ratio,
                 "image_grid_pinpoints": [list(p) for p in self.image_grid_pinpoints],
-                "mm_patch_merge_type": self.mm_patch_merge_type, "vision_config": self.vision}
+                "mm_patch_merge_type": self.mm_patch_merge_type, "vision_config": self.vision,
+                **({"tokenizer_model_max_length": self.tokenizer_model_max_length}
+                   if self.tokenizer_model_max_length else {})}
 
 
 # ---- preprocessing (mm_utils.process_anyres_image with the SigLIP processor) ----
@@ -421,10 +425,23 @@ class LLaDAVModel(nn.Module, Configurable):
     def prompt_length(self, ids: list[int], images: list[Image.Image],
                       image_mode: str = "anyres") -> int:
         """Positions a prompt with placeholders takes once its images are expanded (the vision
-        tower does not run)."""
+        tower does not run); one with images past the checkpoint's tokenizer_model_max_length
+        is refused.
+
+        The official code cuts such a prompt at that length (llava_arch.py,
+        prepare_inputs_labels_for_multimodal): it loses its end, the question and the
+        assistant's header, and the model answers a prompt nobody wrote. A refusal that says
+        by how much it is too long serves a user better than that answer."""
         sizes = iter(image.size for image in images)
-        return sum(self.image_token_count(next(sizes), image_mode) if i == IMAGE_TOKEN_INDEX
-                   else 1 for i in ids)
+        n = sum(self.image_token_count(next(sizes), image_mode) if i == IMAGE_TOKEN_INDEX else 1
+                for i in ids)
+        limit = self.config.tokenizer_model_max_length
+        if limit and n > limit and images:  # the official code leaves text alone uncut
+            raise StdecError(f"the prompt takes {n} positions with its images, more than this "
+                             f"checkpoint's tokenizer_model_max_length ({limit}), past which its "
+                             "official code cuts the prompt's end off; shorten the text or give "
+                             "fewer or smaller images.")
+        return n
 
     def image_token_count(self, size: tuple[int, int], image_mode: str = "anyres") -> int:
         return image_token_count(size, self.config, image_mode)

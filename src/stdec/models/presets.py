@@ -7,7 +7,8 @@ from pathlib import Path
 
 from stdec.errors import StdecError
 
-__all__ = ["PRESETS", "Preset", "is_hub_id", "preset_for", "resolve_model"]
+__all__ = ["LLADA_V_SUPPRESS", "LLADA_V_SYSTEM", "PRESETS", "Preset", "is_hub_id", "preset_for",
+           "resolve_model"]
 
 # what a checkpoint download needs: config, safetensors weights, tokenizer files
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
@@ -36,6 +37,26 @@ REAL_MODEL_RULES = (
 )
 
 
+# LLaDA-V (github.com/ML-GSAI/LLaDA-V, train/llava/):
+# - its generate_with_embeds (model/language_model/modeling_llada.py) sets the logits of
+#   <|endoftext|> 126081, <|startoftext|> 126080, <|start_header_id|> 126346 and
+#   <|end_header_id|> 126347 to -inf at masked positions before both its argmax and its
+#   softmax confidence; the text LLaDA's and Dream's official generate suppress nothing.
+# - its conversation template conv_llava_llada (conversation.py), which the demo
+#   (generate_demo.py) and the evaluation (eval/scripts/evaluate.sh, conv_template=llava_llada)
+#   use, puts this system message before every chat.
+# - the demo decodes gen_length 128 in one block of 128 with steps 128, one token a step,
+#   which is the fixed rule's own default pace (steps = gen_length), so the preset leaves
+#   steps unset and a changed gen_length keeps that pace. The evaluation also decodes one
+#   block, at gen_length 2 to 96 per task, with steps = gen_length or half of it.
+# - the official code has no threshold rule; the threshold rules keep REAL_MODEL_RULES' 0.9,
+#   Fast-dLLM's published threshold on LLaDA-8B-Instruct, LLaDA-V's language model.
+LLADA_V_SUPPRESS = (126080, 126081, 126346, 126347)
+LLADA_V_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand "
+                  "the visual content that the user provides, and assist the user with a "
+                  "variety of tasks using natural language.")
+
+
 @dataclass(frozen=True)
 class Preset:
     model_class: str  # the stdec class load_model builds for it
@@ -44,12 +65,18 @@ class Preset:
     gen_length: int = 256
     block_length: int = 32
     rules: tuple[tuple[str, float | int], ...] = field(default=REAL_MODEL_RULES)
+    suppress_ids: tuple[int, ...] = ()  # never predicted at a masked position
+    system_prompt: str | None = None  # the system message its official chat template adds
+    # its official tokenizer_image_token drops the token after each <image> (models/images.py)
+    drop_after_image: bool = False
 
     @property
     def decoding(self) -> dict:
-        """The checkpoint's decoding defaults: lengths and each rule's setting."""
+        """The checkpoint's decoding defaults: lengths, each rule's setting and the ids it
+        never predicts."""
+        extra = {"suppress_ids": self.suppress_ids} if self.suppress_ids else {}
         return {"gen_length": self.gen_length, "block_length": self.block_length,
-                **dict(self.rules)}
+                **dict(self.rules), **extra}
 
 
 PRESETS = {
@@ -59,17 +86,24 @@ PRESETS = {
     "GSAI-ML/LLaDA-1.5": Preset("LLaDAModelLM", 126336, (126081, 126348)),
     # <|endoftext|>
     "Dream-org/Dream-v0-Instruct-7B": Preset("DreamModel", 151666, (151643,)),
-    # LLaDA-V: LLaDA-8B-Instruct's tokenizer and ids under a SigLIP tower
-    "GSAI-ML/LLaDA-V": Preset("LlavaLLaDAModelLM", 126336, (126081, 126348)),
+    # LLaDA-V: LLaDA-8B-Instruct's tokenizer and ids under a SigLIP tower; the official
+    # demo's lengths, suppressed ids and system message (LLADA_V_* above)
+    "GSAI-ML/LLaDA-V": Preset("LlavaLLaDAModelLM", 126336, (126081, 126348), gen_length=128,
+                              block_length=128, suppress_ids=LLADA_V_SUPPRESS,
+                              system_prompt=LLADA_V_SYSTEM, drop_after_image=True),
     # LaViDa-LLaDA and LaViDa-Reason: LLaDA's ids; LaViDa's evaluation decodes 256 tokens in
-    # blocks of min(128, gen_length) (eval/lmms_eval/models/llava_llada.py)
+    # blocks of min(128, gen_length) (eval/lmms_eval/models/llava_llada.py); its
+    # tokenizer_image_token (llava/mm_utils.py) is LLaDA-V's
     "jacklishufan/lavida-llada-v1.0-instruct": Preset(
-        "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128),
+        "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128,
+        drop_after_image=True),
     "hbXNov/lavida-llada-reason": Preset(
-        "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128),
+        "LlavaLladaForMaskedDiffusion", 126336, (126081, 126348), block_length=128,
+        drop_after_image=True),
     # LaViDa-Dream: Dream's ids
     "jacklishufan/lavida-dream-v1.0-instruct": Preset(
-        "LlavaDreamForMaskedDiffusion", 151666, (151643,), block_length=128),
+        "LlavaDreamForMaskedDiffusion", 151666, (151643,), block_length=128,
+        drop_after_image=True),
 }
 
 

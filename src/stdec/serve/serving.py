@@ -188,11 +188,14 @@ class Serving:
         try:
             check_for_model(cfg, self.model)
         except StdecError as err:  # the option the sentence names first
-            named = min((str(err).find(o), o) for o in ("prefix_lm", "compat")
+            named = min((str(err).find(o), o) for o in ("prefix_lm", "compat", "suppress_ids")
                         if o in str(err))[1]
             raise p.ApiError(400, str(err), param=named) from None
-        prompt_tokens = (self.model.prompt_length(ids, images, cfg.image_mode) if images
-                         else len(ids))
+        try:
+            prompt_tokens = (self.model.prompt_length(ids, images, cfg.image_mode) if images
+                             else len(ids))
+        except StdecError as err:  # past the checkpoint's tokenizer_model_max_length
+            raise p.ApiError(400, str(err), param="messages") from None
         if prompt_tokens > self.max_prompt_tokens:
             raise p.ApiError(413, f"the prompt has {prompt_tokens} tokens; this server takes "
                              f"at most {self.max_prompt_tokens}.",
@@ -219,7 +222,7 @@ class Serving:
         self.check_characters(len(text), "prompt")
         try:
             ids = encode(self.tokenizer, [text], chat=False,
-                         images=[[]] if sees_images(self.model) else None)[0]
+                         images=[[]] if sees_images(self.model) else None)[0]  # no <image>
         except StdecError as err:
             raise p.ApiError(400, str(err)) from None
         return ids, []
@@ -236,7 +239,8 @@ class Serving:
             if system and not any(m["role"] == "system" for m in messages):
                 messages = [{"role": "system", "content": system}, *messages]
             seen = len(images) if sees_images(self.model) else None
-            ids = encode_chat(self.tokenizer, messages, seen)
+            ids = encode_chat(self.tokenizer, messages, seen,
+                              getattr(self.model, "drop_after_image", False))
         except StdecError as err:
             raise p.ApiError(400, str(err), param="messages") from None
         return ids, images
