@@ -106,6 +106,7 @@ class Scripted(torch.nn.Module):
 
     logits_shift = 0  # the model interface's traits (stdec/models/interface.py)
     prefix_lm = False
+    greedy_first_token = False
     system_prompt = None
     cuda_graphs = True
 

@@ -176,7 +176,7 @@ def test_a_freed_slot_takes_the_next_request_while_the_others_run():
 class Spy:
     """A model that counts its forwards and fails one whose input holds the poison id."""
 
-    prefix_lm, cuda_graphs = False, True  # the model interface's traits, with logits_shift
+    prefix_lm, greedy_first_token, cuda_graphs = False, False, True  # the interface's traits
 
     def __init__(self, inner, poison: int | None = None):
         self.inner, self.poison, self.calls = inner, poison, 0
