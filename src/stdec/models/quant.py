@@ -12,16 +12,17 @@ in the model dtype: only the weights are stored in fewer bits.
         capability 8.0 and up (Int4WeightOnlyConfig, tile_packed_to_4d); CPU: torch's
         _weight_int4pack_mm_for_cpu (torchao's PrototypeInt4WeightOnlyConfig)
 
-The embedding table is quantized with torchao's affine primitives in the layouts its
-linear configs use: int8 symmetric per row; int4 asymmetric, a scale and a zero point per
-group of 128 values (64 or 32 where the rows are narrower), two values packed in a byte by
-torchao's bitpacking. torchao's own quantized tensors look an id up by dequantizing the whole
-table (a gigabyte at LLaDA-8B's shape, every forward); QuantizedEmbedding gathers the rows it
-is asked for and dequantizes those alone.
+The embedding table is quantized by torchao's affine primitives to the values its own
+configs give an nn.Embedding: int8 symmetric per row (Int8WeightOnlyConfig); int4 asymmetric,
+a scale and a zero point per group of 128 values, or 64 or 32 where the rows are narrower
+(IntxWeightOnlyConfig), stored two values a byte by torchao's bit packing. Those configs'
+tensors look an id up by dequantizing the whole table (a gigabyte at LLaDA-8B's shape, every
+forward); QuantizedEmbedding gathers the rows it is asked for and dequantizes those alone.
 
 `check` refuses, in one sentence, what this machine cannot run (torchao missing or too old,
-int4 without its kernel, a layer int4 cannot pack) from the model's skeleton, before any
-weight is read; `quantize` then rewrites the loaded model in place.
+int4 without its kernel, a layer or an embedding table int4 cannot pack, an embedding table
+that is also the output head) from the model's skeleton, before any weight is read;
+`quantize` then rewrites the loaded model in place.
 """
 
 from __future__ import annotations
