@@ -135,6 +135,28 @@ def test_an_embedding_lookup_is_the_rows_of_torchaos_quantized_table(mode, width
 
 @needs_torchao
 @pytest.mark.parametrize("mode", MODES)
+def test_an_embedding_lookup_makes_nothing_the_size_of_the_table(mode):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        most = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.most = max(self.most, t.numel())
+            return out
+
+    emb = quant.QuantizedEmbedding(torch.randn(4096, 64), mode)
+    ids = torch.tensor([[5, 4000, 17]])
+    with Largest() as seen:
+        emb(ids)
+    assert 0 < seen.most <= ids.numel() * 64  # the three rows, never the 4096
+
+
+@needs_torchao
+@pytest.mark.parametrize("mode", MODES)
 def test_an_embedding_lookup_keeps_the_tables_dtype(mode):
     table = torch.randn(40, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
     emb = quant.QuantizedEmbedding(table, mode)
