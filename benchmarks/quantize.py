@@ -12,7 +12,9 @@ memory   LLaDA-8B's shape with random weights, built one block at a time so that
          what each weight stores (packed values, scales, zero points). Reported per part
          (embedding, blocks, output head), the whole model resident, and what one dual-cache
          block step reads: every block and the head, not the embedding table (it reads only
-         the block's 32 rows of it). "+ head": the output head quantized too (quantize_head).
+         the block's 32 rows of it). "+ head": the output head quantized too (quantize_head);
+         "+ head + emb": the input embedding table too (quantize_embeddings, a
+         QuantizedEmbedding: the same bytes a step reads, less resident).
 drift    in the same pass, one 32-token sequence runs through the float blocks and, apart,
          through each mode's, then the head: max |logit - float logit| / max |float logit|,
          top-1 agreement with the float model and KL(float || mode) per position, for the
@@ -95,8 +97,10 @@ def memory_and_drift(cfg: LLaDAConfig, dtype: torch.dtype, tokens: int = 32):
     emb = (torch.randn(cfg.embedding_size, cfg.d_model) * 0.02).to(dtype)
     ids = torch.randint(0, cfg.vocab_size, (1, tokens))
     cos, sin = rope(cfg, torch.arange(tokens)[None])
+    qemb = {m: quant.QuantizedEmbedding(emb, m) for m in MODES}
     streams = {m: emb[ids] for m in ("float", *MODES)}
-    blocks = dict.fromkeys(streams, 0)
+    streams.update({f"{m} + emb": qemb[m](ids) for m in MODES})  # the same blocks, apart
+    blocks = dict.fromkeys(("float", *MODES), 0)
     t0 = time.perf_counter()
     for i in range(cfg.n_layers):
         block = random_block(cfg, dtype, seed=1 + i)
@@ -106,7 +110,8 @@ def memory_and_drift(cfg: LLaDAConfig, dtype: torch.dtype, tokens: int = 32):
         for mode in MODES:
             q = quantized(block, mode)
             blocks[mode] += quant.weight_bytes(q)
-            streams[mode] = q(streams[mode], cos, sin, None, None, 0, 0, False)
+            for name in (mode, f"{mode} + emb"):
+                streams[name] = q(streams[name], cos, sin, None, None, 0, 0, False)
             del q
         del block
         print(f"  block {i + 1}/{cfg.n_layers} built, quantized and run "
@@ -120,17 +125,17 @@ def memory_and_drift(cfg: LLaDAConfig, dtype: torch.dtype, tokens: int = 32):
     print(f"\nweights at LLaDA-8B shape ({cfg.n_layers} blocks, d={cfg.d_model}, vocab "
           f"{cfg.embedding_size}), {str(dtype).removeprefix('torch.')} float model; GB = 1e9 "
           "bytes")
-    print(f"{'mode':<14} {'embedding':>9} {'blocks':>8} {'head':>7} {'resident':>9} "
+    print(f"{'mode':<17} {'embedding':>9} {'blocks':>8} {'head':>7} {'resident':>9} "
           f"{'% float':>7} {'step reads':>10} {'% float':>7} {'max rel':>8} {'top-1':>6} "
           f"{'KL':>8}")
     float_read = blocks["float"] + head_bytes
 
-    def row(name, blk, hd, d):
-        resident = emb_bytes + blk + hd + quant.weight_bytes(norm)
+    def row(name, blk, hd, d, em=emb_bytes):
+        resident = em + blk + hd + quant.weight_bytes(norm)
         read = blk + hd
         cols = (f"{d['max_rel']:>8.4f} {100 * d['top1']:>5.1f}% {d['kl']:>8.5f}" if d else
                 f"{'-':>8} {'-':>6} {'-':>8}")
-        print(f"{name:<14} {emb_bytes / gb:>9.3f} {blk / gb:>8.3f} {hd / gb:>7.3f} "
+        print(f"{name:<17} {em / gb:>9.3f} {blk / gb:>8.3f} {hd / gb:>7.3f} "
               f"{resident / gb:>9.3f} {100 * resident / float_total:>6.1f}% {read / gb:>10.3f} "
               f"{100 * read / float_read:>6.1f}% {cols}")
 
@@ -140,6 +145,9 @@ def memory_and_drift(cfg: LLaDAConfig, dtype: torch.dtype, tokens: int = 32):
         row(mode, blocks[mode], head_bytes, drift(ref, F.linear(h, head.weight)[0]))
         qhead = quant.quantize_layer(copy.deepcopy(head), mode)
         row(f"{mode} + head", blocks[mode], quant.weight_bytes(qhead), drift(ref, qhead(h)[0]))
+        h = norm(streams[f"{mode} + emb"])
+        row(f"{mode} + head + emb", blocks[mode], quant.weight_bytes(qhead),
+            drift(ref, qhead(h)[0]), quant.weight_bytes(qemb[mode]))
 
 
 @torch.inference_mode()

@@ -37,6 +37,8 @@ CASES = [
     (["generate", "hi", "--quantize-head"], "no quantize mode is set"),
     (["serve", "--quantize-head"], "no quantize mode is set"),
     (["bench", "--quantize-head"], "no quantize mode is set"),
+    (["generate", "hi", "--quantize-embeddings"], "no quantize mode is set"),
+    (["tune", "stdec", "--quantize-embeddings"], "no quantize mode is set"),
     (["tune", "stdec", "--quantize", "fp4"], "invalid choice: 'fp4'"),
     (["bench", "--tasks", ""], "--tasks needs at least one value"),
     (["bench", "--tasks", ","], "--tasks needs at least one value"),

@@ -1,8 +1,9 @@
 """Weight-only quantization at load (models/quant.py, torchao): what it rewrites and what it
-keeps; greedy decodes of a quantized tiny model as invariant as the float model's (rows as
-alone, the plain reference loop in every cache mode, fused as plain, fixed-shape steps,
-compiled, the LM inside LaViDa); --quantize at every entrance; the one-sentence refusals,
-before any weight is read."""
+keeps; quantized embeddings looked up row by row as torchao's own quantized tables; greedy
+decodes of a quantized tiny model as invariant as the float model's (rows as alone, the plain
+reference loop in every cache mode, fused as plain, fixed-shape steps, compiled, the LM inside
+LaViDa), with and without quantized embeddings; --quantize at every entrance; the
+one-sentence refusals, before any weight is read."""
 
 import importlib.util
 import sys
@@ -53,12 +54,13 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def quantized(arch: str, mode: str, *, fuse: bool = True, head: bool = False):
+def quantized(arch: str, mode: str, *, fuse: bool = True, head: bool = False,
+              embeddings: bool = False):
     model = BUILD[arch]()
     if fuse:
         model.fuse()
-    quant.check(model, mode, CPU, model.dtype, head)
-    return quant.quantize(model, mode, head)
+    quant.check(model, mode, CPU, model.dtype, head, embeddings)
+    return quant.quantize(model, mode, head, embeddings)
 
 
 def is_quantized(t: torch.Tensor) -> bool:
@@ -99,15 +101,103 @@ def test_the_head_is_quantized_when_asked(mode):
         assert model(x).shape == (2, 12, 320)
 
 
+# ---- quantized embeddings: torchao's quantized table, read one row at a time ----
+
+def torchao_table(table: torch.Tensor, mode: str) -> torch.Tensor:
+    """`table` quantized by torchao's own config for an nn.Embedding, dequantized whole."""
+    import torchao.quantization as ao
+    from torchao.quantization.granularity import PerGroup
+
+    emb = torch.nn.Embedding(*table.shape, _weight=table.clone())
+    config = (ao.Int8WeightOnlyConfig(set_inductor_config=False) if mode == "int8" else
+              ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(
+                  quant.group_size(table.shape[1])), mapping_type=ao.MappingType.ASYMMETRIC))
+    ao.quantize_(emb, config, filter_fn=lambda m, _: m is emb)
+    return emb.weight.dequantize()
+
+
+@needs_torchao
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("width", [64, 96])  # int4: groups of 64; of 32
+def test_an_embedding_lookup_is_the_rows_of_torchaos_quantized_table(mode, width):
+    # int8 as Int8WeightOnlyConfig, int4 as IntxWeightOnlyConfig (asymmetric, per group):
+    # the same values, rows gathered before dequantizing instead of after
+    table = torch.randn(40, width, generator=torch.Generator().manual_seed(1))
+    emb = quant.QuantizedEmbedding(table, mode)
+    full = torchao_table(table, mode)
+    ids = torch.tensor([[3, 7, 39, 7], [0, 0, 12, 25]])
+    assert torch.equal(emb(ids), full[ids]) and emb(ids).dtype == torch.float32
+    assert not torch.equal(full, table)  # it was quantized
+    assert emb.qdata.shape == (40, width if mode == "int8" else width // 2)  # int4: packed
+    with pytest.raises(IndexError):  # as nn.Embedding: a negative id is an error
+        emb(torch.tensor([[-1]]))
+
+
+@needs_torchao
+@pytest.mark.parametrize("mode", MODES)
+def test_an_embedding_lookup_makes_nothing_the_size_of_the_table(mode):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        most = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.most = max(self.most, t.numel())
+            return out
+
+    emb = quant.QuantizedEmbedding(torch.randn(4096, 64), mode)
+    ids = torch.tensor([[5, 4000, 17]])
+    with Largest() as seen:
+        emb(ids)
+    assert 0 < seen.most <= ids.numel() * 64  # the three rows, never the 4096
+
+
+@needs_torchao
+@pytest.mark.parametrize("mode", MODES)
+def test_an_embedding_lookup_keeps_the_tables_dtype(mode):
+    table = torch.randn(40, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
+    emb = quant.QuantizedEmbedding(table, mode)
+    ids = torch.tensor([[1, 2, 3]])
+    rows = emb(ids)
+    assert rows.dtype == torch.bfloat16
+    assert (rows.float() - table[ids].float()).abs().max() < (0.02 if mode == "int8" else 0.3)
+
+
+@needs_torchao
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", BUILD)
+def test_the_embeddings_are_quantized_when_asked(arch, mode):
+    model = BUILD[arch]().fuse()
+    table = model.get_input_embeddings().weight.detach().clone()
+    quant.check(model, mode, CPU, model.dtype, embeddings=True)
+    quant.quantize(model, mode, embeddings=True)
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, quant.QuantizedEmbedding) and model.dtype == torch.float32
+    assert torch.equal(emb(torch.arange(len(table))), torchao_table(table, mode))
+    assert not is_quantized(model.output_head().weight)  # the head only with quantize_head
+    x = torch.randint(3, 60, (2, 12))
+    with torch.no_grad():
+        assert model(x).shape[:2] == (2, 12)
+    float_bytes = quant.weight_bytes(BUILD[arch]().fuse())
+    assert quant.weight_bytes(model) < quant.weight_bytes(quantized(arch, mode)) < float_bytes
+
+
 # ---- greedy decodes: as invariant as the float model's ----
+
+EMBEDDINGS = pytest.mark.parametrize("embeddings", [False, True], ids=["", "embeddings"])
+
 
 @needs_torchao
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cache", CACHE_MODES)
-def test_quantized_rows_decode_as_they_do_alone(mode, cache):
+@EMBEDDINGS
+def test_quantized_rows_decode_as_they_do_alone(mode, cache, embeddings):
     # as tests/test_decoding.py's test_rows_decode_as_they_do_alone, on a quantized model;
     # what quantization touches is the forward, which every rule shares: one rule a cache
-    model = quantized("llada", mode)
+    model = quantized("llada", mode, embeddings=embeddings)
     prompts = [[5, 9, 33], [7, 101, 54, 8, 12, 40, 41], [77]]
     policy = {"none": "fixed", "prefix": "threshold"}.get(cache, "stdec")
     cfg = config(policy, cache, **({"steps": 12} if policy == "fixed" else {}))
@@ -121,9 +211,11 @@ def test_quantized_rows_decode_as_they_do_alone(mode, cache):
 @needs_torchao
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cache", CACHE_MODES)
-def test_every_cache_mode_decodes_a_quantized_model_as_the_reference_loop(mode, cache):
+@EMBEDDINGS
+def test_every_cache_mode_decodes_a_quantized_model_as_the_reference_loop(mode, cache,
+                                                                            embeddings):
     # as test_decode_matches_reference_loop: the plain loop calls each (quantized) layer
-    model = quantized("llada", mode, fuse=False)
+    model = quantized("llada", mode, fuse=False, embeddings=embeddings)
     cfg = config("threshold", cache, stop_at_eos=False)
     prompt = [5, 9, 33, 7, 101, 54, 8]
     ids, nfe = reference_decode(model, prompt, cfg, ref_forward)
@@ -147,9 +239,10 @@ def test_a_quantized_fused_model_decodes_as_the_quantized_plain_one(arch, mode):
 
 @needs_torchao
 @pytest.mark.parametrize("mode", MODES)
-def test_quantized_static_steps_decode_what_the_plain_ones_do(mode):
+@EMBEDDINGS
+def test_quantized_static_steps_decode_what_the_plain_ones_do(mode, embeddings):
     # the fixed-shape step that CUDA replays as a graph, run eagerly (test_static_step.py)
-    model = quantized("llada", mode)
+    model = quantized("llada", mode, embeddings=embeddings)
     cfg = config("stdec", "dual")
     plain, _ = decode_all(model, PROMPTS, cfg, static=False, max_batch=3)
     static, engine = decode_all(model, PROMPTS, cfg, static=True, max_batch=3)
@@ -158,8 +251,9 @@ def test_quantized_static_steps_decode_what_the_plain_ones_do(mode):
 
 @needs_torchao
 def test_a_compiled_quantized_model_decodes_what_the_eager_one_does():
-    eager = quantized("llada", "int8")
-    compiled = quantized("llada", "int8")
+    # the embeddings quantized too: their row lookup compiles with the blocks
+    eager = quantized("llada", "int8", embeddings=True)
+    compiled = quantized("llada", "int8", embeddings=True)
     api.compile_model(compiled)
     # one kind of step, one block: one compile (tens of seconds: the one slow test here)
     cfg = replace(config("threshold", "none"), gen_length=8)
@@ -169,9 +263,13 @@ def test_a_compiled_quantized_model_decodes_what_the_eager_one_does():
 
 
 @needs_torchao
-@pytest.mark.parametrize("arch, mode", [("lavida", "int8"), ("lavida-dream", "int4")])
-def test_image_and_text_rows_of_a_quantized_vision_model_decode_as_alone(arch, mode):
-    lv = quantized(arch, mode)
+@pytest.mark.parametrize("arch, mode, embeddings", [
+    ("lavida", "int8", False), ("lavida-dream", "int4", False),
+    ("lavida", "int4", True), ("lavida-dream", "int8", True)])
+def test_image_and_text_rows_of_a_quantized_vision_model_decode_as_alone(arch, mode,
+                                                                         embeddings):
+    # with quantized embeddings, image positions still take the tower's vectors
+    lv = quantized(arch, mode, embeddings=embeddings)
     g = torch.Generator().manual_seed(3)
     image = Image.fromarray(torch.randint(0, 256, (32, 64, 3), generator=g,
                                           dtype=torch.uint8).numpy())
@@ -185,9 +283,12 @@ def test_image_and_text_rows_of_a_quantized_vision_model_decode_as_alone(arch, m
 # ---- every entrance ----
 
 @needs_torchao
-def test_load_quantizes_and_generates(checkpoint):
-    model, tok = stdec.load(checkpoint, device="cpu", quantize="int8")
+@EMBEDDINGS
+def test_load_quantizes_and_generates(checkpoint, embeddings):
+    model, tok = stdec.load(checkpoint, device="cpu", quantize="int8",
+                            quantize_embeddings=embeddings)
     assert is_quantized(model.blocks()[0].gate_up_proj.weight)
+    assert isinstance(model.get_input_embeddings(), quant.QuantizedEmbedding) == embeddings
     out = stdec.generate(model, tok, ["Sort [2, 1].", "2 + 3 ="], gen_length=16, block_length=8,
                          cache="dual")
     assert out.ids.shape == (2, 16)
@@ -225,8 +326,9 @@ def test_every_command_takes_quantize_to_load(entrance, checkpoint, loads, tmp_p
     argv = [a.replace("{tmp}", str(tmp_path)) for a in ENTRANCES[entrance]]
     with pytest.raises(stop):
         cli.main([*argv, "--model", str(checkpoint), "--device", "cpu", "--quantize", "int4",
-                  "--quantize-head"])
+                  "--quantize-head", "--quantize-embeddings"])
     assert seen["quantize"] == "int4" and seen["quantize_head"] is True
+    assert seen["quantize_embeddings"] is True
 
 
 def test_lm_eval_model_args_take_quantize(checkpoint, monkeypatch):
@@ -237,8 +339,10 @@ def test_lm_eval_model_args_take_quantize(checkpoint, monkeypatch):
     monkeypatch.setattr(adapter, "load", lambda model, **kw: (seen.update(kw), 1 / 0))
     with pytest.raises(ZeroDivisionError):
         adapter.StdecLM.create_from_arg_string(
-            f"pretrained={checkpoint},quantize=int8,quantize_head=true", {"device": "cpu"})
+            f"pretrained={checkpoint},quantize=int8,quantize_head=true,"
+            "quantize_embeddings=true", {"device": "cpu"})
     assert seen["quantize"] == "int8" and seen["quantize_head"] is True
+    assert seen["quantize_embeddings"] is True
     with pytest.raises(StdecError, match="quantize must be one of int8, int4"):
         adapter.StdecLM(pretrained="/no/such/folder", quantize="int3")
 
@@ -343,17 +447,43 @@ def test_a_tied_head_cannot_be_quantized():
 
 
 @needs_torchao
+@pytest.mark.parametrize("make", [
+    lambda: tiny_config(weight_tying=True), lambda: tiny_dream_config(tie_word_embeddings=True)])
+def test_tied_embeddings_cannot_be_quantized(make):
+    # one table is both the lookup and the head: quantizing it would quantize the head too
+    model = skeleton(make().to_dict())
+    with pytest.raises(StdecError) as err:
+        quant.check(model, "int8", CPU, torch.float32, embeddings=True)
+    assert "ties its output head to the input embeddings" in one_sentence(err)
+    assert "drop quantize_embeddings" in str(err.value)
+
+
+@needs_torchao
+def test_int4_embeddings_need_a_width_that_groups():
+    model = skeleton(tiny_config(d_model=48, n_heads=3).to_dict())
+    quant.check(model, "int8", CPU, torch.float32, embeddings=True)  # int8: any width
+    with pytest.raises(StdecError) as err:
+        quant.check(model, "int4", CPU, torch.float32, embeddings=True)
+    assert "model.transformer.wte is 48 wide; use quantize int8" in one_sentence(err)
+
+
+@needs_torchao
 def test_a_quantized_model_is_not_saved_as_if_float(tmp_path):
     with pytest.raises(StdecError, match="pass quantize when loading it"):
         stdec.save_model(quantized("llada", "int8"), tmp_path / "q")
     assert not (tmp_path / "q").exists()
 
 
-@pytest.mark.parametrize("mode, head, words", [
-    ("int3", False, "quantize must be one of int8, int4"),
-    (None, True, "no quantize mode is set"),
+@pytest.mark.parametrize("mode, head, embeddings, words", [
+    ("int3", False, False, "quantize must be one of int8, int4"),
+    (None, True, False, "quantize_head (--quantize-head) quantizes the output head"),
+    (None, False, True, "quantize_embeddings (--quantize-embeddings) quantizes the input "
+                        "embedding table along with the linear layers, but no quantize mode "
+                        "is set"),
 ])
-def test_bad_quantize_options_are_refused(checkpoint, no_weights, mode, head, words):
+def test_bad_quantize_options_are_refused(checkpoint, no_weights, mode, head, embeddings,
+                                          words):
     with pytest.raises(StdecError) as err:
-        stdec.load(checkpoint, device="cpu", quantize=mode, quantize_head=head)
+        stdec.load(checkpoint, device="cpu", quantize=mode, quantize_head=head,
+                   quantize_embeddings=embeddings)
     assert words in one_sentence(err)

@@ -58,25 +58,26 @@ def resolve_model_path(model: str | Path) -> Path:
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, fuse: bool = True,
          cuda_graphs: bool = True, compile: bool = False, quantize: str | None = None,
-         quantize_head: bool = False):
+         quantize_head: bool = False, quantize_embeddings: bool = False):
     """(model, tokenizer) from a checkpoint folder that also holds a tokenizer, the model
     ready for inference (eval mode; with `fuse`, projections fused: pass fuse=False to
     train it; on CUDA, `cuda_graphs` lets the engine replay its dual-cache block steps as
     CUDA graphs, decoding/graphs.py; `compile` runs the forward through torch.compile).
 
     `quantize` "int8" or "int4" stores the language model's linear layers as weight-only
-    int8 or int4 through torchao (pip install 'stdec[quant]'); embeddings, norms, the output
-    head (unless `quantize_head`) and a vision tower keep `dtype`. A mode this machine cannot
-    run is refused before any weight is read (models/quant.py)."""
+    int8 or int4 through torchao (pip install 'stdec[quant]'); norms, the input embeddings
+    (unless `quantize_embeddings`), the output head (unless `quantize_head`) and a vision
+    tower keep `dtype`. A mode this machine cannot run is refused before any weight is read
+    (models/quant.py)."""
     from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     path = resolve_model_path(model)
     raw = read_config(path)  # fail on a bad folder before touching the tokenizer
     defaults = checkpoint_defaults(model, path, raw)  # a bad decoding_defaults.json fails too
-    if check_quantize(quantize, quantize_head):
+    if check_quantize(quantize, quantize_head, quantize_embeddings):
         where = resolve_device(device)
         quant.check(skeleton(raw, path), quantize, where, resolve_dtype(dtype, where),
-                    quantize_head)
+                    quantize_head, quantize_embeddings)
     if (path / "tokenizer.json").is_file():
         cls = PreTrainedTokenizerFast
     elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
@@ -92,7 +93,7 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None,
     if fuse:  # fewer, larger multiplies; the same numbers (tests/test_fused.py)
         loaded.fuse()
     if quantize:  # after fusing: a fused layer is quantized as one
-        quant.quantize(loaded, quantize, quantize_head)
+        quant.quantize(loaded, quantize, quantize_head, quantize_embeddings)
     # what generate() lays the user's options over; whether the engine may capture graphs
     preset = preset_for(str(model), raw)
     if preset is not None:  # a known checkpoint's prompts as its official code builds them

@@ -48,8 +48,8 @@ RECORD_FIELDS = ("task", "split", "length", "gen_length", "cache", "stop_at_eos"
                  "params", "label", "n", "accuracy", "nfe", "tpf", "tokens_per_s", "latency_s",
                  "speedup_tokens_per_s", "speedup_nfe", "timed_n", "wall_s", "spread",
                  "cpu_s", "tokens_per_cpu_s", "load_avg", "timing_flag", "model", "dtype",
-                 "quantize", "quantize_head", "hardware", "threads", "cpu_count", "versions",
-                 "git_commit", "seed", "batch_size", "repeats")
+                 "quantize", "quantize_head", "quantize_embeddings", "hardware", "threads",
+                 "cpu_count", "versions", "git_commit", "seed", "batch_size", "repeats")
 RESULT_FILES = ("results.json", "results.md", "pareto.png")
 WIDE_SPREAD = 0.25  # (max - min) / median of the timed passes above this: flagged
 
@@ -147,6 +147,7 @@ class BenchConfig:
     quantize: str | None = _opt(None, "weight-only int8 or int4 for the language model's "
                                 "linear layers (none: the weights' dtype)")
     quantize_head: bool = _opt(False, "with quantize, the output head too")
+    quantize_embeddings: bool = _opt(False, "with quantize, the input embedding table too")
     repeats: int = _opt(3, "timed passes over the grid, interleaved across policies; tables "
                         "show the median")
     allow_unsandboxed_code: bool = _opt(False, "score code tasks without the kernel sandbox")
@@ -157,7 +158,7 @@ class BenchConfig:
         for name in ("tasks", "policies", "caches", "lengths", "stop_at_eos"):
             if not getattr(self, name):
                 raise StdecError(f"{name} needs at least one value; got none.")
-        check_quantize(self.quantize, self.quantize_head)
+        check_quantize(self.quantize, self.quantize_head, self.quantize_embeddings)
 
         for cache in self.caches:
             if cache not in CACHE_MODES:
@@ -305,7 +306,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
     path = resolve_model_path(cfg.model)
     model, tokenizer = load(path, dtype=cfg.dtype, device=device, cuda_graphs=cfg.cuda_graphs,
                             compile=cfg.compile, quantize=cfg.quantize,
-                            quantize_head=cfg.quantize_head)
+                            quantize_head=cfg.quantize_head,
+                            quantize_embeddings=cfg.quantize_embeddings)
     lengths = task_lengths(cfg, path, tokenizer, tasks)
     for name, per in lengths.items():
         for length, value in per.items():
@@ -319,6 +321,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, out: Path | None = Non
              block_length=cfg.block_length)
     env = {"model": str(cfg.model), "dtype": str(model.dtype).removeprefix("torch."),
            "quantize": cfg.quantize or "none", "quantize_head": cfg.quantize_head,
+           "quantize_embeddings": cfg.quantize_embeddings,
            "hardware": hardware(model.device),
            "threads": torch.get_num_threads(), "cpu_count": cpu_count(),
            "versions": versions(), "git_commit": git_commit(), "seed": cfg.seed,
@@ -475,8 +478,11 @@ def weights(rec: dict) -> str:
     mode = rec.get("quantize", "none")
     if mode == "none":
         return rec.get("dtype", "?")
+    also = [part for key, part in (("quantize_head", "the output head"),
+                                   ("quantize_embeddings", "the input embeddings"))
+            if rec.get(key)]
     return f"{rec.get('dtype', '?')}, linear layers {mode}" + \
-        (" with the output head" if rec.get("quantize_head") else "")
+        (f" with {' and '.join(also)}" if also else "")
 
 
 def write_json(records: list[dict], out: Path):

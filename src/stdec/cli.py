@@ -354,7 +354,8 @@ def load_options(args: argparse.Namespace, device: str | None = None) -> dict:
     """stdec.load's keywords from the model flags (_model_options); `device` overrides
     --device (a rank's own GPU)."""
     return dict(dtype=args.dtype, device=device or args.device, cuda_graphs=args.cuda_graphs,
-                compile=args.compile, quantize=args.quantize, quantize_head=args.quantize_head)
+                compile=args.compile, quantize=args.quantize, quantize_head=args.quantize_head,
+                quantize_embeddings=args.quantize_embeddings)
 
 
 def decode_one(args: argparse.Namespace, check_first: Callable[[], object] = lambda: None,
@@ -366,7 +367,7 @@ def decode_one(args: argparse.Namespace, check_first: Callable[[], object] = lam
 
     args.prompt = check_prompt(args.prompt)
     check_model(args.model)
-    check_quantize(args.quantize, args.quantize_head)
+    check_quantize(args.quantize, args.quantize_head, args.quantize_embeddings)
     check_first()
     config = decode_config(args, **fixed)
     images = check_images(args)
@@ -404,7 +405,7 @@ def cmd_serve(args: argparse.Namespace):
     check_model(args.model)
     if args.replicas > 1:
         check_ray(args.replicas)
-    check_quantize(args.quantize, args.quantize_head)
+    check_quantize(args.quantize, args.quantize_head, args.quantize_embeddings)
     config = decode_defaults(args)
     from stdec.api import load
     from stdec.serve import ServerConfig, bind, serve
@@ -545,7 +546,7 @@ def cmd_tune(args: argparse.Namespace):
     from stdec.util import dist_setup, rank_device
 
     check_model(args.model)
-    check_quantize(args.quantize, args.quantize_head)
+    check_quantize(args.quantize, args.quantize_head, args.quantize_embeddings)
     if args.out:
         check_new_file(args.out, "--out", (".json",), overwrite=False)
     for name, label in ((args.limit, "--limit"), (args.batch_size, "--batch-size"),
@@ -625,7 +626,7 @@ def _policies(specs: list[str]) -> tuple[str, ...]:
 
 # the options every model-loading command shares (_model_options), and the sandbox's
 MODEL_FIELDS = ("model", "device", "dtype", "cuda_graphs", "compile", "quantize",
-                "quantize_head", "allow_unsandboxed_code")
+                "quantize_head", "quantize_embeddings", "allow_unsandboxed_code")
 
 def _model_options(parser: argparse.ArgumentParser):
     parser.add_argument("--model", default="testbed",
@@ -644,10 +645,13 @@ def _model_options(parser: argparse.ArgumentParser):
     parser.add_argument("--quantize", choices=QUANT_MODES, default=None,
                         help="store the language model's linear layers as weight-only int8 or "
                         "int4 (torchao: pip install 'stdec[quant]'; int4 on CUDA needs "
-                        "bfloat16); embeddings, norms, the output head and a vision tower keep "
-                        "--dtype (default: none, every weight in --dtype)")
+                        "bfloat16); norms, the embeddings, the output head and a vision tower "
+                        "keep --dtype (default: none, every weight in --dtype)")
     parser.add_argument("--quantize-head", action="store_true",
                         help="with --quantize, quantize the output head too (default: off)")
+    parser.add_argument("--quantize-embeddings", action="store_true",
+                        help="with --quantize, quantize the input embedding table too; a "
+                        "lookup dequantizes only the rows it reads (default: off)")
 
 
 def _chat_option(parser: argparse.ArgumentParser):

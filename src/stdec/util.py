@@ -20,9 +20,11 @@ __all__ = ["QUANT_MODES", "atomic_path", "check_quantize", "cpu_count", "cpuinfo
 QUANT_MODES = ("int8", "int4")
 
 
-def check_quantize(mode: str | None, head: bool = False) -> str | None:
+def check_quantize(mode: str | None, head: bool = False, embeddings: bool = False
+                   ) -> str | None:
     """`mode` when it is one of QUANT_MODES or None; `head` (quantize the output head too)
-    needs a mode. Torch-free: entrances call it before any model work."""
+    and `embeddings` (the input embedding table too) need a mode. Torch-free: entrances call
+    it before any model work."""
     if mode is not None and mode not in QUANT_MODES:
         raise StdecError(f"quantize must be one of {', '.join(QUANT_MODES)} (or none, for the "
                          f"model dtype), got {mode!r}.")
@@ -30,6 +32,10 @@ def check_quantize(mode: str | None, head: bool = False) -> str | None:
         raise StdecError("quantize_head (--quantize-head) quantizes the output head along "
                          "with the linear layers, but no quantize mode is set; add quantize "
                          "int8 or int4 (--quantize), or drop it.")
+    if embeddings and mode is None:
+        raise StdecError("quantize_embeddings (--quantize-embeddings) quantizes the input "
+                         "embedding table along with the linear layers, but no quantize mode "
+                         "is set; add quantize int8 or int4 (--quantize), or drop it.")
     return mode
 
 

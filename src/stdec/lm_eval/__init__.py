@@ -9,9 +9,9 @@ no entry points for models, so run its command line through this module:
 or, from Python, `import stdec.lm_eval` and then `lm_eval.simple_evaluate(model="stdec", ...)`.
 
 model_args: `pretrained` (a checkpoint folder, a Hub id or "testbed"), `dtype`, `quantize`
-(int8 or int4: weight-only, stdec.load's) and `quantize_head`, `chat` (wrap each context in
-one user turn of the tokenizer's chat template; default false; or use lm-eval's
---apply_chat_template, not both), and any DecodeConfig field (policy, cache, gen_length,
+(int8 or int4: weight-only, stdec.load's), `quantize_head` and `quantize_embeddings`, `chat`
+(wrap each context in one user turn of the tokenizer's chat template; default false; or use
+lm-eval's --apply_chat_template, not both), and any DecodeConfig field (policy, cache, gen_length,
 block_length, stop_at_eos, temperature, tau_high, ...). lm-eval's --batch_size and --device
 are used; "auto" batch sizes mean 16.
 
@@ -64,7 +64,7 @@ def decode_config(options: dict, base: dict | None = None) -> DecodeConfig:
     for name in options:
         if name not in known:
             valid = ", ".join(["pretrained", "batch_size", "device", "dtype", "quantize",
-                               "quantize_head", "chat", *known])
+                               "quantize_head", "quantize_embeddings", "chat", *known])
             raise StdecError(f"unknown stdec model_args key {name!r}; the valid keys are {valid}.")
     # lm-eval parses what it can (cache=none into None): read every value as its text
     return build({k: "none" if v is None else str(v) for k, v in options.items()}, base)
@@ -111,7 +111,8 @@ class StdecLM(LM):
                  max_batch_size: int | None = None,  # lm-eval passes it; unused
                  device: str | None = None,
                  dtype: str | None = None, quantize: str | None = None,
-                 quantize_head: bool | str = False, chat: bool | str = False, **options):
+                 quantize_head: bool | str = False, quantize_embeddings: bool | str = False,
+                 chat: bool | str = False, **options):
         super().__init__()
         self.image_mode_given = "image_mode" in options
         self.config = decode_config(options)  # fail on bad options before loading weights
@@ -120,10 +121,12 @@ class StdecLM(LM):
         dtype = None if dtype in (None, "auto") else str(dtype)
         quantize = None if quantize in (None, "none") else str(quantize)
         quantize_head = to_bool("quantize_head", quantize_head)
-        check_quantize(quantize, quantize_head)
+        quantize_embeddings = to_bool("quantize_embeddings", quantize_embeddings)
+        check_quantize(quantize, quantize_head, quantize_embeddings)
         self.pretrained = str(pretrained)
         self.model, self.tokenizer = load(self.pretrained, dtype=dtype, device=_device(device),
-                                          quantize=quantize, quantize_head=quantize_head)
+                                          quantize=quantize, quantize_head=quantize_head,
+                                          quantize_embeddings=quantize_embeddings)
 
         self.config = decode_config(options, model_defaults(self.model))  # over the checkpoint's
         self._device = self.model.device

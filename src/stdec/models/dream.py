@@ -173,13 +173,14 @@ class DreamModel(nn.Module, Configurable):
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, L, D): rotate-half layout
         return angles.cos(), angles.sin()
 
+    # read from the final norm: the embedding table may be quantized (models/quant.py)
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        return self.model.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        return self.model.norm.weight.dtype
 
     def fuse(self) -> "DreamModel":
         """Fuse each block's projections that read one input (for inference: training keeps
@@ -188,8 +189,12 @@ class DreamModel(nn.Module, Configurable):
             block.fuse()
         return self
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
+
+    def set_input_embeddings(self, table: nn.Module):
+        """Swap the token embedding (a QuantizedEmbedding, models/quant.py)."""
+        self.model.embed_tokens = table
 
     def blocks(self) -> nn.ModuleList:
         """The transformer layers (what weight-only quantization rewrites, models/quant.py)."""

@@ -157,13 +157,14 @@ class LLaDAModelLM(nn.Module, Configurable):
         angles = torch.cat((freqs, freqs), dim=-1)  # (T_max, D): rotate-half layout
         self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
 
+    # read from the final norm: the embedding table may be quantized (models/quant.py)
     @property
     def device(self) -> torch.device:
-        return self.model.transformer.wte.weight.device
+        return self.model.transformer.ln_f.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.transformer.wte.weight.dtype
+        return self.model.transformer.ln_f.weight.dtype
 
     def fuse(self) -> "LLaDAModelLM":
         """Fuse each block's projections that read one input (for inference: training keeps
@@ -172,8 +173,12 @@ class LLaDAModelLM(nn.Module, Configurable):
             block.fuse()
         return self
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Module:
         return self.model.transformer.wte
+
+    def set_input_embeddings(self, table: nn.Module):
+        """Swap the token embedding (a QuantizedEmbedding, models/quant.py)."""
+        self.model.transformer.wte = table
 
     def blocks(self) -> nn.ModuleList:
         """The transformer blocks (what weight-only quantization rewrites, models/quant.py)."""

@@ -372,6 +372,12 @@ class LLaDAVModel(nn.Module, Configurable):
     def output_head(self) -> nn.Linear | None:
         return self.language_model.output_head()
 
+    def get_input_embeddings(self) -> nn.Module:  # the language model's token embedding
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, table: nn.Module):
+        self.language_model.set_input_embeddings(table)
+
     def encode_images(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, side**2, d): the tower's last layer (no post-norm), projected."""
         out = self.vision_tower(pixels.to(self.dtype), output_hidden_states=True)
@@ -452,7 +458,7 @@ class LLaDAVModel(nn.Module, Configurable):
         if features is None:
             return wte(ids)  # a negative id without features fails here, loudly
         rows = (-1 - ids).clamp(0, len(features) - 1)
-        return torch.where((ids < 0)[..., None], features[rows].to(wte.weight.dtype),
+        return torch.where((ids < 0)[..., None], features[rows].to(self.dtype),
                            wte(ids.clamp(min=0)))
 
     def embed_prompt(self, ids: list[int], images: list[Image.Image],

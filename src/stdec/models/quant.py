@@ -1,9 +1,10 @@
 """Weight-only quantization at load, through torchao's own configs and kernels.
 
 What is quantized: every linear layer of the language model's transformer blocks, fused
-(FusedLinear) or not; with `head`, the output head too. Embeddings, norms, the output head
-(by default) and a vision-language model's vision tower and projector keep the model dtype.
-Activations stay in the model dtype: only the weights are stored in fewer bits.
+(FusedLinear) or not; with `head`, the output head too; with `embeddings`, the input
+embedding table (QuantizedEmbedding). Norms, the embeddings and output head (by default) and
+a vision-language model's vision tower and projector keep the model dtype. Activations stay
+in the model dtype: only the weights are stored in fewer bits.
 
   int8  per-output-row int8 weights (torchao's Int8WeightOnlyConfig); any device
   int4  groupwise asymmetric int4 weights (groups of 128 inputs, or 64 or 32 where a layer
@@ -11,9 +12,17 @@ Activations stay in the model dtype: only the weights are stored in fewer bits.
         capability 8.0 and up (Int4WeightOnlyConfig, tile_packed_to_4d); CPU: torch's
         _weight_int4pack_mm_for_cpu (torchao's PrototypeInt4WeightOnlyConfig)
 
+The embedding table is quantized by torchao's affine primitives to the values its own
+configs give an nn.Embedding: int8 symmetric per row (Int8WeightOnlyConfig); int4 asymmetric,
+a scale and a zero point per group of 128 values, or 64 or 32 where the rows are narrower
+(IntxWeightOnlyConfig), stored two values a byte by torchao's bit packing. Those configs'
+tensors look an id up by dequantizing the whole table (a gigabyte at LLaDA-8B's shape, every
+forward); QuantizedEmbedding gathers the rows it is asked for and dequantizes those alone.
+
 `check` refuses, in one sentence, what this machine cannot run (torchao missing or too old,
-int4 without its kernel, a layer int4 cannot pack) from the model's skeleton, before any
-weight is read; `quantize` then rewrites the loaded model in place.
+int4 without its kernel, a layer or an embedding table int4 cannot pack, an embedding table
+that is also the output head) from the model's skeleton, before any weight is read;
+`quantize` then rewrites the loaded model in place.
 """
 
 from __future__ import annotations
@@ -24,30 +33,39 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from stdec.errors import StdecError
 from stdec.models.layers import FusedLinear
 from stdec.util import check_quantize
 
-__all__ = ["TORCHAO_MIN", "check", "group_size", "quantize", "quantize_layer", "quiet_imports",
-           "targets", "tensor_bytes", "weight_bytes"]
+__all__ = ["TORCHAO_MIN", "QuantizedEmbedding", "check", "group_size", "quantize",
+           "quantize_layer", "quiet_imports", "targets", "tensor_bytes", "weight_bytes"]
 
 TORCHAO_MIN = (0, 18)  # the first torchao with a CPU int4 config (PrototypeInt4WeightOnlyConfig)
 INT4_GROUPS = (128, 64, 32)  # inputs per int4 scale, the largest that divides a layer's width
 CPU_INT4_ROWS = 16  # the CPU int4 packing takes layers whose outputs are a multiple of this
+TABLE_ROWS = 8192  # an embedding table is quantized this many rows at a time: a small transient
 
 
 def check(model: nn.Module, mode: str, device: torch.device, dtype: torch.dtype,
-          head: bool = False):
+          head: bool = False, embeddings: bool = False):
     """Refuse, in one sentence naming what would work, a mode this machine cannot run on
     `model` (a skeleton on the meta device will do: only shapes are read)."""
-    check_quantize(mode, head)
+    check_quantize(mode, head, embeddings)
     _require_torchao(mode)
     if device.type not in ("cpu", "cuda"):
         raise StdecError(f"quantize {mode} runs on the CPU or a CUDA GPU, not on "
                          f"{device.type!r}; pass device cpu or cuda.")
     layers = targets(model, head)
+    if embeddings:
+        table = embedding_table(model)
+        if mode == "int4" and group_size(table.embedding_dim) is None:
+            raise StdecError(
+                f"quantize_embeddings with int4 takes rows whose width is a multiple of "
+                f"{INT4_GROUPS[-1]}; {_name_of(model, table)} is {table.embedding_dim} wide; "
+                "use quantize int8, or drop quantize_embeddings.")
     if mode == "int8":
         return
     if device.type == "cuda":
@@ -88,12 +106,81 @@ def targets(model: nn.Module, head: bool = False) -> list[tuple[str, nn.Module]]
     return found
 
 
-def quantize(model: nn.Module, mode: str, head: bool = False) -> nn.Module:
-    """Replace the weights of targets(model, head) by torchao's quantized tensors, in place
-    (call check first). Returns the model."""
+def embedding_table(model: nn.Module) -> nn.Embedding:
+    """The language model's input embedding table (model.get_input_embeddings()); refused
+    when the output head is that same table (tied), which keeps the model dtype."""
+    if model.output_head() is None:
+        raise StdecError("quantize_embeddings: this model ties its output head to the input "
+                         "embeddings, and that one table stays in the model dtype; drop "
+                         "quantize_embeddings.")
+    return model.get_input_embeddings()
+
+
+def quantize(model: nn.Module, mode: str, head: bool = False,
+             embeddings: bool = False) -> nn.Module:
+    """Replace the weights of targets(model, head) by torchao's quantized tensors and, with
+    `embeddings`, the input embedding table by a QuantizedEmbedding, in place (call check
+    first). Returns the model."""
     for _, layer in targets(model, head):
         quantize_layer(layer, mode)
+    if embeddings:
+        table = embedding_table(model)
+        model.set_input_embeddings(QuantizedEmbedding(table.weight.detach(), mode))
     return model
+
+
+class QuantizedEmbedding(nn.Module):
+    """An embedding table stored as int8 (a scale per row) or packed int4 (a scale and zero
+    point per group of group_size(width) values), quantized by torchao's affine primitives.
+    A lookup gathers the looked-up rows' integers, scales and zero points and dequantizes
+    those rows only, in the table's original dtype; an id out of range fails as nn.Embedding
+    fails. Buffers, not parameters: nothing here is trained."""
+
+    def __init__(self, table: Tensor, mode: str):
+        super().__init__()
+        prim, pack = _primitives()
+        self.mode, self.dtype = mode, table.dtype
+        self.num_embeddings, self.embedding_dim = table.shape
+        # torchao's weight-only choices: int8 symmetric; int4 asymmetric, unsigned 0..15
+        if mode == "int8":
+            self.group, self.stored, self.low, self.high = self.embedding_dim, torch.int8, -128, 127
+            mapping = prim.MappingType.SYMMETRIC
+        else:
+            self.group, self.stored, self.low, self.high = (group_size(self.embedding_dim),
+                                                            torch.uint8, 0, 15)
+            mapping = prim.MappingType.ASYMMETRIC
+        block = (1, self.group)
+        parts = []
+        for rows in table.split(TABLE_ROWS):
+            scale, zero = prim.choose_qparams_affine(
+                rows, mapping, block, self.stored, self.low, self.high,
+                eps=torch.finfo(torch.float32).eps, scale_dtype=torch.float32,
+                zero_point_dtype=torch.int8, keepdim=True)
+            q = prim.quantize_affine(rows, block, scale, zero, self.stored, self.low, self.high)
+            if mode == "int4":
+                (q,) = pack.pack(q, 4, dim=-1)  # two values a byte, each row on its own
+            parts.append((q, scale, zero))
+        qdata, scale, zero_point = (torch.cat(p) for p in zip(*parts, strict=True))
+        self.register_buffer("qdata", qdata)  # (V, d) int8, or (V, d / 2) uint8 packed
+        self.register_buffer("scale", scale)  # (V, d / group) float32
+        self.register_buffer("zero_point", zero_point)  # (V, d / group) int8
+
+    def forward(self, ids: Tensor) -> Tensor:
+        # imported by __init__ (quietly): plain imports here, which torch.compile traces
+        from torchao.prototype.dtypes.uintx.bitpacking import unpack
+        from torchao.quantization.quant_primitives import dequantize_affine
+
+        q = F.embedding(ids, self.qdata)  # (..., d) or (..., d / 2): the looked-up rows only
+        if self.mode == "int4":
+            q = unpack([q], 4, dim=-1)  # (..., d)
+        block = (1,) * ids.dim() + (self.group,)
+        return dequantize_affine(q, block, F.embedding(ids, self.scale),
+                                 F.embedding(ids, self.zero_point), self.stored, self.low,
+                                 self.high, output_dtype=self.dtype)  # (..., d)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, {self.mode}, "
+                f"group={self.group}, dtype={str(self.dtype).removeprefix('torch.')}")
 
 
 def quantize_layer(layer: nn.Module, mode: str) -> nn.Module:
@@ -105,9 +192,10 @@ def quantize_layer(layer: nn.Module, mode: str) -> nn.Module:
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes the parameters of `module` take, a quantized weight counted by what it stores
-    (its packed values, scales and zero points), not by the float shape it stands for."""
-    return sum(tensor_bytes(p) for p in module.parameters())
+    """Bytes the parameters and buffers of `module` take, a quantized weight counted by what
+    it stores (its packed values, scales and zero points), not by the float shape it stands
+    for."""
+    return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -168,6 +256,14 @@ def _has_cpu_int4() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _primitives():
+    """torchao's affine quantization primitives and its bit packing (import once, quietly)."""
+    with quiet_imports():
+        import torchao.prototype.dtypes.uintx.bitpacking as pack
+        import torchao.quantization.quant_primitives as prim
+    return prim, pack
 
 
 def _import_torchao():
