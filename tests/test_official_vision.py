@@ -3,6 +3,7 @@ weights by tests/official/vision_logits.py (its docstring says how they were mad
 images, text only, two images in anyres and in pad mode; LaViDa with its prefix-LM attention
 and without it. Only the stored files are read here."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,9 @@ def official_cases(stored):
 
 
 @torch.no_grad()
-def logits_of(model, ids, images, config: DecodeConfig) -> torch.Tensor:
-    """The engine's own full forward over prompt | GEN masks (the prefix-LM mask when the
-    request decodes under it)."""
+def logits_of(model, ids, images, config: DecodeConfig, answer=None) -> torch.Tensor:
+    """The engine's own full forward over prompt | answer (GEN masks unless given; the
+    prefix-LM mask when the request decodes under it)."""
     r = Request(ids, config, images=images or None)
     seqs = Sequences(1, 8192, model.config.mask_token_id, model.device)
     runner = ModelRunner(model, seqs, max_batch=1, max_length=8192)
@@ -52,6 +53,8 @@ def logits_of(model, ids, images, config: DecodeConfig) -> torch.Tensor:
         runner.place(r, 0)
     P = len(r.prompt)
     seqs.x[0, :P] = torch.tensor(r.prompt)
+    if answer is not None:
+        seqs.x[0, P:P + GEN] = torch.tensor(answer)
     r.slot, r.block = 0, 0
     keys = P + GEN
     cols = torch.arange(keys)[None]
@@ -72,17 +75,21 @@ def test_logits_match_the_official_code(stored):
                            image_mode=c["image_mode"], prefix_lm=c.get("prefix_lm"))
         if images:
             assert model.prompt_length(c["ids"], images, c["image_mode"]) == c["length"], case
-        ours = logits_of(model, c["ids"], images, cfg)
+        ours = logits_of(model, c["ids"], images, cfg, c.get("answer"))
         assert ours.shape[0] == c["length"] + GEN, case
-        shift = model.logits_shift  # stdec returns Dream's logits already shifted
-        pos = torch.tensor(c["positions"])
-        got = ours[(pos + shift).clamp(max=ours.shape[0] - 1)] if shift else ours[pos]
-        if shift:  # the official unshifted last row has no stdec counterpart
-            keep = pos + shift < ours.shape[0]
-            got, want = got[keep], c["logits"][keep]
-        else:
-            want = c["logits"]
-        err = (got - want).abs().max().item()
+        err = difference(model, ours, c)
         worst = max(worst, err)
         assert err < 1e-4, f"{name} {case}: {err:.2e}"
+        if c.get("prefix_lm") is not None:  # and the other attention is told apart
+            other = replace(cfg, prefix_lm=not c["prefix_lm"])
+            far = difference(model, logits_of(model, c["ids"], images, other, c.get("answer")), c)
+            assert far > 1e-3, f"{name} {case}: the other attention is within {far:.2e}"
     print(f"{name}: worst |logit difference| {worst:.2e} over {len(cases)} cases")
+
+
+def difference(model, ours: torch.Tensor, c: dict) -> float:
+    """Max |ours - official| over the stored positions."""
+    shift = model.logits_shift  # stdec returns Dream's logits already shifted
+    pos = torch.tensor(c["positions"])
+    keep = pos + shift < ours.shape[0]  # the official unshifted last row has no counterpart
+    return (ours[(pos + shift)[keep]] - c["logits"][keep]).abs().max().item()

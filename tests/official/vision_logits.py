@@ -1,11 +1,14 @@
 """Generate tests/fixtures/official/vision_logits/: LLaDA-V's and LaViDa's forward logits as
 their official code computes them, at tiny random weights that the official classes build.
 
-    python tests/official/vision_logits.py --llada-v GIT_DIR --lavida GIT_DIR [--out DIR]
+    python tests/official/vision_logits.py [--llada-v GIT_DIR] [--lavida GIT_DIR] [--out DIR]
 
 GIT_DIR: a bare clone (or snapshot) of github.com/ML-GSAI/LLaDA-V and of
-github.com/jacklishufan/LaViDa. Each one's `llava` package is extracted to a temporary folder
-and imported from there; nothing of it is copied into stdec. Needs transformers, einops.
+github.com/jacklishufan/LaViDa; each given one is generated. Each one's `llava` package is
+extracted to a temporary folder and imported from there; nothing of it is copied into stdec.
+Needs transformers, einops. In LaViDa's copy, two training-only imports (deepspeed,
+accelerate) become None, and its `llava` and `llava.model` package files (which import every
+LLaVA language model) are skipped: the modules used are imported directly.
 
 What runs is the official code's own path from PIL images to logits: mm_utils.process_images
 (anyres, or pad as lmms-eval sets it for several images), tokenizer-free prompt ids with
@@ -18,7 +21,10 @@ LLaDA's full forward, or LaViDa's prompt-only forward whose K/V the answer's for
 Out: one stdec-loadable checkpoint folder per model (config.json, model.safetensors in the
 official tensor names, float16 weights which the official run also used, in float32), and
 cases.pt: per case the prompt ids, image sizes, image mode, the expanded length and the
-logits at a few positions (every stride-th and the last ones), float32.
+logits at a few positions (every stride-th and the last ones), float32. LaViDa's cases also
+hold prefix_lm and the answer ids the forward saw (LaViDa-Dream's prefix-LM generate puts the
+prompt's argmax first); their logits are the official forward's own, unshifted, over prompt
+then answer: with the prefix LM, the prompt-only forward's rows, then the answer forward's.
 """
 
 import argparse
@@ -103,9 +109,10 @@ def randomise(model, seed: int):
     return model.eval()
 
 
-def kept(logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+def kept(logits: torch.Tensor, keep_last: int = KEEP_LAST, stride: int = STRIDE
+         ) -> tuple[list[int], torch.Tensor]:
     n = logits.shape[0]
-    pos = sorted(set(range(0, n, STRIDE)) | set(range(max(0, n - KEEP_LAST), n)))
+    pos = sorted(set(range(0, n, stride)) | set(range(max(0, n - keep_last), n)))
     return pos, logits[pos].float().clone()
 
 
@@ -194,17 +201,174 @@ def save(model, config: dict, folder: Path, cases: dict):
     print(folder, {k: (c["length"], len(c["positions"])) for k, c in cases.items()})
 
 
+def lavida_imports(root: Path):
+    """Make LaViDa's extracted llava importable here: two training-only imports become stubs,
+    and the two package files that import every LLaVA language model are bypassed."""
+    import types
+
+    # LLaDA's model runs its blocks through deepspeed's activation checkpointing even in eval
+    # (the whole_layer strategy); without grad that is a plain call
+    no_deepspeed = ("import types; deepspeed = types.SimpleNamespace(checkpointing="
+                    "types.SimpleNamespace(checkpoint=lambda fn, *args: fn(*args)))")
+    for path, line, instead in [
+            ("llada/modeling_llada.py", "import deepspeed", no_deepspeed),
+            ("dream/modeling_dream.py", "import deepspeed", no_deepspeed),
+            ("llava_llada.py", "from accelerate.utils import reduce", "reduce = None")]:
+        f = root / "llava/model/language_model" / path
+        text = f.read_text()
+        assert f"\n{line}\n" in text, (path, line)
+        f.write_text(text.replace(f"\n{line}\n", f"\n{instead}\n"))
+    sys.path.insert(0, str(root))
+    for name in ["llava", "llava.model"]:
+        package = types.ModuleType(name)
+        package.__path__ = [str(root / name.replace(".", "/"))]
+        sys.modules[name] = package
+    sys.modules["llava"].model = sys.modules["llava.model"]
+    stub_unused()
+
+
+LAVIDA_MM = dict(mm_vision_tower="siglip-tiny", mm_hidden_size=TOWER["hidden_size"],
+                 mm_projector_type="mlp2x_gelu", use_mm_proj=True, image_aspect_ratio="anyres",
+                 image_grid_pinpoints=[[384, 768], [768, 384], [768, 768], [1152, 384],
+                                       [384, 1152]],
+                 mm_patch_merge_type="spatial_unpad", mm_spatial_pool_mode="bilinear",
+                 mm_newline_position="grid")
+LAVIDA_KEEP_LAST, LAVIDA_STRIDE = 14, 151  # fewer rows: 28 cases in each model's file
+
+
+def lavida_config(cls, text: dict, defaults: dict | None = None):
+    cfg = cls(**text, **LAVIDA_MM)
+    for k, v in {**(defaults or {}), **text, **LAVIDA_MM}.items():  # (transformers 5 drops
+        # the keys not given, and LLaDAConfig's defaults come in as such)
+        setattr(cfg, k, v)
+    return cfg
+
+
+def lavida_llada():
+    """LaViDa-LLaDA and its two official forwards over prompt embeddings and answer ids."""
+    from llava.model.language_model.llada.configuration_llada import ModelConfig
+    from llava.model.language_model.llada.modeling_llada import LLaDAModelLM
+    from llava.model.language_model.llava_llada import (
+        LlavaLladaConfig,
+        LlavaLladaForMaskedDiffusion,
+    )
+
+    text = dict(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=64,
+                mlp_ratio=2, vocab_size=VOCAB, embedding_size=VOCAB, max_sequence_length=4096,
+                rope=True, rope_theta=10000.0, rms_norm_eps=1e-5, block_type="llama",
+                layer_norm_type="rms", activation_type="silu", weight_tying=False,
+                include_bias=False, include_qkv_bias=False, alibi=False, flash_attention=False,
+                attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0,
+                input_emb_norm=False, scale_logits=False, mask_token_id=MASK,
+                eos_token_id=EOS, pad_token_id=EOS)
+    # transformers 5 calls tie_weights(recompute_mapping=...); LLaDA's takes no argument (and
+    # ties nothing here: weight_tying is off)
+    LLaDAModelLM.tie_weights = lambda self, **kw: None
+    defaults = vars(ModelConfig())
+    model = LlavaLladaForMaskedDiffusion(lavida_config(LlavaLladaConfig, text, defaults)).float()
+    llm = model.get_model()  # what llada/generate.py's generate runs
+
+    def run(embeds, answer, prefix_lm):
+        x = llm.transformer.wte(answer)
+        if prefix_lm:  # generate.py: the prompt alone, its K/V read by the answer's forward
+            first = llm(None, input_embeddings=embeds, use_cache=True)
+            rest = llm(None, input_embeddings=x, past_key_values=first.attn_key_values)
+            return torch.cat([first.logits, rest.logits], 1)[0]
+        return llm(None, input_embeddings=torch.cat([embeds, x], 1)).logits[0]
+
+    return model, text, run, ["LlavaLladaForMaskedDiffusion"], "llava_llada"
+
+
+def lavida_dream():
+    """LaViDa-Dream and its two official forwards (forward_dream, as diffusion_generate)."""
+    from llava.model.language_model.dream import modeling_dream
+    from llava.model.language_model.llava_dream import (
+        LlavaDreamConfig,
+        LlavaDreamForMaskedDiffusion,
+    )
+
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                rope_theta=10000.0, rms_norm_eps=1e-6, mask_token_id=MASK, eos_token_id=EOS,
+                pad_token_id=EOS, bos_token_id=None, tie_word_embeddings=False,
+                hidden_act="silu", rope_scaling=None, use_sliding_window=False,
+                sliding_window=None, max_window_layers=2, attention_dropout=0.0,
+                initializer_range=0.02, use_cache=False)
+
+    def default_rope(config, device=None, **kw):  # transformers 4's "default", gone in 5
+        dim = config.hidden_size // config.num_attention_heads
+        inv = 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+        return inv.to(device), 1.0
+
+    modeling_dream.ROPE_INIT_FUNCTIONS = {**modeling_dream.ROPE_INIT_FUNCTIONS,
+                                          "default": default_rope}
+
+    def bare_cache(self):  # the official __init__ without transformers 5's Cache.__init__,
+        self.past_key_values = {}  # which wants layers: this cache keeps its own dict
+
+    modeling_dream.DreamPrefixLMCache.__init__ = bare_cache
+    model = LlavaDreamForMaskedDiffusion(lavida_config(LlavaDreamConfig, text)).float()
+
+    def run(embeds, answer, prefix_lm):
+        x = model.model.embed_tokens(answer)
+        if prefix_lm:  # generation_utils.py: the prefill, then the answer over its cache
+            first = model.forward_dream(None, None, None, inputs_embeds=embeds, use_cache=True)
+            rest = model.forward_dream(None, None, None, inputs_embeds=x,
+                                       past_key_values=first.past_key_values)
+            return torch.cat([first.logits, rest.logits], 1)[0]
+        return model.forward_dream(None, None, None,
+                                   inputs_embeds=torch.cat([embeds, x], 1)).logits[0]
+
+    return model, text, run, ["LlavaDreamForMaskedDiffusion"], "llava_dream"
+
+
+def lavida(root: Path, out: Path):
+    lavida_imports(root)
+    import llava.mm_utils
+    import llava.model.llava_arch as arch
+
+    arch.build_vision_tower = tiny_tower(llava)
+    for folder, build, seed in [("lavida_llada", lavida_llada, 1),
+                                ("lavida_dream", lavida_dream, 2)]:
+        model, text, run, archs, model_type = build()
+        model = randomise(model, seed)
+        dream = model_type == "llava_dream"
+        cases = {}
+        for name, ids, images, mode in prompts():
+            embeds = expand(model, llava, ids, images, mode, "anyres")
+            P = embeds.shape[1]
+            for prefix_lm in (True, False):
+                answer = torch.full((1, GEN), MASK)
+                if dream and prefix_lm:  # the official generate's first token: the
+                    answer[0, 0] = run(embeds, answer, True)[P - 1].argmax()  # prompt's argmax
+                logits = run(embeds, answer, prefix_lm).float()
+                pos, got = kept(logits, LAVIDA_KEEP_LAST, LAVIDA_STRIDE)
+                cases[f"{name}_{'prefix' if prefix_lm else 'full'}"] = dict(
+                    ids=ids, sizes=[im.size for im in images], image_mode=mode, length=P,
+                    prefix_lm=prefix_lm, answer=answer[0].tolist(), positions=pos, logits=got)
+        save(model, {**text, **LAVIDA_MM, "architectures": archs, "model_type": model_type,
+                     "mm_vision_select_layer": -2,
+                     "vision_config": {**TOWER, "num_hidden_layers": 1}}, out / folder, cases)
+    sys.path.remove(str(root))
+    forget_llava()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--llada-v", required=True)
-    ap.add_argument("--lavida", required=True)
+    ap.add_argument("--llada-v")
+    ap.add_argument("--lavida")
     ap.add_argument("--out", default=str(Path(__file__).parents[1] / "fixtures" / "official"
                                          / "vision_logits"))
     args = ap.parse_args()
     out = Path(args.out)
     torch.set_grad_enabled(False)
+    if not (args.llada_v or args.lavida):
+        ap.error("give --llada-v, --lavida or both")
     with tempfile.TemporaryDirectory() as tmp:
-        llada_v(extract(args.llada_v, Path(tmp) / "llada_v"), out)
+        if args.llada_v:
+            llada_v(extract(args.llada_v, Path(tmp) / "llada_v"), out)
+        if args.lavida:
+            lavida(extract(args.lavida, Path(tmp) / "lavida"), out)
 
 
 if __name__ == "__main__":
