@@ -11,9 +11,9 @@ prediction has held and the previous prediction (every rule's `stable`), the mem
 that read `memory`, the drafts of rules that read `drafted`, and for rules that read `kl`
 the previous step's log-probabilities (allocated when such a row arrives).
 
-A row for which `greedy_first(row)` holds (LaViDa-Dream under its prefix LM) commits, at its
-first forward, the first generated position alone, by argmax whatever its confidence: the
-official generate's autoregressive first token.
+A row for which `greedy_first(row)` holds (LaViDa-Dream under its prefix LM; None for a
+model without that trait) commits, at its first forward, the first generated position alone,
+by argmax whatever its confidence: the official generate's autoregressive first token.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class CommitStep:
 
     def __init__(self, seqs: Sequences, *, max_batch: int, max_length: int, mask_id: int,
                  eos_id: int, eos: Tensor,
-                 greedy_first: Callable[[Request], bool] = lambda r: False):
+                 greedy_first: Callable[[Request], bool] | None = None):
         S, W, dev = max_batch, max_length, seqs.x.device
         self.seqs, self.max_batch, self.device = seqs, max_batch, dev
         self.mask_id, self.eos_id, self.eos = mask_id, eos_id, eos
@@ -150,7 +150,8 @@ class CommitStep:
             conf, commit = compat.commit(probs, pred, state, cfg)
         else:
             commit = select(conf, pred, state, cfg)
-        first = [i for i, r in enumerate(rows) if r.nfe == 0 and self.greedy_first(r)]
+        first = [] if self.greedy_first is None else \
+            [i for i, r in enumerate(rows) if r.nfe == 0 and self.greedy_first(r)]
         if first:  # the first generated position alone, by argmax (its block starts there)
             i = on_device(first, dev)
             conf[i, :1], pred[i, :1] = confidence(logits[i, :1], self.mask_id, 0.0, None)

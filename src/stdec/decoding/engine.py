@@ -64,8 +64,8 @@ class Engine:
         self.commit = CommitStep(self.seqs, max_batch=max_batch, max_length=self.max_length,
                                  mask_id=mask_id, eos_id=mc.eos_token_id,
                                  eos=torch.tensor(eos, device=self.device),
-                                 greedy_first=lambda r: (model.greedy_first_token
-                                                         and self.runner.prefix_lm(r)))
+                                 greedy_first=self.runner.prefix_lm
+                                 if model.greedy_first_token else None)
         self.scheduler = Scheduler(self.seqs, self.runner, self.commit, max_batch=max_batch,
                                    max_length=self.max_length, mask_id=mask_id,
                                    eos_ids=set(eos))
