@@ -166,31 +166,21 @@ def test_forward_with_the_prefix_mask_equals_the_reference(either):
     torch.testing.assert_close(other[0, :P], ours[:P], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("prefix_lm", [None, False])
 @pytest.mark.parametrize("cache", CACHE_MODES)
-def test_every_cache_mode_decodes_as_the_prefix_lm_reference(either, cache):
+def test_every_cache_mode_decodes_as_the_reference_with_the_prefix_lm_or_without(
+        either, cache, prefix_lm):
+    """None: the model's prefix LM (LaViDa-Dream's first token taken alone); False: every
+    position attends to all, and no first token is taken alone."""
     lv = either
     image = picture(64, 32, seed=6)
     (row,), table = lv.encode_prompts([[5, 9, IMG, 33, 7]], [[image]])
     with torch.no_grad():
         ref_table = ref_features(lv, image)
-    cfg = config("threshold", cache, stop_at_eos=False)
-    ids, nfe = reference_decode(lv, row, cfg, ref_forward(lv, ref_table, len(row)),
-                                shift=lv.logits_shift, greedy_first=lv.greedy_first_token)
-    out = decode(lv, [[5, 9, IMG, 33, 7]], cfg, images=[[image]])
-    assert out.ids[0].tolist() == ids and out.stats[0].nfe == nfe
-
-
-@pytest.mark.parametrize("cache", CACHE_MODES)
-def test_prefix_lm_off_decodes_as_the_bidirectional_reference(either, cache):
-    """prefix_lm=False: every position attends to all, and no first token is taken alone."""
-    lv = either
-    image = picture(64, 32, seed=6)
-    (row,), table = lv.encode_prompts([[5, 9, IMG, 33, 7]], [[image]])
-    with torch.no_grad():
-        ref_table = ref_features(lv, image)
-    cfg = config("threshold", cache, stop_at_eos=False, prefix_lm=False)
-    ids, nfe = reference_decode(lv, row, cfg, ref_forward(lv, ref_table, None),
-                                shift=lv.logits_shift)
+    cfg = config("threshold", cache, stop_at_eos=False, prefix_lm=prefix_lm)
+    on = prefix_lm is None
+    ids, nfe = reference_decode(lv, row, cfg, ref_forward(lv, ref_table, len(row) if on else None),
+                                shift=lv.logits_shift, greedy_first=on and lv.greedy_first_token)
     out = decode(lv, [[5, 9, IMG, 33, 7]], cfg, images=[[image]])
     assert out.ids[0].tolist() == ids and out.stats[0].nfe == nfe
 
